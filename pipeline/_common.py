@@ -1,0 +1,25 @@
+"""Shared start-up for the stage scripts: logging, params, and clean user errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mr2unet.errors import UserError
+from mr2unet.params import load_params
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_stage(body: Callable[[dict[str, Any]], None], params_path: str = "params.yaml") -> None:
+    """Load and validate params, run ``body(params)``; a UserError exits 2 with its message."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        body(load_params(params_path))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,106 @@
+"""Stage `train@<model>`: train one architecture on the prepared training split.
+
+    python pipeline/train.py <model>            (dvc.yaml: train@unet, train@mr2unet, ...)
+    torchrun --nproc-per-node N pipeline/train.py <model>   (DistributedDataParallel)
+
+Outputs: data/models/<model>.pt (weights + architecture), data/models/<model>.run.json
+(MLflow run and registered version), metrics/history/<model>.csv (DVC plots).
+Resume state lives in data/checkpoints/<model>/ until the run finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from _common import run_stage
+
+from mr2unet.data.prepared import load_split
+from mr2unet.errors import UserError
+from mr2unet.train import (
+    TrainConfig,
+    history_metrics,
+    save_trained_model,
+    train,
+    write_history,
+)
+
+TRAIN_SPLIT = Path("data/prepared/train.npz")
+
+
+def init_distributed() -> int:
+    """Join the torchrun process group when there is one; returns the rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    torch.distributed.init_process_group(backend)
+    return torch.distributed.get_rank()
+
+
+def main(params: dict[str, Any], arch: str) -> None:
+    if arch not in params["train"]["models"]:
+        raise UserError(f"{arch!r} is not in params.yaml `train.models` "
+                        f"({', '.join(params['train']['models'])}).")
+    cfg = TrainConfig.from_params(params, arch)
+    split = load_split(TRAIN_SPLIT)
+    checkpoint_dir = Path("data/checkpoints") / arch
+    rank = init_distributed()
+
+    tracker = None
+    if params["tracking"]["enabled"] and rank == 0:
+        from mr2unet.tracking import TrainingTracker
+
+        tracker = TrainingTracker(params, arch)
+        run_id_file = checkpoint_dir / "mlflow_run_id"
+        previous = run_id_file.read_text().strip() if run_id_file.is_file() else None
+        run_id = tracker.start(f"train@{arch}", resume_run_id=previous)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        run_id_file.write_text(run_id + "\n")
+
+    try:
+        result = train(cfg, split, checkpoint_dir=checkpoint_dir,
+                       on_epoch_end=tracker.log_epoch if tracker else None)
+    except BaseException:
+        if tracker:
+            tracker.fail()
+        raise
+    if rank != 0:
+        return
+
+    import torch
+
+    from mr2unet.tracking import git_commit, write_run_info
+
+    model_path = Path("data/models") / f"{arch}.pt"
+    history_path = Path("metrics/history") / f"{arch}.csv"
+    save_trained_model(model_path, result, cfg, image_size=params["prepare"]["image_size"],
+                       meta={"git_commit": git_commit(), "device": result.device,
+                             "torch_version": torch.__version__})
+    write_history(history_path, result.history)
+    info: dict[str, Any] = {"tracking": False}
+    if tracker:
+        tracker.log_metrics({**history_metrics(result.history),
+                             "train_seconds": result.seconds})
+        info = tracker.finish(model_path, history_path, TRAIN_SPLIT,
+                              system={"device": result.device})
+    write_run_info(Path("data/models") / f"{arch}.run.json", info)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    print(f"{arch}: {len(result.history)} epochs in {result.seconds:.1f}s on {result.device}; "
+          f"final loss {result.history[-1]['loss']:.4f}, train IOU "
+          f"{result.history[-1]['train_iou']:.4f} -> {model_path}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="architecture to train (one of params.yaml train.models)")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    run_stage(lambda params: main(params, args.model), args.params)
+    sys.exit(0)

@@ -1,0 +1,83 @@
+"""Model files: weights plus everything needed to rebuild the network without params.yaml.
+
+A checkpoint is a ``torch.save`` dict::
+
+    {"format": 1, "arch": "mr2unet", "model_kwargs": {...build_model kwargs...},
+     "state_dict": {...}, "image_size": 128, "meta": {...provenance...}}
+
+It holds only tensors and plain Python values, so ``torch.load(weights_only=True)``
+reads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mr2unet.errors import UserError
+
+FORMAT_VERSION = 1
+
+
+def save_model(
+    path: str | Path,
+    model: nn.Module,
+    arch: str,
+    model_kwargs: dict[str, Any],
+    image_size: int,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Write ``model``'s weights (moved to CPU, float32) with its architecture."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").clone() for k, v in unwrap(model).state_dict().items()}
+    payload = {
+        "format": FORMAT_VERSION,
+        "arch": arch,
+        "model_kwargs": dict(model_kwargs),
+        "state_dict": state,
+        "image_size": int(image_size),
+        "meta": dict(meta or {}),
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load the raw checkpoint dict, with a clear error for a wrong or missing file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file {path} not found: run `dvc repro train` first.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing
+        raise UserError(f"{path} is not a readable mr2unet model file ({exc}).") from None
+    if not isinstance(payload, dict) or "arch" not in payload or "state_dict" not in payload:
+        raise UserError(f"{path} is not an mr2unet model file (no `arch`/`state_dict`).")
+    return payload
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the network stored in ``path`` and load its weights (eval mode)."""
+    from mr2unet.models import build_model
+
+    payload = read_checkpoint(path)
+    model = build_model(payload["arch"], **payload["model_kwargs"])
+    model.load_state_dict(payload["state_dict"])
+    model.to(device).eval()
+    return model, payload
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module behind DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model

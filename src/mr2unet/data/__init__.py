@@ -1,0 +1,1 @@
+"""Data: download/extract MVTec AD, generate synthetic MVTec-format data, prepare splits."""

@@ -1,0 +1,154 @@
+"""Reading ``params.yaml``: the selected profile applied, then validated.
+
+Every stage calls :func:`load_params` so that a bad value fails before any work,
+with one message that names the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mr2unet.errors import UserError
+
+MODEL_NAMES = ("unet", "resunet", "attention_unet", "mr2unet")
+SOURCES = ("synthetic", "url", "archive", "directory")
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``override`` merged in; nested dicts merge key by key."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def apply_profile(raw: dict[str, Any]) -> dict[str, Any]:
+    """Apply ``profiles[profile]`` on top of the base values."""
+    profile = raw.get("profile", "paper")
+    profiles = raw.get("profiles") or {}
+    if profile not in profiles:
+        raise UserError(
+            f"params.yaml: profile: {profile!r} is not defined under `profiles:` "
+            f"(defined: {', '.join(sorted(profiles)) or 'none'})."
+        )
+    base = {k: v for k, v in raw.items() if k != "profiles"}
+    return deep_merge(base, profiles[profile] or {})
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Load, apply the selected profile and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found: run the stages from the repository root.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    params = apply_profile(raw)
+    validate(params)
+    return params
+
+
+def _get(params: dict[str, Any], dotted: str) -> Any:
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise UserError(f"params.yaml: missing key `{dotted}`.")
+        node = node[part]
+    return node
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise UserError(f"params.yaml: `{key}` is {value!r}; expected {expected}.")
+
+
+def _positive_int(params: dict[str, Any], key: str) -> None:
+    value = _get(params, key)
+    _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+           key, value, "a positive integer")
+
+
+def _positive_number(params: dict[str, Any], key: str) -> None:
+    value = _get(params, key)
+    _check(isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
+           key, value, "a positive number")
+
+
+def _choice(params: dict[str, Any], key: str, choices: tuple[Any, ...]) -> None:
+    value = _get(params, key)
+    _check(value in choices, key, value, "one of " + ", ".join(map(str, choices)))
+
+
+def validate(params: dict[str, Any]) -> None:
+    """Raise :class:`UserError` naming the first key whose value cannot work."""
+    _choice(params, "data.source", SOURCES)
+    source = params["data"]["source"]
+    if source == "url":
+        url = _get(params, "data.url")
+        _check(isinstance(url, str) and re.match(r"^(https?|file)://", url) is not None,
+               "data.url", url, "an http(s):// or file:// URL")
+    if source == "archive":
+        archive = _get(params, "data.archive")
+        _check(isinstance(archive, str) and Path(archive).is_file(), "data.archive", archive,
+               "the path of an existing MVTec AD .tar/.tar.xz file")
+    if source == "directory":
+        directory = _get(params, "data.directory")
+        _check(isinstance(directory, str) and Path(directory).is_dir(), "data.directory",
+               directory, "the path of an existing, extracted MVTec AD directory")
+    sha = _get(params, "data.sha256")
+    _check(sha is None or (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha) is not None),
+           "data.sha256", sha, "null or 64 lowercase hex digits")
+    _check(isinstance(_get(params, "data.categories"), list), "data.categories",
+           params["data"]["categories"], "a list of category names ([] = all)")
+    _positive_int(params, "synthetic.images_per_defect")
+    fraction = _get(params, "split.test_fraction")
+    _check(isinstance(fraction, int | float) and 0 < fraction < 1, "split.test_fraction",
+           fraction, "a number strictly between 0 and 1")
+    size = _get(params, "prepare.image_size")
+    _check(isinstance(size, int) and size >= 16 and size % 16 == 0, "prepare.image_size",
+           size, "a multiple of 16 (the networks down-sample four times)")
+    threshold = _get(params, "prepare.mask_threshold")
+    _check(isinstance(threshold, int | float) and 0 < threshold <= 1, "prepare.mask_threshold",
+           threshold, "a number in (0, 1]")
+    models = _get(params, "train.models")
+    _check(isinstance(models, list) and len(models) > 0 and set(models) <= set(MODEL_NAMES),
+           "train.models", models, "a non-empty list drawn from " + ", ".join(MODEL_NAMES))
+    for key in ("train.epochs", "train.batch_size", "train.checkpoint_every", "train.log_every",
+                "train.base_width", "evaluate.batch_size"):
+        _positive_int(params, key)
+    _positive_number(params, "train.lr")
+    _check(_get(params, "train.weight_decay") >= 0, "train.weight_decay",
+           params["train"]["weight_decay"], "a number >= 0")
+    _choice(params, "train.loss", ("ce", "ce_dice"))
+    _choice(params, "train.augment", ("none", "flips", "flips_rot90"))
+    _choice(params, "train.precision", ("auto", "bf16", "fp16", "fp32"))
+    _choice(params, "train.channels_last", ("auto", True, False))
+    device = _get(params, "train.device")
+    _check(isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device)
+           is not None, "train.device", device, "auto, cpu, cuda, cuda:N or mps")
+    _choice(params, "evaluate.empty_score", (0.0, 1.0))
+    options = _get(params, "train.model_options")
+    _check(isinstance(options, dict) and set(options) <= set(MODEL_NAMES),
+           "train.model_options", options, "a mapping keyed by model name")
+
+
+def set_profile(path: str | Path, profile: str) -> None:
+    """Rewrite only the ``profile:`` line of ``params.yaml`` (comments kept)."""
+    path = Path(path)
+    text = path.read_text()
+    raw = yaml.safe_load(text) or {}
+    if profile not in (raw.get("profiles") or {}):
+        raise UserError(f"unknown profile {profile!r}; defined: {sorted(raw.get('profiles', {}))}")
+    new, count = re.subn(r"(?m)^profile:.*$", f"profile: {profile}", text, count=1)
+    if count != 1:
+        raise UserError(f"{path} has no top-level `profile:` line to set.")
+    path.write_text(new)

@@ -1,0 +1,249 @@
+"""MLflow tracking and model registry: an optional layer around training and evaluation.
+
+Nothing in the training core imports MLflow; stage scripts call these functions when
+``tracking.enabled`` is true.  The store is ``tracking.uri`` if set, else
+``$MLFLOW_TRACKING_URI``, else the embedded default ``sqlite:///mlflow.db`` at the
+repository root (artifacts in ``mlartifacts/`` beside it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import random
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_DB = "mlflow.db"
+
+
+def resolve_tracking_uri(params: dict[str, Any], root: str | Path = ".") -> str:
+    """The tracking URI: ``tracking.uri``, ``$MLFLOW_TRACKING_URI`` or the repo's SQLite file."""
+    uri = params.get("tracking", {}).get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return str(uri)
+    return f"sqlite:///{(Path(root).resolve() / DEFAULT_DB).as_posix()}"
+
+
+def with_retry(fn: Callable[[], T], attempts: int = 8, base_delay: float = 0.5) -> T:
+    """Call ``fn``, retrying with jittered back-off while SQLite reports a lock.
+
+    Several DVC stages (``dvc exp run --queue`` workers) may write one SQLite store at
+    once; SQLite serialises writers and the losers see "database is locked".
+    """
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            delay = base_delay * (2**attempt) * (0.5 + random.random())
+            log.warning("tracking store busy (%s); retrying in %.1fs", exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def write_run_info(path: str | Path, info: dict[str, Any]) -> None:
+    """Record where a stage's MLflow run and model version live (a DVC output)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def read_run_info(path: str | Path) -> dict[str, Any]:
+    """The dict written by :func:`write_run_info`; ``{}`` when tracking was off."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# ---------------------------------------------------------------- provenance helpers
+
+
+def git_commit(root: str | Path = ".") -> str:
+    """HEAD's commit, with ``-dirty`` when tracked files differ; ``unknown`` outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": "0.0001"}`` (MLflow params are strings)."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return flat
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise writers of one SQLite store across processes (no-op for servers).
+
+    SQLite allows one writer at a time; holding an ``flock`` beside the database while
+    writing turns "database is locked" failures into a short wait.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def locked_write(uri: str, fn: Callable[[], T]) -> T:
+    """Run one write to the store under :func:`store_lock`, retrying if still locked."""
+    def attempt() -> T:
+        with store_lock(uri):
+            return fn()
+
+    return with_retry(attempt)
+
+
+# --------------------------------------------------------------------- training runs
+
+
+class TrainingTracker:
+    """One MLflow run per trained model: params, per-epoch metrics, model, registry.
+
+    ``start`` opens (or, after an interrupted run, re-opens) the run, ``log_epoch`` is
+    the training loop's ``on_epoch_end`` callback, ``finish`` logs the history and the
+    model, registers it as a new version of ``<registry_prefix><arch>`` and returns the
+    run info that the stage writes to ``data/models/<arch>.run.json``.
+    """
+
+    def __init__(self, params: dict[str, Any], arch: str, root: str | Path = ".") -> None:
+        import mlflow
+
+        self.params = params
+        self.arch = arch
+        self.root = Path(root)
+        self.uri = resolve_tracking_uri(params, root)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = mlflow.MlflowClient(self.uri)
+        name = params["tracking"]["experiment"]
+        self.experiment_id = locked_write(self.uri, lambda: mlflow.set_experiment(name)
+                                          ).experiment_id
+        self.run_id = ""
+
+    def start(self, stage: str, resume_run_id: str | None = None,
+              extra_tags: dict[str, str] | None = None) -> str:
+        """Create the run (or reopen ``resume_run_id``) and log the stage's params."""
+        if resume_run_id and self._run_exists(resume_run_id):
+            self.run_id = resume_run_id
+            locked_write(self.uri, lambda: self.client.update_run(self.run_id, "RUNNING"))
+            log.info("MLflow: resuming run %s", self.run_id)
+            return self.run_id
+        tags = {
+            "mlflow.source.git.commit": git_commit(self.root),
+            "dvc.stage": stage,
+            "arch": self.arch,
+            "torch_version": torch_version(),
+            **(extra_tags or {}),
+        }
+        run = locked_write(self.uri, lambda: self.client.create_run(
+            self.experiment_id, run_name=f"train-{self.arch}", tags=tags))
+        self.run_id = run.info.run_id
+        stage_params = {k: self.params[k] for k in ("profile", "data", "split", "prepare")}
+        stage_params["train"] = {k: v for k, v in self.params["train"].items()
+                                 if k not in ("model_options", "models")}
+        stage_params["model_options"] = self.params["train"]["model_options"].get(self.arch) or {}
+        self._log_params(flatten(stage_params))
+        return self.run_id
+
+    def _run_exists(self, run_id: str) -> bool:
+        try:
+            return self.client.get_run(run_id).info.experiment_id == self.experiment_id
+        except Exception:  # noqa: BLE001 - a missing run raises MlflowException
+            return False
+
+    def _log_params(self, flat: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in sorted(flat.items())]
+        for i in range(0, len(items), 100):  # MLflow accepts at most 100 params a batch
+            chunk = items[i:i + 100]
+            locked_write(self.uri, lambda c=chunk: self.client.log_batch(self.run_id, params=c))
+
+    def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), stamp, step or 0) for k, v in values.items()]
+        locked_write(self.uri, lambda: self.client.log_batch(self.run_id, metrics=metrics))
+
+    def log_epoch(self, row: dict[str, float]) -> None:
+        """``on_epoch_end`` callback: one MLflow step per epoch."""
+        self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+    def finish(self, checkpoint: Path, history_csv: Path, data_file: Path,
+               system: dict[str, Any]) -> dict[str, Any]:
+        """Log artifacts and the model, register a version, close the run."""
+        import mlflow
+
+        from mr2unet.mlflow_model import log_segmentation_model
+
+        self.client.set_tag(self.run_id, "device", str(system.get("device", "")))
+        locked_write(self.uri, lambda: self.client.log_artifact(self.run_id, str(history_csv)))
+        data_hash = file_sha256(data_file)
+        name = f"{self.params['tracking']['registry_prefix']}{self.arch}"
+        with mlflow.start_run(run_id=self.run_id):
+            info = locked_write(self.uri, lambda: log_segmentation_model(checkpoint))
+        version = locked_write(self.uri, lambda: mlflow.register_model(
+            info.model_uri, name, tags={"git_commit": git_commit(self.root),
+                                        "data_sha256": data_hash, "arch": self.arch}))
+        locked_write(self.uri, lambda: self.client.update_model_version(
+            name, version.version,
+            description=f"{self.arch} trained by run {self.run_id} ({system.get('device')})"))
+        locked_write(self.uri, lambda: self.client.set_terminated(self.run_id, "FINISHED"))
+        return {
+            "tracking": True,
+            "tracking_uri": self.uri,
+            "experiment_id": self.experiment_id,
+            "run_id": self.run_id,
+            "model_uri": info.model_uri,
+            "registered_model": name,
+            "model_version": str(version.version),
+        }
+
+    def fail(self) -> None:
+        if self.run_id:
+            locked_write(self.uri, lambda: self.client.set_terminated(self.run_id, "FAILED"))
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__

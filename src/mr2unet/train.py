@@ -1,0 +1,370 @@
+"""Training one segmentation network on the prepared training split.
+
+One plain loop (nanoGPT style): the whole split lives on the device as one uint8
+tensor, each step slices a batch, augments it on the device, and takes an Adam step.
+Nothing in here imports MLflow or DVC; a caller that wants tracking passes
+``on_epoch_end``.  Only torch, numpy and pyyaml are needed.
+
+Reproducibility: every random draw comes from explicit generators seeded from
+``TrainConfig.seed``; on CPU ``torch.use_deterministic_algorithms(True)`` makes two
+runs bit-identical.  A checkpoint (weights, optimiser, generator states, history)
+is written every ``checkpoint_every`` epochs, so an interrupted run resumes where it
+stopped and ends exactly where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mr2unet.checkpoint import save_model, unwrap
+from mr2unet.data.prepared import PreparedSplit
+from mr2unet.errors import UserError
+from mr2unet.metrics import confusion_counts, scores_from_counts
+from mr2unet.models import build_model
+from mr2unet.transforms import to_input
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the trained weights (see ``params.yaml: train``)."""
+
+    arch: str
+    epochs: int = 200
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    loss: str = "ce"
+    dice_weight: float = 1.0
+    augment: str = "none"
+    seed: int = 0
+    base_width: int = 64
+    model_options: dict[str, Any] = field(default_factory=dict)
+    # How to run it; these do not change the result on CPU.
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | str = "auto"
+    compile: bool = False
+    deterministic: bool = True
+    checkpoint_every: int = 10
+    log_every: int = 10
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], arch: str) -> TrainConfig:
+        train = params["train"]
+        names = {f for f in cls.__dataclass_fields__ if f not in ("arch", "model_options")}
+        options = (train.get("model_options") or {}).get(arch) or {}
+        return cls(arch=arch, model_options=dict(options),
+                   **{k: train[k] for k in names if k in train})
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"base_width": self.base_width, **self.model_options}
+
+    def fingerprint(self) -> str:
+        """Hash of the fields that change the result: a checkpoint only resumes a twin."""
+        keep = {k: v for k, v in asdict(self).items()
+                if k not in ("checkpoint_every", "log_every", "device", "compile")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict[str, float]]
+    device: str
+    seconds: float
+    resumed_from_epoch: int
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable device is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"train.device is {name!r} but no CUDA GPU is visible; use `auto` or `cpu`.")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32 (``auto``: bf16 on CUDA only)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def configure_determinism(enabled: bool, device: torch.device) -> None:
+    """Deterministic kernels; on CUDA also cuDNN/cuBLAS settings (see docs/training.md)."""
+    if not enabled:
+        torch.backends.cudnn.benchmark = True
+        return
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        # Some CUDA backward kernels (e.g. max-pool, upsampling) have no deterministic
+        # variant: warn instead of failing; CPU runs are fully deterministic.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(True)
+
+
+# ------------------------------------------------------------------------ the batch ops
+
+
+def augment_batch(
+    images: torch.Tensor, masks: torch.Tensor, mode: str, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flips (and 90-degree rotations) per sample, on the device, without syncs.
+
+    ``images`` is float ``(N, C, H, W)``, ``masks`` integer ``(N, H, W)``.  Each
+    transform is applied to every sample and kept where the sample's draw says so
+    (``torch.where``), which keeps the step free of host-device synchronisation.
+    """
+    if mode == "none":
+        return images, masks
+    n = images.shape[0]
+    draws = torch.randint(0, 8, (n,), generator=generator, device=generator.device)
+    draws = draws.to(images.device)
+    m = masks.unsqueeze(1)
+
+    def pick(flag: torch.Tensor, new_x: torch.Tensor, new_m: torch.Tensor) -> None:
+        nonlocal images, m
+        images = torch.where(flag.view(-1, 1, 1, 1), new_x, images)
+        m = torch.where(flag.view(-1, 1, 1, 1), new_m, m)
+
+    pick((draws & 1).bool(), images.flip(-1), m.flip(-1))
+    pick((draws & 2).bool(), images.flip(-2), m.flip(-2))
+    if mode == "flips_rot90" and images.shape[-1] == images.shape[-2]:
+        pick((draws & 4).bool(), images.transpose(-1, -2), m.transpose(-1, -2))
+    return images, m.squeeze(1)
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice of the defect class, over the whole batch (smoothed by ``eps``)."""
+    prob = logits.float().softmax(1)[:, 1]
+    target = target.float()
+    inter = (prob * target).sum()
+    return 1 - (2 * inter + eps) / (prob.sum() + target.sum() + eps)
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """The paper's 2-class softmax cross-entropy, optionally plus a weighted soft Dice."""
+    loss = F.cross_entropy(logits.float(), target)
+    if cfg.loss == "ce_dice":
+        loss = loss + cfg.dice_weight * soft_dice_loss(logits, target)
+    return loss
+
+
+# --------------------------------------------------------------------- checkpointing
+
+
+def _checkpoint_path(directory: Path) -> Path:
+    return directory / "last.pt"
+
+
+def save_training_state(directory: Path, state: dict[str, Any]) -> None:
+    """Atomically write the resume state (weights, optimiser, generators, history)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / "last.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(_checkpoint_path(directory))
+
+
+def load_training_state(directory: Path | None, fingerprint: str) -> dict[str, Any] | None:
+    """The saved state if it belongs to a run with the same config, else None."""
+    if directory is None or not _checkpoint_path(directory).is_file():
+        return None
+    state = torch.load(_checkpoint_path(directory), map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        log.info("ignoring %s: it belongs to a run with other parameters", directory)
+        return None
+    return state
+
+
+# ------------------------------------------------------------------------------ loop
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size): torchrun sets these; a plain run is rank 0 of 1."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if _distributed()[1] > 1:
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def train(
+    cfg: TrainConfig,
+    split: PreparedSplit,
+    checkpoint_dir: Path | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``cfg.arch`` on ``split``; resume from ``checkpoint_dir`` when it holds a twin run.
+
+    With torchrun (``WORLD_SIZE`` > 1 and the process group initialised by the
+    caller) each rank takes every ``world``-th sample of the shared permutation and
+    gradients are averaged by DistributedDataParallel.
+    """
+    from tqdm import tqdm
+
+    rank, world = _distributed()
+    device = resolve_device(cfg.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    configure_determinism(cfg.deterministic, device)
+    if len(split) == 0:
+        raise UserError("the training split is empty: check data.categories and prepare.")
+
+    torch.manual_seed(cfg.seed)  # model initialisation
+    model = build_model(cfg.arch, **cfg.model_kwargs()).to(device)
+    use_channels_last = cfg.channels_last is True or (
+        cfg.channels_last == "auto" and device.type == "cuda")
+    if use_channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    state = load_training_state(checkpoint_dir, cfg.fingerprint())
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        shuffle_gen.set_state(state["shuffle_gen"])
+        aug_gen.set_state(state["aug_gen"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+        log.info("resuming %s from epoch %d (%s)", cfg.arch, start_epoch, checkpoint_dir)
+
+    step_model: nn.Module = model
+    if world > 1:
+        step_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        step_model = torch.compile(step_model)
+    amp_dtype = autocast_dtype(cfg.precision, device)
+
+    images = torch.from_numpy(split.images).to(device)  # uint8 (N, H, W, 3), ~50 MB at full size
+    masks = torch.from_numpy(split.masks).to(device).long()
+    n = len(split)
+    steps_per_epoch = -(-len(range(rank, n, world)) // cfg.batch_size)
+
+    t0 = time.perf_counter()
+    bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs,
+               desc=f"train {cfg.arch}", unit="epoch", disable=not progress or rank != 0)
+    for epoch in bar:
+        model.train()
+        epoch_start = time.perf_counter()
+        order = torch.randperm(n, generator=shuffle_gen)[rank::world].to(device)
+        loss_sum = torch.zeros((), device=device)
+        counts = torch.zeros(3, device=device, dtype=torch.float64)  # summed per-image IOU, Dice, n
+        for step in range(steps_per_epoch):
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x = to_input(images[idx])
+            y = masks[idx]
+            x, y = augment_batch(x, y, cfg.augment, aug_gen)
+            if use_channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = step_model(x)
+            loss = segmentation_loss(logits, y, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                loss_sum += loss.detach() * idx.numel()
+                iou, dice = scores_from_counts(confusion_counts(logits.argmax(1), y))
+                counts += torch.stack([iou.sum(), dice.sum(), iou.new_tensor(idx.numel())])
+            if progress and rank == 0 and (step + 1) % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}", step=f"{step + 1}/{steps_per_epoch}")
+        totals = _all_reduce(torch.cat([loss_sum.double().view(1), counts])).cpu().tolist()
+        seen = totals[3]
+        seconds = time.perf_counter() - epoch_start
+        row = {
+            "epoch": epoch + 1,
+            "loss": totals[0] / seen,
+            "train_iou": totals[1] / seen,
+            "train_dice": totals[2] / seen,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
+            "images_per_second": seen / seconds,
+        }
+        history.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", iou=f"{row['train_iou']:.3f}",
+                        img_s=f"{row['images_per_second']:.0f}")
+        if on_epoch_end is not None and rank == 0:
+            on_epoch_end(row)
+        last = epoch + 1 == cfg.epochs
+        if checkpoint_dir is not None and rank == 0 and (
+                (epoch + 1) % cfg.checkpoint_every == 0 and not last):
+            save_training_state(checkpoint_dir, {
+                "fingerprint": cfg.fingerprint(),
+                "epoch": epoch + 1,
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "shuffle_gen": shuffle_gen.get_state(),
+                "aug_gen": aug_gen.get_state(),
+                "history": history,
+            })
+    bar.close()
+    return TrainResult(model=unwrap(model), history=history, device=str(device),
+                       seconds=time.perf_counter() - t0, resumed_from_epoch=start_epoch)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def history_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    """Final-epoch training metrics, for the registry and the logs."""
+    last = history[-1] if history else {}
+    skip = ("epoch", "seconds", "images_per_second")
+    return {f"final_{k}": float(v) for k, v in last.items() if k not in skip}
+
+
+def write_history(path: Path, history: list[dict[str, float]]) -> None:
+    """Per-epoch history as CSV (a DVC plots file); timings are kept out of it.
+
+    Wall-clock seconds differ between runs, so they would break the byte-identical
+    reproducibility check; they go to the MLflow run instead.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = ["epoch", "loss", "train_iou", "train_dice", "lr"]
+    lines = [",".join(columns)]
+    for row in history:
+        lines.append(",".join(
+            str(int(row[c])) if c == "epoch" else f"{row[c]:.6g}" for c in columns))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def save_trained_model(path: Path, result: TrainResult, cfg: TrainConfig, image_size: int,
+                       meta: dict[str, Any]) -> None:
+    """The stage's model file: weights + architecture + provenance (no timings)."""
+    save_model(path, result.model, cfg.arch, cfg.model_kwargs(), image_size,
+               meta={"epochs": cfg.epochs, "seed": cfg.seed, "config": asdict(cfg), **meta})

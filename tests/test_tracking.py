@@ -1,0 +1,123 @@
+"""The MLflow layer: URI resolution, runs, registry, pyfunc loading, concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mr2unet.tracking import flatten, resolve_tracking_uri
+
+mlflow = pytest.importorskip("mlflow")
+
+
+def params_for(uri: str) -> dict:
+    return {
+        "profile": "demo",
+        "data": {"source": "synthetic"},
+        "split": {"test_fraction": 0.2, "seed": 1},
+        "prepare": {"image_size": 32},
+        "train": {"epochs": 2, "lr": 0.001, "models": ["unet"],
+                  "model_options": {"unet": {}}},
+        "tracking": {"enabled": True, "uri": uri, "experiment": "test-exp",
+                     "registry_prefix": "mr2unet-"},
+    }
+
+
+def test_uri_precedence(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri({"tracking": {"uri": None}}, tmp_path) == \
+        f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri({"tracking": {"uri": None}}, tmp_path) == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri({"tracking": {"uri": "sqlite:///x.db"}}, tmp_path) == \
+        "sqlite:///x.db"
+
+
+def test_flatten() -> None:
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": {}}) == \
+        {"a.b": "1", "a.c": "[1, 2]", "d": "None", "e": "{}"}
+
+
+def test_training_run_is_logged_registered_and_loadable(tmp_path, monkeypatch) -> None:
+    from mr2unet.checkpoint import save_model
+    from mr2unet.models import build_model
+    from mr2unet.tracking import TrainingTracker
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    params = params_for(uri)
+    model = build_model("unet", base_width=4)
+    ckpt = tmp_path / "unet.pt"
+    save_model(ckpt, model, "unet", {"base_width": 4}, image_size=32)
+    history = tmp_path / "unet.csv"
+    history.write_text("epoch,loss\n1,0.5\n")
+    data = tmp_path / "train.npz"
+    data.write_bytes(b"data")
+
+    tracker = TrainingTracker(params, "unet", root=tmp_path)
+    run_id = tracker.start("train@unet")
+    tracker.log_epoch({"epoch": 1, "loss": 0.7, "train_iou": 0.1})
+    tracker.log_epoch({"epoch": 2, "loss": 0.5, "train_iou": 0.3})
+    info = tracker.finish(ckpt, history, data, system={"device": "cpu"})
+
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == "0.001"
+    assert run.data.tags["dvc.stage"] == "train@unet"
+    assert [m.value for m in client.get_metric_history(run_id, "loss")] == [0.7, 0.5]
+    assert info["registered_model"] == "mr2unet-unet" and info["model_version"] == "1"
+    version = client.get_model_version("mr2unet-unet", "1")
+    assert version.run_id == run_id
+    assert version.tags["data_sha256"] == \
+        "3a6eb0790f39ac87c94f3856b2dd2c5d110e6811602261a9a923d3bb23adc8b7"
+
+    pyfunc = mlflow.pyfunc.load_model("models:/mr2unet-unet/1")
+    images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    masks = pyfunc.predict(images)
+    assert masks.shape == (3, 32, 32) and masks.dtype == np.uint8
+    assert pyfunc.predict(images[:1]).shape == (1, 32, 32)
+    with torch.inference_mode():
+        expected = model.eval()(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+    assert np.array_equal(masks, expected.argmax(1).numpy())
+
+    # An interrupted stage re-opens the same run instead of starting another.
+    again = TrainingTracker(params, "unet", root=tmp_path)
+    assert again.start("train@unet", resume_run_id=run_id) == run_id
+    assert again.start("train@unet", resume_run_id="0" * 32) != run_id
+
+
+def _hammer(args: tuple[str, int]) -> str:
+    from mr2unet.tracking import TrainingTracker
+
+    uri, worker = args
+    tracker = TrainingTracker(params_for(uri), f"arch{worker}")
+    tracker.start(f"train@arch{worker}")
+    for epoch in range(1, 16):
+        tracker.log_epoch({"epoch": epoch, "loss": 1.0 / epoch})
+    return tracker.run_id
+
+
+def test_concurrent_writers_do_not_fail(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        run_ids = pool.map(_hammer, [(uri, i) for i in range(4)])
+    client = mlflow.MlflowClient(uri)
+    assert len(set(run_ids)) == 4
+    for run_id in run_ids:
+        assert len(client.get_metric_history(run_id, "loss")) == 15
+
+
+def test_lock_file_sits_beside_the_database(tmp_path) -> None:
+    from mr2unet.tracking import store_lock
+
+    uri = f"sqlite:///{tmp_path}/sub/mlflow.db"
+    with store_lock(uri):
+        assert Path(f"{tmp_path}/sub/mlflow.db.lock").exists()
+    with store_lock("http://127.0.0.1:1"):
+        pass
