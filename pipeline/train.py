@@ -11,12 +11,12 @@ Resume state lives in data/checkpoints/<model>/ until the run finishes.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from _common import run_stage
 
 from mr2unet.data.prepared import load_split
@@ -24,23 +24,13 @@ from mr2unet.errors import UserError
 from mr2unet.train import (
     TrainConfig,
     history_metrics,
+    init_distributed,
     save_trained_model,
     train,
     write_history,
 )
 
 TRAIN_SPLIT = Path("data/prepared/train.npz")
-
-
-def init_distributed() -> int:
-    """Join the torchrun process group when there is one; returns the rank."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0
-    import torch
-
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    torch.distributed.init_process_group(backend)
-    return torch.distributed.get_rank()
 
 
 def main(params: dict[str, Any], arch: str) -> None:
@@ -70,10 +60,11 @@ def main(params: dict[str, Any], arch: str) -> None:
         if tracker:
             tracker.fail()
         raise
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     if rank != 0:
         return
-
-    import torch
 
     from mr2unet.tracking import git_commit, write_run_info
 

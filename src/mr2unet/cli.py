@@ -3,6 +3,7 @@
 ``mr2unet profile NAME``      select a params.yaml profile (``make demo`` uses ``demo``)
 ``mr2unet synthetic DIR``     write synthetic MVTec-format data to DIR
 ``mr2unet predict ...``       segment images with a trained model (``mr2unet predict --help``)
+``mr2unet spread``            mean +/- std of the DVC experiments' metrics (e.g. over seeds)
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ def _synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spread(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mr2unet.experiments import write_spread
+
+    found = write_spread(Path(args.repo), Path(args.out))
+    if not found:
+        raise UserError("no DVC experiments with metrics found (refs/exps): run e.g. "
+                        "`dvc exp run --queue -S train.seed=1` and `dvc queue start` first.")
+    print(f"{found} experiments -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mr2unet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images-per-defect", type=int, default=12)
     p.set_defaults(func=_synthetic)
+
+    p = sub.add_parser("spread", help="aggregate DVC experiments into mean +/- std")
+    p.add_argument("--repo", default=".")
+    p.add_argument("--out", default="reports/seed_spread.md")
+    p.set_defaults(func=_spread)
 
     from mr2unet import predict
 

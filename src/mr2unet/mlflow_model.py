@@ -28,7 +28,8 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.model, self.payload = load_model(context.artifacts["checkpoint"])
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> np.ndarray:
+    # No type hints on predict: MLflow would try to derive a schema from them.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         images = np.asarray(model_input, dtype=np.uint8)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected uint8 images (N, H, W, 3), got shape {images.shape}")

@@ -152,10 +152,16 @@ class TrainingTracker:
         self.root = Path(root)
         self.uri = resolve_tracking_uri(params, root)
         mlflow.set_tracking_uri(self.uri)
-        self.client = mlflow.MlflowClient(self.uri)
         name = params["tracking"]["experiment"]
-        self.experiment_id = locked_write(self.uri, lambda: mlflow.set_experiment(name)
-                                          ).experiment_id
+
+        def connect() -> tuple[Any, str]:
+            # The first connection creates and migrates a new SQLite store: one process
+            # at a time, or concurrent migrations collide.
+            client = mlflow.MlflowClient(self.uri)
+            client.search_experiments(max_results=1)
+            return client, mlflow.set_experiment(name).experiment_id
+
+        self.client, self.experiment_id = locked_write(self.uri, connect)
         self.run_id = ""
 
     def start(self, stage: str, resume_run_id: str | None = None,

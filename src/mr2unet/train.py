@@ -204,6 +204,16 @@ def load_training_state(directory: Path | None, fingerprint: str) -> dict[str, A
 # ------------------------------------------------------------------------------ loop
 
 
+def init_distributed() -> int:
+    """Join the torchrun process group when there is one (``WORLD_SIZE`` > 1); the rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    return torch.distributed.get_rank()
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size): torchrun sets these; a plain run is rank 0 of 1."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -1,0 +1,108 @@
+"""params.yaml: profiles, validation messages that name the key, the profile setter."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mr2unet.errors import UserError
+from mr2unet.params import apply_profile, deep_merge, load_params, set_profile
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def params_file(tmp_path: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    return path
+
+
+def edit(path: Path, dotted: str, value: object) -> None:
+    raw = yaml.safe_load(path.read_text())
+    node = raw
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    path.write_text(yaml.safe_dump(raw))
+
+
+def test_committed_default_is_the_papers_protocol() -> None:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    base = {k: v for k, v in raw.items() if k != "profiles"}
+    assert base["train"]["lr"] == 1e-4 and base["train"]["epochs"] == 200
+    assert base["prepare"]["image_size"] == 128 and base["split"]["test_fraction"] == 0.2
+    assert base["train"]["base_width"] == 64 and base["data"]["source"] == "url"
+    assert base["data"]["sha256"].startswith("cf4313b1")
+    assert raw["profiles"]["paper"] == {}
+
+
+def test_demo_profile_overrides_only_what_it_names(params_file: Path) -> None:
+    set_profile(params_file, "demo")
+    params = load_params(params_file)
+    assert params["profile"] == "demo"
+    assert params["data"]["source"] == "synthetic"
+    assert params["train"]["base_width"] == 8
+    assert params["data"]["sha256"].startswith("cf4313b1")  # untouched keys survive
+    assert "profiles" not in params
+    assert "# All knobs" in params_file.read_text()  # comments kept
+
+
+def test_deep_merge_keeps_siblings() -> None:
+    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+
+
+def test_unknown_profile() -> None:
+    with pytest.raises(UserError, match="profile: 'nope'"):
+        apply_profile({"profile": "nope", "profiles": {"paper": {}}})
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("train.models", ["unet", "segformer"], "`train.models`"),
+    ("train.epochs", -3, "`train.epochs`"),
+    ("train.epochs", 2.5, "`train.epochs`"),
+    ("split.test_fraction", 1.0, "`split.test_fraction`"),
+    ("split.test_fraction", 0, "`split.test_fraction`"),
+    ("prepare.image_size", 100, "`prepare.image_size`"),
+    ("data.source", "ftp", "`data.source`"),
+    ("train.loss", "focal", "`train.loss`"),
+    ("train.device", "gpu", "`train.device`"),
+    ("data.sha256", "abc", "`data.sha256`"),
+    ("train.lr", 0, "`train.lr`"),
+])
+def test_bad_values_name_the_key(params_file: Path, key: str, value: object,
+                                 message: str) -> None:
+    edit(params_file, key, value)
+    with pytest.raises(UserError, match=message):
+        load_params(params_file)
+
+
+def test_missing_archive_names_the_key(params_file: Path, tmp_path: Path) -> None:
+    edit(params_file, "data.source", "archive")
+    edit(params_file, "data.archive", str(tmp_path / "missing.tar.xz"))
+    with pytest.raises(UserError, match="`data.archive`"):
+        load_params(params_file)
+
+
+def test_missing_key_is_named(params_file: Path) -> None:
+    raw = yaml.safe_load(params_file.read_text())
+    del raw["train"]["batch_size"]
+    params_file.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match="missing key `train.batch_size`"):
+        load_params(params_file)
+
+
+def test_stage_script_fails_before_work_with_one_line(params_file: Path, tmp_path: Path) -> None:
+    edit(params_file, "train.epochs", -1)
+    result = subprocess.run([sys.executable, str(REPO / "pipeline" / "train.py"), "unet",
+                             "--params", str(params_file)], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: params.yaml: `train.epochs` is -1; expected a positive integer."]
+    assert not (tmp_path / "data").exists()

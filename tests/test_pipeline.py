@@ -1,0 +1,179 @@
+"""End to end: `dvc repro` in a throw-away copy of the project, with a tiny profile.
+
+Covers what a user does with DVC and MLflow beyond one process: repro then nothing left to
+do, kill a training stage and resume it to the same weights, push to a remote and pull
+into another clone, and track against an `mlflow server` on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DVC = str(BIN / "dvc")
+ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "DVC_NO_UPDATE_CHECK": "1",
+       "PYTHONHASHSEED": "0", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+ENV.pop("MLFLOW_TRACKING_URI", None)
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "data": {"source": "synthetic"},
+    "synthetic": {"images_per_defect": 2},
+    "train": {"epochs": 3, "batch_size": 8, "base_width": 4, "lr": 3.0e-3,
+              "checkpoint_every": 1, "device": "cpu"},
+    "evaluate": {"report_samples": 1},
+}
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env or ENV, capture_output=True, text=True, **kw)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def make_project(dest: Path, models: list[str], tracking: bool = False) -> Path:
+    """A git repo holding the tracked files of this project, set to a tiny profile."""
+    dest.mkdir(parents=True, exist_ok=True)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    params_path = dest / "params.yaml"
+    raw = yaml.safe_load(params_path.read_text())
+    raw["profile"] = "tiny"
+    raw["profiles"]["tiny"] = {**TINY, "tracking": {"enabled": tracking}}
+    raw["train"]["models"] = models
+    params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    for args in (["init", "-q"], ["config", "user.email", "t@t"], ["config", "user.name", "t"],
+                 ["add", "-A"], ["commit", "-qm", "tiny project"]):
+        run(["git", *args], dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny project after a full `dvc repro` (shared by the read-only tests)."""
+    project = make_project(tmp_path_factory.mktemp("built"), ["unet", "mr2unet"])
+    run([DVC, "repro"], project, timeout=900)
+    return project
+
+
+def test_repro_writes_every_output_and_leaves_nothing_to_do(built: Path) -> None:
+    for name in ("metrics/unet.json", "metrics/mr2unet.json", "metrics/history/unet.csv",
+                 "data/models/mr2unet.pt", "data/prepared/manifest.csv",
+                 "reports/report.html"):
+        assert (built / name).is_file(), name
+    status = run([DVC, "status", "--quiet"], built)
+    assert status.stdout.strip() == ""
+    again = run([DVC, "repro"], built)
+    assert "didn't change, skipping" in again.stdout or "up to date" in again.stdout
+    assert "Running stage" not in again.stdout
+
+
+def test_remote_push_pull(built: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    run([DVC, "remote", "add", "-d", "local", str(remote)], built)
+    run([DVC, "push"], built)
+    run(["git", "add", "-A"], built)
+    run(["git", "commit", "-qm", "results + remote"], built)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(built), str(clone)], tmp_path)
+    assert not (clone / "data" / "models" / "unet.pt").exists()
+    run([DVC, "pull"], clone)
+    assert (clone / "data/models/unet.pt").read_bytes() == \
+        (built / "data/models/unet.pt").read_bytes()
+    assert run([DVC, "status", "--quiet"], clone).stdout.strip() == ""
+    assert "Running stage" not in run([DVC, "repro"], clone).stdout
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except (FileNotFoundError, RuntimeError, EOFError, KeyError):
+        return 0
+
+
+def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    reference = make_project(tmp_path / "ref", ["unet"])
+    killed = make_project(tmp_path / "killed", ["unet"])
+    for project in (reference, killed):
+        raw = yaml.safe_load((project / "params.yaml").read_text())
+        raw["profiles"]["tiny"]["train"]["epochs"] = 8
+        (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        run([DVC, "repro", "prepare"], project, timeout=300)
+    run([DVC, "repro", "train@unet"], reference, timeout=600)
+
+    proc = subprocess.Popen([DVC, "repro", "train@unet"], cwd=killed, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    checkpoint = killed / "data/checkpoints/unet/last.pt"
+    deadline = time.monotonic() + 300
+    while _checkpoint_epoch(checkpoint) < 3 and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    interrupted_at = _checkpoint_epoch(checkpoint)
+    assert 3 <= interrupted_at < 8, "training finished before it could be killed"
+
+    result = run([DVC, "repro", "train@unet"], killed, timeout=600)
+    assert f"resuming unet from epoch {interrupted_at}" in result.stdout + result.stderr
+    a = torch.load(reference / "data/models/unet.pt", weights_only=True)["state_dict"]
+    b = torch.load(killed / "data/models/unet.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (reference / "metrics/history/unet.csv").read_text() == \
+        (killed / "metrics/history/unet.csv").read_text()
+    assert not checkpoint.exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_training_against_a_local_mlflow_server(tmp_path: Path) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    project = make_project(tmp_path / "p", ["unet"], tracking=True)
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "server down"
+                time.sleep(0.5)
+        env = {**ENV, "MLFLOW_TRACKING_URI": uri}
+        run([DVC, "repro", "train@unet"], project, env=env, timeout=600)
+        client = mlflow.MlflowClient(uri)
+        version = client.get_model_version("mr2unet-unet", "1")
+        run_info = yaml.safe_load((project / "data/models/unet.run.json").read_text())
+        assert run_info["tracking_uri"] == uri and version.run_id == run_info["run_id"]
+        assert client.get_run(version.run_id).info.status == "FINISHED"
+        assert not (project / "mlflow.db").exists()  # nothing went to the embedded store
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
