@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export DVC_NO_UPDATE_CHECK := 1
 export PYTHONHASHSEED := 0
+# Stage commands call `python`: make it the venv's.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install demo test lint ui repro bench clean-demo
 

@@ -72,7 +72,7 @@ def main(params: dict[str, Any], arch: str) -> None:
     history_path = Path("metrics/history") / f"{arch}.csv"
     save_trained_model(model_path, result, cfg, image_size=params["prepare"]["image_size"],
                        meta={"git_commit": git_commit(), "device": result.device,
-                             "torch_version": torch.__version__})
+                             "torch_version": str(torch.__version__)})
     write_history(history_path, result.history)
     info: dict[str, Any] = {"tracking": False}
     if tracker:

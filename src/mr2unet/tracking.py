@@ -252,4 +252,4 @@ class TrainingTracker:
 def torch_version() -> str:
     import torch
 
-    return torch.__version__
+    return str(torch.__version__)
