@@ -154,11 +154,15 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def sample_grid(inputs: ReportInputs, category: str, scale: int = 1) -> Image.Image:
-    """Rows = test images of ``category``; columns = input, ground truth, each model."""
+def sample_grid(inputs: ReportInputs, category: str) -> Image.Image:
+    """Rows = test images of ``category``; columns = input, ground truth, each model.
+
+    Tiles smaller than 128 px are enlarged (nearest neighbour) so that they stay legible.
+    """
     idx = np.flatnonzero(inputs.categories == category)[:inputs.samples_per_category]
     models = [m for m in MODEL_NAMES if m in inputs.predictions]
-    size = inputs.images.shape[1]
+    scale = max(1, 128 // inputs.images.shape[1])
+    size = inputs.images.shape[1] * scale
     header = 18
     cols = 2 + len(models)
     grid = Image.new("RGB", (cols * (size + 4), header + len(idx) * (size + 4)), "white")
@@ -169,9 +173,8 @@ def sample_grid(inputs: ReportInputs, category: str, scale: int = 1) -> Image.Im
         tiles = [inputs.images[i], overlay(inputs.images[i], inputs.masks[i])]
         tiles += [overlay(inputs.images[i], inputs.predictions[m][i]) for m in models]
         for c, tile in enumerate(tiles):
-            grid.paste(Image.fromarray(tile), (c * (size + 4), header + r * (size + 4)))
-    if scale != 1:
-        grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+            img = Image.fromarray(tile).resize((size, size), Image.Resampling.NEAREST)
+            grid.paste(img, (c * (size + 4), header + r * (size + 4)))
     return grid
 
 
