@@ -1,82 +1,228 @@
-"""Metrics (hand-computed), the metrics JSON, dvc metrics diff, the report, predict."""
+"""The evaluate stage: exact scores of known predictions, its files, MLflow, dvc metrics diff."""
 
 from __future__ import annotations
 
-import csv
+import copy
 import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from torch import nn
 
 from mr2unet.checkpoint import save_model
 from mr2unet.data.prepared import PreparedSplit
-from mr2unet.evaluate import evaluate, summarise
-from mr2unet.metrics import (
-    confusion_counts,
-    dice_from_counts,
-    iou_from_counts,
-    mean_scores,
-    pooled_scores,
+from mr2unet.errors import UserError
+from mr2unet.evaluate import (
+    TEST_SPLIT,
+    ModelFiles,
+    evaluate,
+    flat_metrics,
+    predict_masks,
+    run_evaluation,
+    summarise,
 )
 from mr2unet.models import build_model
-from mr2unet.report import ReportInputs, paper_table, write_report
+from mr2unet.params import load_params
 
+REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+SIZE = 32
+# Defect areas (pixels) of the fake test images: 3 "bottle" (a paper category), 3 "weave".
+AREAS = {"bottle": [16, 64, 4], "weave": [100, 1, 36]}
 
 
-def test_counts_iou_and_dice_by_hand() -> None:
-    pred = torch.tensor([[[1, 1, 0, 0]]])
-    target = torch.tensor([[[1, 0, 1, 0]]])
-    counts = confusion_counts(pred, target).numpy()
-    assert counts.tolist() == [[1, 1, 1]]
-    assert iou_from_counts(counts).tolist() == [pytest.approx(1 / 3)]
-    assert dice_from_counts(counts).tolist() == [pytest.approx(2 / 4)]
+class RedThreshold(nn.Module):
+    """Stand-in network: a pixel is a defect where its red channel exceeds 0.5."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = x[:, 0] - 0.5
+        return torch.stack([torch.zeros_like(red), red], dim=1)
 
 
-def test_perfect_and_empty_cases() -> None:
-    counts = np.array([[5, 0, 0], [0, 0, 0], [0, 3, 0], [0, 0, 4]])
-    assert iou_from_counts(counts).tolist() == [1.0, 1.0, 0.0, 0.0]
-    assert iou_from_counts(counts, empty_score=0.0).tolist() == [1.0, 0.0, 0.0, 0.0]
-    assert dice_from_counts(counts).tolist() == [1.0, 1.0, 0.0, 0.0]
+def constant_model(arch: str, defect: bool) -> nn.Module:
+    """A real (tiny) architecture whose output is the head's bias: all defect or none."""
+    model = build_model(arch, base_width=4)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0.0, 1.0] if defect else [1.0, 0.0]))
+    return model
 
 
-def test_mean_and_pooled_differ_on_unequal_images() -> None:
-    counts = np.array([[1, 0, 0], [10, 10, 0]])  # a perfect small one, a sloppy big one
-    assert mean_scores(counts)["iou"] == pytest.approx((1 + 0.5) / 2)
-    assert pooled_scores(counts)["iou"] == pytest.approx(11 / 21)
+def fake_split() -> PreparedSplit:
+    """Six test images whose defects are squares of the areas in AREAS, top-left."""
+    rng = np.random.default_rng(0)
+    images, masks, categories, types = [], [], [], []
+    for category, areas in AREAS.items():
+        for i, area in enumerate(areas):
+            side = int(area ** 0.5)
+            mask = np.zeros((SIZE, SIZE), np.uint8)
+            mask[:side, :side] = 1
+            images.append(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+            masks.append(mask)
+            categories.append(category)
+            types.append("crack" if i % 2 else "hole")
+    return PreparedSplit(np.stack(images), np.stack(masks), np.array(categories),
+                         np.array(types), np.array([f"{c}/test/{i}.png" for i, c in
+                                                    enumerate(categories)]))
 
 
-def test_paper_mean_row_is_the_plain_mean_of_categories() -> None:
-    table = paper_table()
-    for model in ("unet", "resunet", "attention_unet", "mr2unet"):
-        cats = [v for (m, c), v in table.items() if m == model and c != "mean"]
-        assert len(cats) == 15
-        for metric in ("iou", "dice"):
-            mean = sum(v[metric] for v in cats) / 15
-            assert mean == pytest.approx(table[(model, "mean")][metric], abs=6e-4)
+def stage_params(models: list[str]) -> dict[str, Any]:
+    params = copy.deepcopy(load_params(REPO / "params.yaml"))
+    params["train"].update(models=models, device="cpu")
+    params["evaluate"].update(batch_size=4, report_samples=2)
+    params["tracking"]["enabled"] = False
+    return params
 
 
-def test_summary_schema() -> None:
-    counts = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 2]])
-    cats = np.array(["a", "a", "b"])
-    primary, pooled = summarise(counts, cats)
-    assert set(primary) == {"mean", "per_category"}
-    assert primary["per_category"] == {"a": {"iou": 0.75, "dice": pytest.approx(0.833333)},
-                                       "b": {"iou": 0.0, "dice": 0.0}}
-    assert primary["mean"]["iou"] == pytest.approx(0.375)
-    assert pooled["per_category"]["b"]["empty_predictions"] == 1
-    assert pooled["per_category"]["a"]["images"] == 2
+def fake_project(root: Path, models: dict[str, nn.Module]) -> Path:
+    """The files `evaluate` and `report` read: test split, checkpoints, histories."""
+    fake_split().save(root / TEST_SPLIT)
+    for arch, model in models.items():
+        files = ModelFiles(arch, root)
+        save_model(files.checkpoint, model, arch, {"base_width": 4}, SIZE,
+                   meta={"device": "cpu", "epochs": 3, "git_commit": "abc123"})
+        files.history.parent.mkdir(parents=True, exist_ok=True)
+        files.history.write_text("epoch,loss,train_iou,train_dice,lr,seconds\n" + "".join(
+            f"{e},{1 / e:.4f},{e / 10:.4f},{e / 8:.4f},0.001,1.0\n" for e in (1, 2, 3)))
+    return root
 
 
-def test_dvc_metrics_diff_between_commits(tmp_path: Path) -> None:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+# Every image predicted all-defect: IOU = area / SIZE^2, Dice = 2 area / (area + SIZE^2).
+def _all_defect(area: int) -> tuple[float, float]:
+    return area / SIZE**2, 2 * area / (area + SIZE**2)
+
+
+# ------------------------------------------------------------------------------- tests
+
+
+def test_evaluate_counts_known_predictions() -> None:
+    split = fake_split()
+    images = split.images.copy()
+    images[..., 0] = 0
+    images[:, :8, :8, 0] = 255  # prediction: the top-left 8x8 square
+    split = PreparedSplit(images, split.masks, split.categories, split.defect_types,
+                          split.sources)
+    result = evaluate(RedThreshold(), split, torch.device("cpu"), batch_size=4, progress=False)
+    # area 16/4/1 (side 4/2/1) inside the 64-pixel square; 64 equal; 100 (side 10) around it.
+    assert result.counts.tolist() == [[16, 48, 0], [64, 0, 0], [4, 60, 0],
+                                      [64, 0, 36], [1, 63, 0], [36, 28, 0]]
+    assert result.predictions.dtype == np.uint8 and result.predictions[:, :8, :8].all()
+    assert result.predictions.sum() == 6 * 64
+
+
+def test_batch_size_does_not_change_predictions() -> None:
+    images = fake_split().images
+    model = build_model("unet", base_width=4).eval()
+    a = predict_masks(model, images, torch.device("cpu"), batch_size=4, progress=False)
+    b = predict_masks(model, images, torch.device("cpu"), batch_size=6, progress=False)
+    assert a.shape == (6, SIZE, SIZE) and np.array_equal(a, b)
+
+
+def test_summary_schema_and_values() -> None:
+    counts = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 2], [0, 0, 0]])
+    cats = np.array(["a", "a", "b", "b"])
+    primary, pooled = summarise(counts, cats, empty_score=1.0)
+    assert primary == {"mean": {"iou": pytest.approx((0.75 + 0.5) / 2),
+                                "dice": pytest.approx((5 / 6 + 0.5) / 2, abs=1e-6)},
+                       "per_category": {"a": {"iou": 0.75, "dice": 0.833333},
+                                        "b": {"iou": 0.5, "dice": 0.5}}}
+    assert pooled["per_category"]["a"] == {"iou": 0.666667, "dice": 0.8, "images": 2,
+                                           "empty_predictions": 0, "empty_ground_truth": 0}
+    assert pooled["per_category"]["b"] == {"iou": 0.0, "dice": 0.0, "images": 2,
+                                           "empty_predictions": 2, "empty_ground_truth": 1}
+    assert pooled["all_images"] == {"iou": 0.4, "dice": 0.571429}
+    assert pooled["images"] == 4 and pooled["empty_predictions"] == 2
+    assert flat_metrics(primary) == {"test_iou_mean": primary["mean"]["iou"],
+                                     "test_dice_mean": primary["mean"]["dice"],
+                                     "test_iou_a": 0.75, "test_dice_a": 0.833333,
+                                     "test_iou_b": 0.5, "test_dice_b": 0.5}
+    _, strict = summarise(counts, cats, empty_score=0.0)
+    assert strict["per_category"]["b"]["iou"] == 0.0
+
+
+def test_empty_test_split_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="test split is empty"):
+        summarise(np.zeros((0, 3), np.int64), np.array([], str))
+
+
+def test_stage_outputs_exact_scores_and_stable_files(tmp_path: Path) -> None:
+    fake_project(tmp_path, {"unet": constant_model("unet", True),
+                            "mr2unet": constant_model("mr2unet", False)})
+    params = stage_params(["unet", "mr2unet"])
+    primary = run_evaluation(params, "unet", tmp_path)
+    files = ModelFiles("unet", tmp_path)
+    assert json.loads(files.metrics.read_text()) == primary
+    for category, areas in AREAS.items():
+        expected = np.mean([_all_defect(a) for a in areas], axis=0)
+        assert primary["per_category"][category] == pytest.approx(
+            {"iou": expected[0], "dice": expected[1]}, abs=1e-6)
+    assert primary["mean"]["iou"] == pytest.approx(
+        np.mean([primary["per_category"][c]["iou"] for c in AREAS]), abs=1e-6)
+
+    pooled = json.loads(files.pooled.read_text())
+    assert pooled["per_category"]["weave"]["iou"] == pytest.approx(137 / (3 * SIZE**2), abs=1e-6)
+    assert pooled["per_category"]["bottle"]["images"] == 3
+    table = pd.read_csv(files.per_image)
+    assert list(table.columns) == ["source", "category", "defect_type", "tp", "fp", "fn",
+                                   "iou", "dice"]
+    assert table["tp"].tolist() == AREAS["bottle"] + AREAS["weave"]
+    assert (table["fn"] == 0).all()
+    with np.load(files.predictions) as data:
+        assert data["predictions"].shape == (6, SIZE, SIZE) and data["predictions"].all()
+
+    before = {p: p.read_bytes() for p in (files.metrics, files.pooled, files.per_image,
+                                          files.predictions)}
+    run_evaluation(params, "unet", tmp_path)
+    assert all(p.read_bytes() == data for p, data in before.items())  # byte-stable
+
+    empty = run_evaluation(params, "mr2unet", tmp_path)  # predicts nothing at all
+    assert empty["mean"] == {"iou": 0.0, "dice": 0.0}
+    empty_pooled = json.loads(ModelFiles("mr2unet", tmp_path).pooled.read_text())
+    assert empty_pooled["empty_predictions"] == 6
+    assert empty_pooled["per_category"]["weave"]["empty_predictions"] == 3
+
+
+def test_model_trained_at_another_size_is_refused(tmp_path: Path) -> None:
+    fake_project(tmp_path, {"unet": constant_model("unet", True)})
+    save_model(ModelFiles("unet", tmp_path).checkpoint, constant_model("unet", True), "unet",
+               {"base_width": 4}, 64)
+    with pytest.raises(UserError, match="trained on 64px images"):
+        run_evaluation(stage_params(["unet"]), "unet", tmp_path)
+
+
+def test_metrics_are_logged_to_the_run_and_version(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)  # MLflow puts a new store's artifacts under ./mlruns
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri, uri)
+    run = client.create_run(client.create_experiment("t", str(tmp_path / "art")))
+    client.create_registered_model("mr2unet-unet")
+    version = client.create_model_version("mr2unet-unet", f"{run.info.artifact_uri}/model",
+                                          run_id=run.info.run_id)
+    fake_project(tmp_path, {"unet": constant_model("unet", True)})
+    (tmp_path / "data/models/unet.run.json").write_text(json.dumps({
+        "tracking": True, "tracking_uri": uri, "run_id": run.info.run_id,
+        "registered_model": "mr2unet-unet", "model_version": str(version.version)}))
+    params = stage_params(["unet"])
+    params["tracking"]["enabled"] = True
+    primary = run_evaluation(params, "unet", tmp_path)
+    logged = client.get_run(run.info.run_id).data.metrics
+    assert logged["test_iou_mean"] == primary["mean"]["iou"]
+    assert logged["test_dice_weave"] == primary["per_category"]["weave"]["dice"]
+    tags = client.get_model_version("mr2unet-unet", version.version).tags
+    assert float(tags["test_iou_bottle"]) == pytest.approx(primary["per_category"]["bottle"]["iou"])
+
+
+def test_dvc_metrics_diff_shows_the_changed_category(tmp_path: Path) -> None:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DVC_NO_UPDATE_CHECK": "1"}
 
     def run(*cmd: str) -> str:
         return subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True,
@@ -88,109 +234,22 @@ def test_dvc_metrics_diff_between_commits(tmp_path: Path) -> None:
     run(str(BIN / "dvc"), "init", "-q")
     (tmp_path / "dvc.yaml").write_text(
         "stages:\n  evaluate:\n    cmd: 'true'\n    metrics:\n"
-        "      - metrics/unet.json:\n          cache: false\n")
-    (tmp_path / "metrics").mkdir()
-    for iou in (0.61, 0.65):
-        primary = {"mean": {"iou": iou, "dice": 0.7},
-                   "per_category": {"bottle": {"iou": iou, "dice": 0.7}}}
-        (tmp_path / "metrics/unet.json").write_text(json.dumps(primary))
+        "      - metrics/unet.json:\n          cache: false\n"
+        "    outs:\n      - metrics/pooled/unet.json:\n          cache: false\n")
+    counts = np.array([[4, 0, 4], [1, 1, 0], [3, 0, 1]])
+    cats = np.array(["bottle", "bottle", "grid"])
+    for tp in (4, 6):  # the second commit finds more of the first bottle's defect
+        counts[0] = [tp, 0, 8 - tp]
+        primary, pooled = summarise(counts, cats)
+        for name, data in (("metrics/unet.json", primary), ("metrics/pooled/unet.json", pooled)):
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text(json.dumps(data, indent=2) + "\n")
         run("git", "add", "-A")
-        run("git", "commit", "-qm", f"iou {iou}")
+        run("git", "commit", "-qm", f"tp {tp}")
     diff = json.loads(run(str(BIN / "dvc"), "metrics", "diff", "HEAD~1", "--json"))
-    change = diff["metrics/unet.json"]["per_category.bottle.iou"]
-    assert change["old"] == 0.61 and change["new"] == 0.65
-    assert change["diff"] == pytest.approx(0.04)
-    assert "per_category.bottle.dice" not in diff["metrics/unet.json"]
-
-
-def tiny_test_split(n: int = 4, size: int = 32) -> PreparedSplit:
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
-    masks = np.zeros((n, size, size), np.uint8)
-    masks[:, 8:16, 8:16] = 1
-    cats = np.array(["bottle", "bottle", "weave", "weave"])
-    return PreparedSplit(images, masks, cats, np.array(["d"] * n),
-                         np.array([f"{i}.png" for i in range(n)]))
-
-
-def test_report_is_self_contained_with_bold_best(tmp_path: Path) -> None:
-    split = tiny_test_split()
-    metrics, preds, hist = {}, {}, {}
-    for i, arch in enumerate(("unet", "mr2unet")):
-        model = build_model(arch, base_width=4)
-        result = evaluate(model, split, torch.device("cpu"), progress=False)
-        metrics[arch], _ = summarise(result.counts, split.categories)
-        metrics[arch]["per_category"]["bottle"]["iou"] = 0.5 + 0.1 * i
-        preds[arch] = result.predictions
-        hist[arch] = [{"epoch": e, "loss": 1 / e, "train_iou": e / 10} for e in (1, 2, 3)]
-    write_report(ReportInputs(metrics, hist, split.images, split.masks, split.categories,
-                              preds, {"git commit": "abc"}, 2, {}), tmp_path)
-    page = (tmp_path / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2  # one grid per category
-    assert " src=\"http" not in page and "<svg" in page
-    assert "<b>0.6000</b> (0.6547, -0.0547)" in page  # ours vs paper's MR2U-Net bottle
-    md = (tmp_path / "report.md").read_text()
-    assert "**0.6000** (0.6547, -0.0547)" in md
-    rows = list(csv.DictReader((tmp_path / "category_scores.csv").open()))
-    assert {(r["model"], r["category"]) for r in rows} == {
-        (m, c) for m in ("unet", "mr2unet") for c in ("bottle", "weave")}
-    assert Image.open(tmp_path / "figures" / "samples_weave.png").size[1] > 64
-
-
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    path = tmp_path / "unet.pt"
-    save_model(path, build_model("unet", base_width=4), "unet", {"base_width": 4}, 64)
-    return path
-
-
-def test_predict_real_bottle_grayscale_and_broken_files(checkpoint: Path, tmp_path: Path,
-                                                        bottle_tar: Path) -> None:
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    with tarfile.open(bottle_tar) as tar:
-        for name in ("bottle/test/broken_large/000.png", "bottle/test/contamination/001.png"):
-            (inputs / name.replace("/", "_")).write_bytes(tar.extractfile(name).read())
-    Image.fromarray(np.full((90, 70), 120, np.uint8)).save(inputs / "gray.png")
-    (inputs / "broken.png").write_bytes(b"nope")
-    out = tmp_path / "out"
-    result = subprocess.run([str(BIN / "mr2unet"), "predict", "--model", str(checkpoint),
-                             str(inputs), "--out", str(out)], capture_output=True, text=True)
-    assert result.returncode == 1, result.stderr
-    assert "1 failed" in result.stdout and "broken.png" in result.stdout
-    mask = Image.open(out / "bottle_test_broken_large_000_mask.png")
-    assert mask.size == (900, 900) and set(np.unique(np.asarray(mask))) <= {0, 255}
-    assert Image.open(out / "gray_mask.png").size == (70, 90)
-    assert Image.open(out / "gray_overlay.png").mode == "RGB"
-    assert len(list(out.glob("*_overlay.png"))) == 3
-
-
-def test_predict_from_a_registry_uri(checkpoint: Path, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    mlflow = pytest.importorskip("mlflow")
-    from mr2unet.mlflow_model import log_segmentation_model
-    from mr2unet.registry import set_aliases
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    runs = {}
-    for arch in ("unet", "resunet"):
-        with mlflow.start_run() as run:
-            info = log_segmentation_model(checkpoint)
-        version = mlflow.register_model(info.model_uri, f"mr2unet-{arch}")
-        runs[arch] = {"tracking": True, "tracking_uri": uri, "run_id": run.info.run_id,
-                      "registered_model": f"mr2unet-{arch}", "model_version": version.version}
-    aliases = set_aliases(runs, {"unet": 0.4, "resunet": 0.6}, "mr2unet-")
-    assert aliases["champion"] == "models:/mr2unet-resunet@champion"
-    assert aliases["challenger"] == "models:/mr2unet-unet@challenger"
-    client = mlflow.MlflowClient(uri)
-    assert client.get_model_version_by_alias("mr2unet-best", "champion").tags["arch"] == \
-        "resunet"
-    Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(tmp_path / "x.png")
-    monkeypatch.chdir(tmp_path)
-    result = subprocess.run([str(BIN / "mr2unet"), "predict", "--model",
-                             "models:/mr2unet-best@champion", "x.png", "--out", "o"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert Image.open(tmp_path / "o" / "x_mask.png").size == (60, 50)
+    assert set(diff) == {"metrics/unet.json"}  # the pooled file is no DVC metric
+    changes = diff["metrics/unet.json"]
+    assert changes["per_category.bottle.iou"] == {"old": 0.5, "new": 0.625,
+                                                  "diff": pytest.approx(0.125)}
+    assert changes["mean.iou"]["diff"] == pytest.approx(0.0625)
+    assert "per_category.grid.iou" not in changes  # unchanged values are left out

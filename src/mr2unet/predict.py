@@ -1,119 +1,213 @@
-"""``mr2unet predict``: segment images with a trained model, at their original size.
+"""mr2unet predict: segment images with a trained model, at their original size.
 
-For each image, ``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png`` (defects tinted
-red) are written at the image's own size: the image is resized to the model's input size
-like ``prepare`` does (bilinear, antialiased), and the predicted mask back with nearest
-neighbour. Unreadable files are reported and skipped; the exit code is 1 if any failed.
+For each image, <stem>_mask.png (0 = background, 255 = defect) and <stem>_overlay.png
+(defect pixels tinted red on the input) are written at the image's own size.  The
+image is converted to RGB and resized to the model's input size exactly like `prepare`
+resizes (PIL bilinear with reducing_gap=3, i.e. antialiased); the predicted mask is
+resized back with nearest neighbour.  Images found inside a directory keep their
+sub-folders under --out.  Unreadable files are reported and skipped; the others are
+still written; the exit code is 1 if any file failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
-from mr2unet.checkpoint import load_model
 from mr2unet.data.prepare import resize_image
 from mr2unet.errors import UserError
 from mr2unet.evaluate import predict_masks
 from mr2unet.report import overlay
-from mr2unet.train import resolve_device
 
 log = logging.getLogger(__name__)
-SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # models:/, runs:/, s3://, http://
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network ready for inference and the square input size it was trained at."""
+
+    module: torch.nn.Module
+    image_size: int
+    source: str
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One input image and the output path prefix (``<prefix>_mask.png``)."""
+
+    path: Path
+    out_stem: Path
 
 
 @dataclass
 class PredictResult:
-    written: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)  # inputs whose outputs were written
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # (input, reason)
 
 
-def find_images(inputs: list[Path]) -> list[Path]:
-    """Files as given, plus the images inside given directories (recursively, sorted)."""
-    found: list[Path] = []
-    for path in inputs:
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES)
+# -------------------------------------------------------------------------- model
+
+
+def load_predictor(model_ref: str, device: torch.device | str = "cpu",
+                   tracking_uri: str | None = None) -> LoadedModel:
+    """A model from a ``.pt`` file, a downloaded model folder or an MLflow URI."""
+    from mr2unet.checkpoint import load_model
+    from mr2unet.registry import download_checkpoint, find_checkpoint
+
+    if URI.match(model_ref) and not Path(model_ref).exists():
+        from mr2unet.tracking import resolve_tracking_uri
+
+        uri = tracking_uri or resolve_tracking_uri({}, Path.cwd())
+        with tempfile.TemporaryDirectory(prefix="mr2unet-model-") as tmp:
+            module, payload = load_model(download_checkpoint(model_ref, Path(tmp), uri), device)
+    else:
+        module, payload = load_model(find_checkpoint(Path(model_ref)), device)
+    return LoadedModel(module, int(payload["image_size"]), model_ref)
+
+
+# ------------------------------------------------------------------------- images
+
+
+def find_images(inputs: Sequence[Path], out_dir: Path) -> list[ImageJob]:
+    """Files as given, plus the images inside directories (recursively, sorted).
+
+    A file given directly is written as ``out_dir/<stem>``; one found in a directory
+    keeps its sub-folders.  Names that would collide get ``-2``, ``-3``, ... appended.
+    """
+    jobs: list[ImageJob] = []
+    taken: set[Path] = set()
+    for given in inputs:
+        if given.is_dir():
+            found = sorted(p for p in given.rglob("*")
+                           if p.suffix.lower() in SUFFIXES and p.is_file())
+            pairs = [(p, p.relative_to(given).with_suffix("")) for p in found]
         else:
-            found.append(path)
-    return found
+            pairs = [(given, Path(given.stem))]
+        for path, rel in pairs:
+            stem, n = out_dir / rel, 1
+            while stem in taken:
+                n += 1
+                stem = out_dir / rel.parent / f"{rel.name}-{n}"
+            taken.add(stem)
+            jobs.append(ImageJob(path, stem))
+    return jobs
 
 
-def predict_images(model: torch.nn.Module, image_size: int, paths: list[Path], out_dir: Path,
-                   device: torch.device, batch_size: int = 16) -> PredictResult:
-    """Segment ``paths`` in batches; write mask and overlay PNGs to ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def read_rgb(path: Path) -> Image.Image:
+    """Any PIL-readable image as 8-bit RGB (16-bit grayscale scaled, alpha dropped)."""
+    with Image.open(path) as img:
+        img.load()
+        if img.mode.startswith("I"):  # 16/32-bit integer grayscale: keep the 16-bit range
+            gray = np.clip(np.asarray(img, dtype=np.float64) / 257.0, 0, 255)
+            return Image.fromarray(np.round(gray).astype(np.uint8)).convert("RGB")
+        return img.convert("RGB")
+
+
+def write_outputs(job: ImageJob, rgb: np.ndarray, small_mask: np.ndarray) -> None:
+    """Resize the model's mask to the image's size; write the mask and overlay PNGs."""
+    height, width = rgb.shape[:2]
+    mask = np.asarray(Image.fromarray(small_mask * np.uint8(255)).resize(
+        (width, height), Image.Resampling.NEAREST))
+    job.out_stem.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(f"{job.out_stem}_mask.png")
+    Image.fromarray(overlay(rgb, mask > 0)).save(f"{job.out_stem}_overlay.png")
+
+
+def predict_images(model: LoadedModel, paths: Sequence[Path], out_dir: Path,
+                   device: torch.device | str = "cpu", batch_size: int = 16) -> PredictResult:
+    """Segment ``paths`` (files or directories) in batches; write PNGs to ``out_dir``."""
+    device = torch.device(device)
+    jobs = find_images([Path(p) for p in paths], Path(out_dir))
     result = PredictResult()
-    for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch",
-                      disable=len(paths) <= batch_size):
-        batch: list[tuple[Path, np.ndarray]] = []
-        for path in paths[start:start + batch_size]:
-            try:
-                with Image.open(path) as img:
-                    batch.append((path, np.asarray(img.convert("RGB"))))
-            except (OSError, UnidentifiedImageError, SyntaxError) as exc:
-                log.error("skipping %s: %s", path, exc)
-                result.failed.append((path, str(exc)))
-        if not batch:
-            continue
-        small = np.stack([resize_image(Image.fromarray(rgb), image_size) for _, rgb in batch])
-        masks = predict_masks(model, small, device, batch_size, progress=False)
-        for (path, rgb), mask in zip(batch, masks, strict=True):
-            full = np.asarray(Image.fromarray(mask * 255).resize(
-                (rgb.shape[1], rgb.shape[0]), Image.Resampling.NEAREST))
-            stem = out_dir / path.stem
-            Image.fromarray(full).save(f"{stem}_mask.png")
-            Image.fromarray(overlay(rgb, full > 0)).save(f"{stem}_overlay.png")
-            result.written.append(path)
+    with tqdm(total=len(jobs), desc="predict", unit="image", disable=len(jobs) < 10) as bar:
+        for start in range(0, len(jobs), batch_size):
+            batch: list[tuple[ImageJob, np.ndarray]] = []
+            for job in jobs[start:start + batch_size]:
+                try:
+                    batch.append((job, np.asarray(read_rgb(job.path))))
+                except Exception as exc:  # noqa: BLE001 - any reason: report it, go on
+                    log.error("skipping %s: %s", job.path, exc)
+                    result.failed.append((job.path, str(exc)))
+            if batch:
+                small = np.stack([resize_image(Image.fromarray(rgb), model.image_size)
+                                  for _, rgb in batch])
+                masks = predict_masks(model.module, small, device, batch_size, progress=False)
+                for (job, rgb), mask in zip(batch, masks, strict=True):
+                    try:
+                        write_outputs(job, rgb, mask)
+                        result.written.append(job.path)
+                    except OSError as exc:
+                        log.error("cannot write %s: %s", job.out_stem, exc)
+                        result.failed.append((job.path, str(exc)))
+            bar.update(len(jobs[start:start + batch_size]))
     return result
 
 
-def load_any(model_ref: str, device: torch.device) -> tuple[torch.nn.Module, int]:
-    """A model from a ``.pt`` path or an MLflow ``models:/`` / ``runs:/`` URI."""
-    if "://" in model_ref or model_ref.startswith(("models:/", "runs:/")):
-        from mr2unet.registry import checkpoint_from_uri
-
-        path = checkpoint_from_uri(model_ref)
-    else:
-        path = Path(model_ref)
-    model, payload = load_model(path, device)
-    return model, int(payload["image_size"])
+# ---------------------------------------------------------------------------- CLI
 
 
 def run(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
-    model, size = load_any(args.model, device)
-    paths = find_images([Path(p) for p in args.inputs])
-    if not paths:
-        raise UserError(f"no images found in {args.inputs} (looked for {sorted(SUFFIXES)}).")
-    result = predict_images(model, size, paths, Path(args.out), device, args.batch_size)
-    print(f"wrote masks and overlays for {len(result.written)} images to {args.out}"
-          + (f"; {len(result.failed)} failed" if result.failed else ""))
+    """``mr2unet predict``: 0 when every image was written, 1 when any failed."""
+    from mr2unet.train import resolve_device
+
+    inputs, out_dir = [Path(p) for p in args.inputs], Path(args.out)
+    if not find_images(inputs, out_dir):
+        raise UserError(f"no images in {args.inputs} (directories are searched for "
+                        f"{', '.join(SUFFIXES)}).")
+    try:
+        device = resolve_device(args.device)
+    except (UserError, RuntimeError):  # train's message names train.device; an odd name
+        raise UserError(f"--device {args.device}: not a usable device here; use auto, cpu "
+                        "or cuda (with a visible GPU).") from None
+    model = load_predictor(args.model, device, args.tracking_uri)
+    result = predict_images(model, inputs, out_dir, device, args.batch_size)
+    print(f"wrote masks and overlays of {len(result.written)} images to {args.out}"
+          + (f"; {len(result.failed)} failed:" if result.failed else ""))
     for path, reason in result.failed:
-        print(f"  failed: {path}: {reason}")
+        print(f"  {path}: {reason}")
     return 1 if result.failed else 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``predict`` on the ``mr2unet`` command's subparsers."""
     p = sub.add_parser(
         "predict", help="segment images with a trained model",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  mr2unet predict --model models:/mr2unet-best@champion img.png "
-               "--out masks/\n  mr2unet predict --model data/models/mr2unet.pt images/ "
-               "--out masks/")
+        epilog="examples:\n"
+               "  mr2unet predict --model models:/mr2unet-best@champion photo.png --out masks/\n"
+               "  mr2unet predict --model data/models/mr2unet.pt images/ --out masks/\n"
+               "exit codes: 0 all written, 1 some images failed, 2 bad arguments or model.")
     p.add_argument("--model", required=True,
-                   help="a .pt file (data/models/<arch>.pt) or an MLflow URI such as "
-                        "models:/mr2unet-best@champion (uses $MLFLOW_TRACKING_URI, default "
-                        "sqlite:///mlflow.db)")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
-    p.add_argument("--batch-size", type=int, default=16)
+                   help="a .pt file (data/models/<arch>.pt), a downloaded MLflow model folder, "
+                        "or an MLflow URI such as models:/mr2unet-best@champion or "
+                        "runs:/<run_id>/model")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
+                   help=f"image files, or directories searched for {', '.join(SUFFIXES)}")
+    p.add_argument("--out", required=True, help="output directory (created if missing)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
+    p.add_argument("--batch-size", type=_positive_int, default=16,
+                   help="images per forward pass (default 16)")
+    p.add_argument("--tracking-uri",
+                   help="MLflow store for models:/ and runs:/ URIs (default "
+                        "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current folder)")
     p.set_defaults(func=run)
+    return p

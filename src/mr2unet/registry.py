@@ -1,96 +1,237 @@
-"""The MLflow side of evaluation: metrics on runs, tags on versions, aliases, model URIs.
+"""The MLflow side of evaluation: test metrics on runs and versions, aliases, model URIs.
 
-After the report stage, ``models:/<prefix><arch>@champion`` / ``@challenger`` name the
-best and second-best architectures' versions (each architecture is its own registered
-model), and ``models:/<prefix>best@champion`` always resolves to the single best model.
+After the report stage:
+
+- ``models:/<prefix><arch>@champion`` / ``@challenger`` exist on the per-architecture
+  registered models of the best and second-best architectures (by mean test IOU);
+- ``models:/<prefix>best@champion`` (and ``@challenger``) always name the best (second)
+  model whatever its architecture: the winners' versions are mirrored into the one
+  registered model ``<prefix>best``.
+
+MLflow is imported inside the functions, so importing this module (e.g. from
+``mr2unet predict`` with a ``.pt`` path) does not need it.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mr2unet.errors import UserError
+from mr2unet.params import MODEL_NAMES
 from mr2unet.tracking import locked_write
 
 log = logging.getLogger(__name__)
 
+BEST_SUFFIX = "best"
+SOURCE_TAG = "source_version"
+
+
+def _client(uri: str) -> Any:
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+# ----------------------------------------------------------------------- test metrics
+
 
 def log_evaluation(run_info: dict[str, Any], metrics: dict[str, float]) -> None:
     """Add test metrics to the model's training run and as tags on its registered version."""
-    import mlflow
     from mlflow.entities import Metric
 
     uri = run_info["tracking_uri"]
-    client = mlflow.MlflowClient(uri)
-    batch = [Metric(k, float(v), 0, 0) for k, v in sorted(metrics.items())]
-    for i in range(0, len(batch), 500):
-        locked_write(uri, lambda b=batch[i:i + 500]: client.log_batch(run_info["run_id"],
-                                                                      metrics=b))
-    name, version = run_info["registered_model"], run_info["model_version"]
-    for key in ("test_iou_mean", "test_dice_mean"):
-        if key in metrics:
-            locked_write(uri, lambda k=key: client.set_model_version_tag(
-                name, version, k, f"{metrics[k]:.6f}"))
+    client = _client(uri)
+    stamp = int(time.time() * 1000)
+    batch = [Metric(k, float(v), stamp, 0) for k, v in sorted(metrics.items())]
+    for i in range(0, len(batch), 500):  # MLflow takes at most 1000 metrics a batch
+        chunk = batch[i:i + 500]
+        locked_write(uri, lambda c=chunk: client.log_batch(run_info["run_id"], metrics=c))
+    name, version = run_info["registered_model"], str(run_info["model_version"])
+    for key, value in sorted(metrics.items()):
+        locked_write(uri, lambda k=key, v=value: client.set_model_version_tag(
+            name, version, k, f"{v:.6f}"))
+    log.info("MLflow: %d test metrics on run %s and %s version %s", len(metrics),
+             run_info["run_id"], name, version)
 
 
-def set_aliases(runs: dict[str, dict[str, Any]], mean_iou: dict[str, float],
-                prefix: str, champion: str = "champion", challenger: str = "challenger"
-                ) -> dict[str, str]:
-    """Point ``champion``/``challenger`` at the best two models by mean test IOU.
+# -------------------------------------------------------------------------- aliases
 
-    ``runs`` maps architecture -> its run info (``data/models/<arch>.run.json``). The
-    champion's version is also registered under ``<prefix>best`` with the champion alias.
-    Returns ``{alias: "models:/..."}``.
+
+@dataclass(frozen=True)
+class AliasAssignment:
+    """One alias the report stage set: ``models:/<registered_model>@<alias>``."""
+
+    alias: str
+    arch: str
+    registered_model: str
+    version: str
+    mean_iou: float
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.registered_model}@{self.alias}"
+
+
+def rank_models(mean_iou: dict[str, float]) -> list[str]:
+    """Architectures, best mean IOU first; ties broken by name so the order is stable."""
+    return sorted(mean_iou, key=lambda arch: (-mean_iou[arch], arch))
+
+
+def set_aliases(runs: dict[str, dict[str, Any]], mean_iou: dict[str, float], prefix: str,
+                champion: str = "champion", challenger: str = "challenger"
+                ) -> list[AliasAssignment]:
+    """Point ``champion``/``challenger`` at the two best models by mean test IOU.
+
+    ``runs`` maps architecture -> its run info (``data/models/<arch>.run.json``); models
+    without tracking are left out.  On the per-architecture registered models, the two
+    aliases move to the winners' versions (and are removed from the other architectures,
+    so a stale ``@champion`` never survives).  The winners' versions are also mirrored
+    into ``<prefix>best`` (once per source version: rerunning the report adds nothing).
     """
-    import mlflow
-
-    ranked = sorted((a for a in mean_iou if runs.get(a, {}).get("tracking")),
-                    key=lambda a: (-mean_iou[a], a))
+    ranked = [a for a in rank_models(mean_iou) if runs.get(a, {}).get("tracking")]
     if not ranked:
-        return {}
+        log.info("no tracked models: registry aliases not set")
+        return []
     uri = runs[ranked[0]]["tracking_uri"]
-    client = mlflow.MlflowClient(uri)
-    result = {}
-    for alias, arch in zip((champion, challenger), ranked, strict=False):
-        info = runs[arch]
-        locked_write(uri, lambda i=info, a=alias: client.set_registered_model_alias(
-            i["registered_model"], a, i["model_version"]))
-        result[alias] = f"models:/{info['registered_model']}@{alias}"
-    best = runs[ranked[0]]
-    source = client.get_model_version(best["registered_model"], best["model_version"]).source
-    best_name = f"{prefix}best"
-    version = locked_write(uri, lambda: mlflow.register_model(
-        source, best_name, tags={"arch": ranked[0], "test_iou_mean": f"{mean_iou[ranked[0]]:.6f}",
-                                 "from": f"{best['registered_model']}/{best['model_version']}"}))
-    locked_write(uri, lambda: client.set_registered_model_alias(best_name, champion,
-                                                                 version.version))
-    result["best"] = f"models:/{best_name}@{champion}"
+    client = _client(uri)
+    best = f"{prefix}{BEST_SUFFIX}"
+    roles = dict(zip((champion, challenger), ranked, strict=False))  # alias -> arch
+    assignments = []
+    for alias, arch in roles.items():
+        name, version = runs[arch]["registered_model"], str(runs[arch]["model_version"])
+        mirrored = _mirror_version(client, uri, name, version, best,
+                                   {"arch": arch, "test_iou_mean": f"{mean_iou[arch]:.6f}"})
+        for target, target_version in ((name, version), (best, mirrored)):
+            locked_write(uri, lambda t=target, a=alias, v=target_version:
+                         client.set_registered_model_alias(t, a, v))
+            assignments.append(AliasAssignment(alias, arch, target, target_version,
+                                               mean_iou[arch]))
+    # An alias stays only where it points now; e.g. last run's champion loses it.
+    holders = {alias: runs[arch]["registered_model"] for alias, arch in roles.items()}
+    for name in (f"{prefix}{arch}" for arch in MODEL_NAMES):
+        _drop_aliases(client, uri, name,
+                      tuple(a for a in (champion, challenger) if holders.get(a) != name))
+    _drop_aliases(client, uri, best, tuple(a for a in (champion, challenger) if a not in roles))
     log.info("champion: %s (mean IOU %.4f)", ranked[0], mean_iou[ranked[0]])
-    return result
+    return assignments
 
 
-def checkpoint_from_uri(model_uri: str, dest: Path | None = None) -> Path:
-    """Download a ``models:/`` or ``runs:/`` model and return its ``.pt`` checkpoint."""
+def _mirror_version(client: Any, uri: str, name: str, version: str, target: str,
+                    tags: dict[str, str]) -> str:
+    """The version of ``target`` holding ``name``/``version``'s model, created if needed."""
+    from mlflow.exceptions import MlflowException
+
+    source_id = f"{name}/{version}"
+    tags = {**tags, SOURCE_TAG: source_id}
+    try:
+        existing = client.search_model_versions(f"name = '{target}'")
+    except MlflowException:
+        existing = []
+    for mv in existing:
+        if mv.tags.get(SOURCE_TAG) == source_id:
+            for key, value in tags.items():  # e.g. the model was re-evaluated
+                locked_write(uri, lambda k=key, v=value, n=mv.version:
+                             client.set_model_version_tag(target, n, k, v))
+            return str(mv.version)
+    if not existing:
+        try:
+            locked_write(uri, lambda: client.create_registered_model(
+                target, description="The best mr2unet model by mean test IOU: "
+                                    f"models:/{target}@champion."))
+        except MlflowException as exc:
+            if "already exists" not in str(exc).lower():
+                raise
+    source = client.get_model_version(name, version)
+    created = locked_write(uri, lambda: client.create_model_version(
+        target, source.source, run_id=source.run_id, tags=tags,
+        description=f"Copy of {source_id}", model_id=getattr(source, "model_id", None)))
+    return str(created.version)
+
+
+def _drop_aliases(client: Any, uri: str, name: str, aliases: tuple[str, ...]) -> None:
+    """Remove ``aliases`` from registered model ``name`` where present (if it exists)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        present = client.get_registered_model(name).aliases
+    except MlflowException:
+        return  # this architecture was never registered
+    for alias in aliases:
+        if alias in present:
+            locked_write(uri, lambda a=alias: client.delete_registered_model_alias(name, a))
+            log.info("removed stale alias %s@%s", name, alias)
+
+
+# ---------------------------------------------------------------------- model URIs
+
+
+def find_checkpoint(path: Path) -> Path:
+    """The single ``.pt`` checkpoint at ``path`` (a file, or a downloaded model folder)."""
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise UserError(f"model {path} not found: pass a .pt file (data/models/<arch>.pt) or "
+                        "an MLflow URI such as models:/mr2unet-best@champion.")
+    found = sorted(path.rglob("*.pt")) if path.is_dir() else []
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)}"
+        raise UserError(f"{path} holds {what} .pt checkpoint(s); pass a model logged by "
+                        "mr2unet or the path of one .pt file.")
+    return found[0]
+
+
+def download_checkpoint(model_uri: str, dest: Path, tracking_uri: str) -> Path:
+    """Download a ``models:/`` or ``runs:/`` model into ``dest``; return its ``.pt``."""
     try:
         import mlflow
     except ImportError:
-        raise UserError("MLflow is not installed: pass a path to a .pt file instead of "
+        raise UserError(f"MLflow is not installed: pass a path to a .pt file instead of "
                         f"{model_uri!r}.") from None
-    from mr2unet.tracking import resolve_tracking_uri
-
-    mlflow.set_tracking_uri(resolve_tracking_uri({}, Path.cwd()))
-    dest = dest or Path(tempfile.mkdtemp(prefix="mr2unet-model-"))
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise UserError(f"no MLflow store at {db}: run from the project root, set "
+                            "MLFLOW_TRACKING_URI or pass --tracking-uri.")
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
-                                                         dst_path=str(dest)))
-    except Exception as exc:  # noqa: BLE001 - MLflow raises several types here
-        raise UserError(f"cannot load {model_uri!r} from the MLflow store "
-                        f"({mlflow.get_tracking_uri()}): {exc}. Check the name/alias with "
-                        f"`make ui`, or set MLFLOW_TRACKING_URI.") from None
-    found = sorted(local.rglob("*.pt")) if local.is_dir() else [local]
-    if not found:
-        raise UserError(f"{model_uri!r} holds no .pt checkpoint; was it logged by mr2unet?")
-    return found[0]
+        location = storage_location(_client(tracking_uri), model_uri)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=location, dst_path=str(dest), tracking_uri=tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI
+        raise UserError(f"cannot load {model_uri!r} from the MLflow store {tracking_uri} "
+                        f"({exc}). Check the name and alias (`make ui`).") from None
+    return find_checkpoint(Path(local))
+
+
+def storage_location(client: Any, model_uri: str) -> str:
+    """Where the files of a ``models:/`` or ``runs:/`` URI are stored (others: unchanged).
+
+    ``models:/<name>@<alias>``, ``models:/<name>/<version>`` and ``models:/<model_id>`` are
+    resolved in ``client``'s registry; ``runs:/<run_id>/<name>`` is the model ``<name>``
+    logged by that run (MLflow 3 logs models beside runs, not in their artifacts), else
+    the run's artifact folder ``<name>``.  MLflow's own resolution of these URIs uses the
+    process-wide tracking/registry URIs, whatever URI it is passed: we resolve them here.
+    """
+    if model_uri.startswith("models:/"):
+        ref = model_uri.removeprefix("models:/").strip("/")
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = str(client.get_model_version_by_alias(name, alias).version)
+        elif "/" in ref:
+            name, version = ref.split("/", 1)
+        else:
+            return str(client.get_logged_model(ref).artifact_location)
+        return str(client.get_model_version_download_uri(name, version))
+    if model_uri.startswith("runs:/"):
+        run_id, _, name = model_uri.removeprefix("runs:/").strip("/").partition("/")
+        run = client.get_run(run_id)
+        logged = client.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
+        if logged:
+            return str(logged[0].artifact_location)
+        return f"{run.info.artifact_uri}/{name}"
+    return model_uri

@@ -1,29 +1,63 @@
 """The report: our Table 1 beside the paper's, training curves, a Fig. 4-style grid.
 
-Writes ``report.md`` (figures as PNG files beside it) and ``report.html`` (one
-self-contained page: figures embedded as base64 PNG, curves as inline SVG).
+``run_report`` (the `report` stage) reads what `evaluate` and `train` wrote, sets the
+registry aliases when tracking is on, and writes to ``reports/``:
+
+- ``report.html``: one self-contained page (figures inline: SVG charts, base64 PNG grids);
+- ``report.md`` with its figures in ``figures/`` (SVG and PNG files);
+- ``category_scores.csv`` (model, category, iou, dice) and, for ``dvc plots``, the same
+  per model in ``category_scores/<model>.csv``.
+
+Everything except the provenance's time stamp is a function of the inputs.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
+import hashlib
 import html
 import io
+import json
+import logging
+import platform
+import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mr2unet.data.prepared import PreparedSplit, load_split
+from mr2unet.errors import UserError
+from mr2unet.evaluate import TEST_SPLIT, ModelFiles
 from mr2unet.params import MODEL_NAMES
+from mr2unet.report_html import (
+    Cell,
+    html_page,
+    html_table,
+    markdown_table,
+    png_img,
+    svg_bar_chart,
+    svg_line_chart,
+)
+
+log = logging.getLogger(__name__)
 
 LABELS = {"unet": "U-Net", "resunet": "Residual U-Net", "attention_unet": "Attention U-Net",
           "mr2unet": "MR2U-Net"}
 COLOURS = {"unet": "#1f77b4", "resunet": "#ff7f0e", "attention_unet": "#2ca02c",
            "mr2unet": "#d62728"}
-OVERLAY = np.array([230, 30, 30], np.float32)
+RED = np.array([230, 30, 30], np.float32)
+# Prediction tiles of the sample grid: correct defect pixels, false alarms, misses.
+TP_COLOUR, FP_COLOUR, FN_COLOUR = (255, 255, 255), (230, 40, 40), (40, 90, 230)
+MIN_TILE = 128  # tiles are scaled up (nearest) to at least this many pixels
+MISSING = "–"
+
+
+# ------------------------------------------------------------------------------ inputs
 
 
 def paper_table() -> dict[tuple[str, str], dict[str, float]]:
@@ -33,149 +67,211 @@ def paper_table() -> dict[tuple[str, str], dict[str, float]]:
             for r in csv.DictReader(io.StringIO(text))}
 
 
+def paper_categories() -> set[str]:
+    """The 15 MVTec AD categories of the paper's Table 1."""
+    return {c for (_, c) in paper_table() if c != "mean"}
+
+
 @dataclass
 class ReportInputs:
     """Everything the report shows, already loaded."""
 
-    metrics: dict[str, dict]  # model -> metrics/<model>.json
+    metrics: dict[str, dict[str, Any]]  # model -> metrics/<model>.json
+    pooled: dict[str, dict[str, Any]]  # model -> metrics/pooled/<model>.json
     histories: dict[str, list[dict[str, float]]]  # model -> per-epoch rows
-    images: np.ndarray  # test images (N, S, S, 3)
-    masks: np.ndarray  # ground truth (N, S, S)
-    categories: np.ndarray
-    predictions: dict[str, np.ndarray]  # model -> (N, S, S)
-    provenance: dict[str, str] = field(default_factory=dict)
+    split: PreparedSplit  # the test split
+    predictions: dict[str, np.ndarray]  # model -> uint8 (N, S, S)
     samples_per_category: int = 2
-    aliases: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, str] = field(default_factory=dict)
+    registry: list[Any] = field(default_factory=list)  # registry.AliasAssignment
+
+    @property
+    def models(self) -> list[str]:
+        return [m for m in MODEL_NAMES if m in self.metrics]
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted({c for m in self.metrics.values() for c in m["per_category"]})
+
+
+def _read_json(path: Path, stage: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path} not found: run `dvc repro {stage}` first.")
+    return json.loads(path.read_text())
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """``metrics/history/<model>.csv`` as one dict per epoch."""
+    if not path.is_file():
+        raise UserError(f"{path} not found: run `dvc repro train` first.")
+    with path.open(newline="") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def load_inputs(models: list[str], root: Path = Path("."), samples_per_category: int = 2
+                ) -> ReportInputs:
+    """Read the evaluation and training outputs of ``models`` under ``root``."""
+    split = load_split(root / TEST_SPLIT)
+    metrics, pooled, histories, predictions = {}, {}, {}, {}
+    for m in models:
+        files = ModelFiles(m, root)
+        metrics[m] = _read_json(files.metrics, f"evaluate@{m}")
+        pooled[m] = _read_json(files.pooled, f"evaluate@{m}")
+        histories[m] = read_history(files.history)
+        if not files.predictions.is_file():
+            raise UserError(f"{files.predictions} not found: run `dvc repro evaluate@{m}`.")
+        with np.load(files.predictions) as data:
+            predictions[m] = data["predictions"]
+        if predictions[m].shape != split.masks.shape:
+            raise UserError(f"{files.predictions} does not match {root / TEST_SPLIT}: "
+                            f"run `dvc repro evaluate@{m}` again.")
+    return ReportInputs(metrics, pooled, histories, split, predictions, samples_per_category)
 
 
 # ------------------------------------------------------------------------------ tables
 
 
-def table_rows(metrics: dict[str, dict], metric: str) -> list[list[str]]:
-    """Rows ``[category, cell per model]``: ours (paper, difference), best ours in bold."""
+def _fmt(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return MISSING
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def _best(values: list[float | None]) -> float | None:
+    """The highest value as displayed (4 decimals), so displayed ties are all bold."""
+    shown = [round(v, 4) for v in values if v is not None]
+    return max(shown) if len(shown) > 1 else None
+
+
+def table1(metrics: dict[str, dict[str, Any]], metric: str) -> tuple[list[str], list[list[Cell]]]:
+    """Table 1 for ``metric``: per category, each model's score, the paper's, the difference.
+
+    The best of our models and the best of the paper's are bold per row.  Paper columns
+    appear only when some category is one of the paper's; the paper's Mean is compared
+    only when exactly its 15 categories were evaluated.
+    """
     paper = paper_table()
     models = [m for m in MODEL_NAMES if m in metrics]
     categories = sorted({c for m in models for c in metrics[m]["per_category"]})
+    with_paper = any((m, c) in paper for m in models for c in categories)
+    mean_comparable = set(categories) == paper_categories()
+    header = ["category"]
+    for m in models:
+        header += [LABELS[m], "paper", "Δ"] if with_paper else [LABELS[m]]
     rows = []
     for category in [*categories, "mean"]:
-        ours = {m: (metrics[m]["mean"] if category == "mean"
-                    else metrics[m]["per_category"].get(category, {})).get(metric)
-                for m in models}
-        best = max((v for v in ours.values() if v is not None), default=None)
-        cells = [category]
+        ours: dict[str, float | None] = {}
+        theirs: dict[str, float | None] = {}
         for m in models:
-            value = ours[m]
-            if value is None:
-                cells.append("–")
-                continue
-            text = f"{value:.4f}"
-            if value == best and len(models) > 1:
-                text = f"**{text}**"
-            ref = paper.get((m, category))
-            if ref is not None and (category != "mean" or set(categories) <= {
-                    c for (_, c) in paper}):
-                text += f" ({ref[metric]:.4f}, {value - ref[metric]:+.4f})"
-            cells.append(text)
-        rows.append(cells)
-    return rows
+            scores = metrics[m]["mean"] if category == "mean" else \
+                metrics[m]["per_category"].get(category)
+            ours[m] = scores[metric] if scores else None
+            ref = paper.get((m, category)) if category != "mean" or mean_comparable else None
+            theirs[m] = ref[metric] if ref else None
+        best_ours, best_paper = _best(list(ours.values())), _best(list(theirs.values()))
+        row = [Cell("Mean" if category == "mean" else category, bold=category == "mean")]
+        for m in models:
+            row.append(Cell(_fmt(ours[m]), ours[m] is not None and round(ours[m], 4) == best_ours))
+            if with_paper:
+                diff = ours[m] - theirs[m] if None not in (ours[m], theirs[m]) else None
+                row += [Cell(_fmt(theirs[m]),
+                             theirs[m] is not None and round(theirs[m], 4) == best_paper),
+                        Cell(_fmt(diff, signed=True))]
+        rows.append(row)
+    return header, rows
 
 
-def markdown_table(metrics: dict[str, dict], metric: str) -> str:
-    models = [m for m in MODEL_NAMES if m in metrics]
-    lines = ["| category | " + " | ".join(LABELS[m] for m in models) + " |",
-             "|---|" + "---|" * len(models)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(metrics, metric)]
-    return "\n".join(lines)
+def summary_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
+    """One row per model: primary means, the paper's means, pooled scores, counts."""
+    paper = paper_table()
+    comparable = set(inputs.categories) == paper_categories()
+    header = ["model", "mean IOU", "mean Dice", "paper IOU", "paper Dice", "pooled IOU",
+              "pooled Dice", "test images", "empty predictions"]
+    best = _best([inputs.metrics[m]["mean"]["iou"] for m in inputs.models])
+    rows = []
+    for m in inputs.models:
+        mean, pooled = inputs.metrics[m]["mean"], inputs.pooled[m]
+        ref = paper.get((m, "mean")) if comparable else None
+        rows.append([Cell(LABELS[m]), Cell(_fmt(mean["iou"]), round(mean["iou"], 4) == best),
+                     Cell(_fmt(mean["dice"])), Cell(_fmt(ref["iou"] if ref else None)),
+                     Cell(_fmt(ref["dice"] if ref else None)),
+                     Cell(_fmt(pooled["all_images"]["iou"])),
+                     Cell(_fmt(pooled["all_images"]["dice"])), Cell(str(pooled["images"])),
+                     Cell(str(pooled["empty_predictions"]))])
+    return header, rows
 
 
-def html_table(metrics: dict[str, dict], metric: str) -> str:
-    models = [m for m in MODEL_NAMES if m in metrics]
-    head = "".join(f"<th>{LABELS[m]}</th>" for m in models)
+def registry_table(assignments: list[Any]) -> tuple[list[str], list[list[Cell]]]:
+    header = ["model URI", "architecture", "version", "mean IOU"]
+    rows = [[Cell(a.uri), Cell(LABELS.get(a.arch, a.arch)), Cell(a.version),
+             Cell(_fmt(a.mean_iou))] for a in assignments]
+    return header, rows
 
-    def cell(text: str) -> str:
-        text = html.escape(text)
-        if text.startswith("**"):
-            value, _, rest = text[2:].partition("**")
-            text = f"<b>{value}</b>{rest}"
-        return f"<td>{text}</td>"
 
-    body = "".join("<tr><th>" + html.escape(row[0]) + "</th>" + "".join(map(cell, row[1:]))
-                   + "</tr>" for row in table_rows(metrics, metric))
-    return f"<table><tr><th>category</th>{head}</tr>{body}</table>"
+def category_scores(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, str, float, float]]:
+    """Long format ``(model, category, iou, dice)``, models in the paper's order."""
+    return [(m, c, s["iou"], s["dice"])
+            for m in MODEL_NAMES if m in metrics
+            for c, s in sorted(metrics[m]["per_category"].items())]
 
 
 # ----------------------------------------------------------------------------- figures
 
 
-def curves_svg(histories: dict[str, list[dict[str, float]]], key: str, title: str,
-               width: int = 520, height: int = 260) -> str:
-    """A line chart of ``key`` per epoch, one line per model, as inline SVG."""
-    pad = 40
-    series = {m: [(r["epoch"], r[key]) for r in rows] for m, rows in histories.items() if rows}
-    if not series:
-        return ""
-    xs = [x for pts in series.values() for x, _ in pts]
-    ys = [y for pts in series.values() for _, y in pts]
-    x0, x1 = min(xs), max(max(xs), min(xs) + 1)
-    y0, y1 = min(0.0, min(ys)), max(ys) if max(ys) > min(0.0, min(ys)) else 1.0
-
-    def sx(x: float) -> float:
-        return pad + (x - x0) / (x1 - x0) * (width - 2 * pad)
-
-    def sy(y: float) -> float:
-        return height - pad - (y - y0) / (y1 - y0) * (height - 2 * pad)
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
-             f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">'
-             f"{html.escape(title)}</text>",
-             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" '
-             'stroke="#444"/>',
-             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#444"/>',
-             f'<text x="{width / 2}" y="{height - 8}" text-anchor="middle" font-size="11">'
-             "epoch</text>",
-             f'<text x="4" y="{pad - 6}" font-size="10">{y1:.3g}</text>',
-             f'<text x="4" y="{height - pad}" font-size="10">{y0:.3g}</text>']
-    for i, (model, pts) in enumerate(series.items()):
-        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-        colour = COLOURS.get(model, "#333")
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" '
-                     f'points="{path}"/>')
-        parts.append(f'<text x="{width - pad - 110}" y="{pad + 14 * i}" font-size="11" '
-                     f'fill="{colour}">{LABELS.get(model, model)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Tint the defect pixels of ``image`` red (60 %)."""
+    """Tint the defect pixels of an RGB ``image`` red (60 %)."""
     out = image.astype(np.float32)
     sel = mask.astype(bool)
-    out[sel] = 0.4 * out[sel] + 0.6 * OVERLAY
-    return out.astype(np.uint8)
+    out[sel] = 0.4 * out[sel] + 0.6 * RED
+    return np.round(out).astype(np.uint8)
 
 
-def sample_grid(inputs: ReportInputs, category: str) -> Image.Image:
-    """Rows = test images of ``category``; columns = input, ground truth, each model.
+def error_map(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """RGB tile of a prediction: TP white, FP red, FN blue, TN black."""
+    pred, target = pred.astype(bool), target.astype(bool)
+    tile = np.zeros((*pred.shape, 3), np.uint8)
+    tile[pred & target] = TP_COLOUR
+    tile[pred & ~target] = FP_COLOUR
+    tile[~pred & target] = FN_COLOUR
+    return tile
 
-    Tiles smaller than 128 px are enlarged (nearest neighbour) so that they stay legible.
-    """
-    idx = np.flatnonzero(inputs.categories == category)[:inputs.samples_per_category]
-    models = [m for m in MODEL_NAMES if m in inputs.predictions]
-    scale = max(1, 128 // inputs.images.shape[1])
-    size = inputs.images.shape[1] * scale
-    header = 18
-    cols = 2 + len(models)
-    grid = Image.new("RGB", (cols * (size + 4), header + len(idx) * (size + 4)), "white")
+
+def pick_samples(split: PreparedSplit, category: str, count: int) -> list[int]:
+    """``count`` test images of ``category``, one defect type after another (round robin)."""
+    idx = np.flatnonzero(split.categories == category)
+    by_type: dict[str, list[int]] = {}
+    for i in idx:
+        by_type.setdefault(str(split.defect_types[i]), []).append(int(i))
+    queues = [by_type[t] for t in sorted(by_type)]
+    picked: list[int] = []
+    while len(picked) < min(count, len(idx)):
+        for queue in queues:
+            if queue and len(picked) < count:
+                picked.append(queue.pop(0))
+    return picked
+
+
+def sample_grid(inputs: ReportInputs, category: str) -> tuple[Image.Image, list[int]]:
+    """Rows = sample test images; columns = input, ground truth, each model's prediction."""
+    split = inputs.split
+    rows = pick_samples(split, category, inputs.samples_per_category)
+    size = split.images.shape[1]
+    scale = max(1, -(-MIN_TILE // size))
+    tile, pad, header = size * scale, 4, 16
+    labels = ["input", "ground truth", *(LABELS[m] for m in inputs.models)]
+    grid = Image.new("RGB", (len(labels) * (tile + pad), header + len(rows) * (tile + pad)),
+                     "white")
     draw = ImageDraw.Draw(grid)
-    for c, label in enumerate(["input", "ground truth", *(LABELS[m] for m in models)]):
-        draw.text((c * (size + 4) + 2, 2), label, fill="black")
-    for r, i in enumerate(idx):
-        tiles = [inputs.images[i], overlay(inputs.images[i], inputs.masks[i])]
-        tiles += [overlay(inputs.images[i], inputs.predictions[m][i]) for m in models]
-        for c, tile in enumerate(tiles):
-            img = Image.fromarray(tile).resize((size, size), Image.Resampling.NEAREST)
-            grid.paste(img, (c * (size + 4), header + r * (size + 4)))
-    return grid
+    for c, label in enumerate(labels):
+        draw.text((c * (tile + pad) + 2, 2), label, fill="black")
+    for r, i in enumerate(rows):
+        mask = split.masks[i]
+        tiles = [split.images[i], error_map(mask, mask)]
+        tiles += [error_map(inputs.predictions[m][i], mask) for m in inputs.models]
+        for c, array in enumerate(tiles):
+            img = Image.fromarray(array).resize((tile, tile), Image.Resampling.NEAREST)
+            grid.paste(img, (c * (tile + pad), header + r * (tile + pad)))
+    return grid, rows
 
 
 def png_bytes(img: Image.Image) -> bytes:
@@ -184,70 +280,157 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def charts(inputs: ReportInputs) -> dict[str, str]:
+    """The SVG charts: training loss and IOU per epoch, test IOU per category."""
+    def curve(key: str) -> dict[str, list[tuple[float, float]]]:
+        return {m: [(r["epoch"], r[key]) for r in inputs.histories[m] if key in r]
+                for m in inputs.models if inputs.histories.get(m)}
+
+    cats = inputs.categories
+    return {
+        "curve_loss": svg_line_chart(curve("loss"), "Training loss", "epoch", "loss",
+                                     COLOURS, LABELS),
+        "curve_train_iou": svg_line_chart(curve("train_iou"), "Training IOU (defect class)",
+                                          "epoch", "IOU", COLOURS, LABELS),
+        "category_iou": svg_bar_chart(
+            [*cats, "mean"],
+            {m: [*(inputs.metrics[m]["per_category"].get(c, {}).get("iou", float("nan"))
+                   for c in cats), inputs.metrics[m]["mean"]["iou"]] for m in inputs.models},
+            "Test IOU per category", "IOU", COLOURS, LABELS),
+    }
+
+
 # ------------------------------------------------------------------------------ writer
 
-CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-       "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-       "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-       "th{background:#f4f4f4}img{max-width:100%}")
+NOTE = ("Per category: mean over its test images of the per-image score of the defect class; "
+        "Mean: plain mean of the categories (as in the paper). Bold: best of our models and "
+        "best of the paper's per row. Δ = ours − paper. Paper values exist only for the 15 "
+        "MVTec AD categories; the paper's Mean is compared only when all 15 were evaluated.")
+GRID_NOTE = ("Columns: input, ground truth, each model's prediction. White: defect pixels "
+             "found; red: false alarms; blue: missed defect pixels.")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[tuple[Any, ...]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_score_tables(metrics: dict[str, dict[str, Any]], out: Path) -> None:
+    """``category_scores.csv`` (long format) and ``category_scores/<model>.csv``.
+
+    The per-model files exist for ``dvc plots``: its bar template draws one panel per
+    file, a bar per category, and the revisions side by side in ``dvc plots diff``.
+    """
+    rows = category_scores(metrics)
+    _write_csv(out / "category_scores.csv", ["model", "category", "iou", "dice"], rows)
+    for model in metrics:
+        _write_csv(out / "category_scores" / f"{model}.csv", ["category", "iou", "dice"],
+                   [row[1:] for row in rows if row[0] == model])
 
 
 def write_report(inputs: ReportInputs, out: Path) -> None:
-    """Write ``report.md``, ``report.html``, ``figures/`` and ``category_scores.csv``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(exist_ok=True)
-    categories = sorted(set(inputs.categories.tolist()))
-    grids = {c: png_bytes(sample_grid(inputs, c)) for c in categories}
-    for c, data in grids.items():
-        (out / "figures" / f"samples_{c}.png").write_bytes(data)
-    svgs = [curves_svg(inputs.histories, "loss", "training loss"),
-            curves_svg(inputs.histories, "train_iou", "training IOU")]
-    for name, svg in zip(("loss", "train_iou"), svgs, strict=True):
-        (out / "figures" / f"curve_{name}.svg").write_text(svg)
-    with (out / "category_scores.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["model", "category", "iou", "dice"])
-        for m in (m for m in MODEL_NAMES if m in inputs.metrics):
-            for c, s in inputs.metrics[m]["per_category"].items():
-                writer.writerow([m, c, s["iou"], s["dice"]])
+    """Write ``report.md`` (+ ``figures/``), ``report.html`` and the score tables."""
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    write_score_tables(inputs.metrics, out)
 
-    note = ("Cells: ours (paper, ours − paper); bold = best of the four models. The paper's "
-            "values exist only for the 15 MVTec AD categories; its mean is compared only "
-            "when all 15 were evaluated.")
-    prov = "\n".join(f"| {k} | {v} |" for k, v in inputs.provenance.items())
-    aliases = "\n".join(f"- `{k}`: `{v}`" for k, v in inputs.aliases.items()) or \
-        "- (tracking off: no registry aliases)"
-    md = [f"# MR2U-Net reproduction report\n\n| provenance | |\n|---|---|\n{prov}\n",
-          "## Table 1: IOU\n", note + "\n", markdown_table(inputs.metrics, "iou"),
-          "\n## Table 1: Dice\n", markdown_table(inputs.metrics, "dice"),
-          "\n## Model registry\n", aliases,
-          "\n## Training curves\n", "![loss](figures/curve_loss.svg) "
-          "![IOU](figures/curve_train_iou.svg)\n",
-          "## Test images (input, ground truth, predictions in red)\n"]
-    md += [f"### {c}\n\n![{c}](figures/samples_{c}.png)\n" for c in categories]
-    (out / "report.md").write_text("\n".join(md))
+    svgs = charts(inputs)
+    for name, svg in svgs.items():
+        (figures / f"{name}.svg").write_text(svg)
+    grids = {}
+    for category in inputs.categories:
+        grid, rows = sample_grid(inputs, category)
+        grids[category] = (png_bytes(grid), [str(inputs.split.sources[i]) for i in rows])
+        (figures / f"samples_{_safe(category)}.png").write_bytes(grids[category][0])
 
-    prov_html = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                        for k, v in inputs.provenance.items())
-    alias_html = "".join(f"<li><code>{html.escape(k)}</code>: <code>{html.escape(v)}</code>"
-                         "</li>" for k, v in inputs.aliases.items()) or \
-        "<li>(tracking off: no registry aliases)</li>"
-    body = [f"<h1>MR2U-Net reproduction report</h1><table>{prov_html}</table>",
-            f"<h2>Table 1: IOU</h2><p>{html.escape(note)}</p>",
-            html_table(inputs.metrics, "iou"), "<h2>Table 1: Dice</h2>",
-            html_table(inputs.metrics, "dice"), f"<h2>Model registry</h2><ul>{alias_html}</ul>",
-            "<h2>Training curves</h2>", *svgs,
-            "<h2>Test images (input, ground truth, predictions in red)</h2>"]
-    for c in categories:
-        data = base64.b64encode(grids[c]).decode()
-        body.append(f'<h3>{html.escape(c)}</h3><img alt="{html.escape(c)}" '
-                    f'src="data:image/png;base64,{data}">')
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>MR2U-Net report</title>"
-            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
-    (out / "report.html").write_text(page)
+    tables = {"summary": summary_table(inputs), "iou": table1(inputs.metrics, "iou"),
+              "dice": table1(inputs.metrics, "dice"), "registry": registry_table(inputs.registry)}
+    no_registry = "Tracking is off: no registry aliases were set."
+    sections: list[tuple[str, str, str]] = [  # (title, markdown, html)
+        ("Provenance", markdown_table(["", ""], _prov_rows(inputs)),
+         html_table(["", ""], _prov_rows(inputs))),
+        ("Summary", markdown_table(*tables["summary"]), html_table(*tables["summary"])),
+        ("Table 1: IOU", f"{NOTE}\n\n" + markdown_table(*tables["iou"]),
+         f"<p>{NOTE}</p>" + html_table(*tables["iou"])),
+        ("Table 1: Dice", markdown_table(*tables["dice"]), html_table(*tables["dice"])),
+        ("Model registry", markdown_table(*tables["registry"]) if inputs.registry
+         else no_registry, html_table(*tables["registry"]) if inputs.registry
+         else f"<p>{no_registry}</p>"),
+        ("Charts", " ".join(f"![{n}](figures/{n}.svg)" for n, s in svgs.items() if s) + "\n",
+         "".join(svgs.values())),
+        ("Test images (Fig. 4 style)", GRID_NOTE + "\n", f"<p>{GRID_NOTE}</p>"),
+    ]
+    md = ["# MR2U-Net reproduction report\n"]
+    body = ["<h1>MR2U-Net reproduction report</h1>"]
+    for title, md_text, html_text in sections:
+        md += [f"## {title}\n", md_text]
+        body += [f"<h2>{title}</h2>", html_text]
+    for category, (png, sources) in grids.items():
+        caption = "Rows: " + ", ".join(sources)
+        md += [f"### {category}\n", f"![{category}](figures/samples_{_safe(category)}.png)\n",
+               f"{caption}\n"]
+        body += [f"<h3>{html.escape(category)}</h3><figure>{png_img(png, category)}"
+                 f"<figcaption>{html.escape(caption)}</figcaption></figure>"]
+    (out / "report.md").write_text("\n\n".join(part.strip() for part in md) + "\n")
+    (out / "report.html").write_text(html_page("MR2U-Net reproduction report", body))
 
 
-def read_history(path: Path) -> list[dict[str, float]]:
-    with path.open() as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+def _prov_rows(inputs: ReportInputs) -> list[list[Cell]]:
+    return [[Cell(k), Cell(str(v))] for k, v in inputs.provenance.items()]
 
+
+# ----------------------------------------------------------------------------- stage
+
+
+def provenance(params: dict[str, Any], inputs: ReportInputs, root: Path) -> dict[str, str]:
+    """Where the numbers come from: commit, params, data, training devices, versions."""
+    from mr2unet.checkpoint import read_checkpoint
+    from mr2unet.tracking import git_commit, torch_version
+
+    prov = {
+        "git commit": git_commit(root),
+        "params sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+        .hexdigest()[:16],
+        "profile": str(params["profile"]),
+        "data source": str(params["data"]["source"]),
+        "test images": f"{len(inputs.split)} in {len(inputs.categories)} categories",
+    }
+    for m in inputs.models:
+        meta = read_checkpoint(ModelFiles(m, root).checkpoint).get("meta", {})
+        commit = str(meta.get("git_commit", "?"))
+        short = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+        prov[f"{LABELS[m]} training"] = (
+            f"{meta.get('epochs', '?')} epochs on {meta.get('device', '?')}, torch "
+            f"{meta.get('torch_version', '?')}, commit {short}")
+    prov["torch / python (report)"] = f"{torch_version()} / {platform.python_version()}"
+    prov["generated"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return prov
+
+
+def run_report(params: dict[str, Any], root: Path = Path(".")) -> ReportInputs:
+    """The `report` stage: registry aliases (tracking on), then ``reports/``."""
+    from mr2unet.tracking import read_run_info
+
+    models = params["train"]["models"]
+    inputs = load_inputs(models, root, params["evaluate"]["report_samples"])
+    tracking = params["tracking"]
+    runs = {m: read_run_info(ModelFiles(m, root).run_info) for m in models}
+    if tracking["enabled"] and any(r.get("tracking") for r in runs.values()):
+        from mr2unet.registry import set_aliases
+
+        inputs.registry = set_aliases(
+            runs, {m: inputs.metrics[m]["mean"]["iou"] for m in models},
+            tracking["registry_prefix"], tracking["champion_alias"],
+            tracking["challenger_alias"])
+    else:
+        log.info("tracking off: registry aliases not set")
+    inputs.provenance = provenance(params, inputs, root)
+    write_report(inputs, root / "reports")
+    return inputs

@@ -1,0 +1,162 @@
+"""``mr2unet predict``: real MVTec images, odd formats, broken files, registry URIs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_evaluate import RedThreshold
+
+from mr2unet.checkpoint import save_model
+from mr2unet.cli import main
+from mr2unet.models import build_model
+from mr2unet.predict import LoadedModel, find_images, predict_images, read_rgb
+
+BIN = Path(sys.executable).parent
+BOTTLES = ("bottle/test/broken_large/000.png", "bottle/test/contamination/001.png")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "unet.pt"
+    save_model(path, build_model("unet", base_width=4), "unet", {"base_width": 4}, 64)
+    return path
+
+
+def test_real_bottles_odd_formats_and_broken_files(checkpoint: Path, tmp_path: Path,
+                                                   bottle_tar: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    with tarfile.open(bottle_tar) as tar:
+        for name in BOTTLES:
+            (inputs / name.replace("/", "_")).write_bytes(tar.extractfile(name).read())
+    Image.fromarray(np.full((90, 70), 120, np.uint8)).save(inputs / "gray.png")
+    Image.new("RGBA", (33, 21), (10, 200, 30, 100)).save(inputs / "rgba.png")
+    Image.fromarray(np.full((17, 19), 40000, np.uint16)).save(inputs / "deep.tif")
+    (inputs / "broken.png").write_bytes(b"not an image")
+    (inputs / "notes.txt").write_text("ignored: not an image suffix")
+    out = tmp_path / "out"
+
+    code = main(["predict", "--model", str(checkpoint), str(inputs), str(tmp_path / "missing.jpg"),
+                 "--out", str(out), "--batch-size", "2", "--device", "cpu"])
+    assert code == 1
+    printed = capsys.readouterr().out
+    assert "of 5 images" in printed and "2 failed" in printed
+    assert "broken.png" in printed and "missing.jpg" in printed
+    expected = {"bottle_test_broken_large_000": (900, 900), "bottle_test_contamination_001":
+                (900, 900), "gray": (70, 90), "rgba": (33, 21), "deep": (19, 17)}
+    for stem, size in expected.items():
+        mask, tinted = Image.open(out / f"{stem}_mask.png"), Image.open(out / f"{stem}_overlay.png")
+        assert mask.size == size and tinted.size == size and tinted.mode == "RGB"
+        assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
+    assert len(list(out.iterdir())) == 2 * len(expected)
+
+
+def test_sixteen_bit_and_rgba_inputs_become_8_bit_rgb(tmp_path: Path) -> None:
+    Image.fromarray(np.full((4, 5), 40000, np.uint16)).save(tmp_path / "deep.png")
+    Image.new("RGBA", (3, 2), (10, 200, 30, 0)).save(tmp_path / "clear.png")
+    assert np.asarray(read_rgb(tmp_path / "deep.png")).tolist()[0][0] == [156, 156, 156]
+    assert np.asarray(read_rgb(tmp_path / "clear.png")).tolist()[0][0] == [10, 200, 30]
+
+
+def test_masks_come_back_at_the_original_size(tmp_path: Path) -> None:
+    image = np.zeros((90, 70, 3), np.uint8)
+    image[:, :35, 0] = 255  # the left half is red: RedThreshold calls it a defect
+    Image.fromarray(image).save(tmp_path / "half.png")
+    model = LoadedModel(RedThreshold(), image_size=32, source="test")
+    result = predict_images(model, [tmp_path / "half.png"], tmp_path / "out")
+    assert result.written == [tmp_path / "half.png"] and not result.failed
+    mask = np.asarray(Image.open(tmp_path / "out" / "half_mask.png"))
+    assert mask.shape == (90, 70)
+    assert (mask[:, :33] == 255).all() and (mask[:, 38:] == 0).all()
+    tinted = np.asarray(Image.open(tmp_path / "out" / "half_overlay.png"))
+    assert tinted[0, 0].tolist() == [240, 18, 18]  # 40 % red input + 60 % tint
+    assert tinted[0, 69].tolist() == [0, 0, 0]  # untouched
+
+
+def test_output_names_keep_folders_and_never_collide(tmp_path: Path) -> None:
+    for rel in ("d/a/000.png", "d/b/000.png", "d/b/000.jpg", "x/img.png", "y/img.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).touch()
+    jobs = find_images([tmp_path / "d", tmp_path / "x/img.png", tmp_path / "y/img.png"],
+                       tmp_path / "out")
+    assert [j.out_stem.relative_to(tmp_path / "out").as_posix() for j in jobs] == [
+        "a/000", "b/000", "b/000-2", "img", "img-2"]
+
+
+def test_usage_errors_exit_2(checkpoint: Path, tmp_path: Path,
+                             capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "--model", str(checkpoint), str(tmp_path / "empty"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "no images in" in capsys.readouterr().err
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    assert main(["predict", "--model", str(tmp_path / "nope.pt"), str(tmp_path / "x.png"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "nope.pt not found: pass a .pt file" in capsys.readouterr().err
+    assert main(["predict", "--model", "models:/mr2unet-best@champion", str(tmp_path / "x.png"),
+                 "--out", str(tmp_path / "o"),
+                 "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err
+    assert main(["predict", "--model", str(checkpoint), str(tmp_path / "x.png"),
+                 "--out", str(tmp_path / "o"), "--device", "gpu0"]) == 2
+    assert "--device gpu0: not a usable device" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_help_documents_the_command() -> None:
+    result = subprocess.run([str(BIN / "mr2unet"), "predict", "--help"], capture_output=True,
+                            text=True, check=True)
+    for text in ("--model", "IMAGE_OR_DIR", "--out", "--batch-size", "models:/", "_mask.png",
+                 "exit codes"):
+        assert text in result.stdout, text
+
+
+@pytest.fixture
+def mlflow_globals(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """MLflow, with its process-wide URIs (and the env vars it sets) reset afterwards."""
+    mlflow = pytest.importorskip("mlflow")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(name, "")  # monkeypatch restores the original afterwards
+        monkeypatch.delenv(name)
+    yield mlflow
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
+def test_registry_and_run_uris(checkpoint: Path, tmp_path: Path, mlflow_globals: Any,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model logged the way training logs it (pyfunc + checkpoint artifact)."""
+    mlflow = mlflow_globals
+    from mr2unet.mlflow_model import log_segmentation_model
+    from mr2unet.registry import set_aliases
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri, uri)
+    experiment = client.create_experiment("t", str(tmp_path / "artifacts"))
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        info = log_segmentation_model(checkpoint)
+    version = mlflow.register_model(info.model_uri, "mr2unet-unet")
+    run_info = {"tracking": True, "tracking_uri": uri, "run_id": run.info.run_id,
+                "registered_model": "mr2unet-unet", "model_version": str(version.version)}
+    set_aliases({"unet": run_info}, {"unet": 0.5}, "mr2unet-")
+    # The URI given on the command line wins over MLflow's process-wide one.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/other.db")
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path}/other.db")
+    Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(tmp_path / "x.png")
+    for n, model_uri in enumerate(("models:/mr2unet-best@champion", "models:/mr2unet-unet/1",
+                                   info.model_uri, f"runs:/{run.info.run_id}/model")):
+        assert main(["predict", "--model", model_uri, "x.png", "--out", f"o{n}",
+                     "--tracking-uri", uri]) == 0, model_uri
+        assert Image.open(tmp_path / f"o{n}" / "x_mask.png").size == (60, 50)
+    assert not (tmp_path / "other.db").exists()  # nothing looked in the process-wide store

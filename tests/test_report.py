@@ -1,0 +1,206 @@
+"""The report stage: Table 1 against the paper, the self-contained page, registry aliases."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from test_evaluate import REPO, constant_model, fake_project, stage_params
+
+from mr2unet.checkpoint import save_model
+from mr2unet.evaluate import run_evaluation
+from mr2unet.models import build_model
+from mr2unet.registry import download_checkpoint, rank_models, set_aliases
+from mr2unet.report import paper_categories, paper_table, pick_samples, run_report, table1
+from mr2unet.report_html import Cell
+
+
+def _metrics(per_category: dict[str, float]) -> dict[str, Any]:
+    scores = {c: {"iou": v, "dice": v} for c, v in per_category.items()}
+    mean = sum(per_category.values()) / len(per_category)
+    return {"mean": {"iou": mean, "dice": mean}, "per_category": scores}
+
+
+def test_table1_puts_ours_beside_the_paper_with_the_best_in_bold() -> None:
+    metrics = {"unet": _metrics({"bottle": 0.7, "weave": 0.2}),
+               "mr2unet": _metrics({"bottle": 0.6, "weave": 0.3})}
+    header, rows = table1(metrics, "iou")
+    assert header == ["category", "U-Net", "paper", "Δ", "MR2U-Net", "paper", "Δ"]
+    bottle, weave, mean = rows
+    assert bottle == [Cell("bottle"), Cell("0.7000", True), Cell("0.5976"), Cell("+0.1024"),
+                      Cell("0.6000"), Cell("0.6547", True), Cell("-0.0547")]
+    # "weave" (synthetic) is not in the paper: our value only.
+    assert weave == [Cell("weave"), Cell("0.2000"), Cell("–"), Cell("–"),
+                     Cell("0.3000", True), Cell("–"), Cell("–")]
+    # Our mean covers 2 categories, the paper's 15: not compared.
+    assert [c.text for c in mean] == ["Mean", "0.4500", "–", "–", "0.4500", "–", "–"]
+    assert mean[1].bold and mean[4].bold  # a tie: both bold
+
+
+def test_table1_without_paper_categories_has_no_paper_columns() -> None:
+    header, rows = table1({"unet": _metrics({"weave": 0.2, "tiles": 0.4})}, "dice")
+    assert header == ["category", "U-Net"]
+    assert [[c.text for c in r] for r in rows] == [["tiles", "0.4000"], ["weave", "0.2000"],
+                                                    ["Mean", "0.3000"]]
+
+
+def test_paper_mean_is_compared_when_all_15_categories_are_there() -> None:
+    paper = paper_table()
+    ours = {c: paper[("mr2unet", c)]["iou"] + 0.01 for c in sorted(paper_categories())}
+    _, rows = table1({"mr2unet": _metrics(ours)}, "iou")
+    assert len(rows) == 16
+    assert [c.text for c in rows[-1]] == ["Mean", f"{0.535 + 0.01:.4f}", "0.5350", "+0.0100"]
+
+
+def test_samples_cover_the_defect_types_in_turn() -> None:
+    from test_evaluate import fake_split
+
+    split = fake_split()  # bottle: hole, crack, hole
+    assert pick_samples(split, "bottle", 2) == [1, 0]  # crack first (sorted), then hole
+    assert pick_samples(split, "bottle", 5) == [1, 0, 2]
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fake project after evaluate@unet, evaluate@mr2unet and report (tracking off)."""
+    root = fake_project(tmp_path_factory.mktemp("project"),
+                        {"unet": constant_model("unet", True),
+                         "mr2unet": constant_model("mr2unet", False)})
+    params = stage_params(["unet", "mr2unet"])
+    for arch in ("unet", "mr2unet"):
+        run_evaluation(params, arch, root)
+    run_report(params, root)
+    return root
+
+
+def test_report_files(reported: Path) -> None:
+    out = reported / "reports"
+    for name in ("report.html", "report.md", "category_scores.csv", "figures/curve_loss.svg",
+                 "figures/category_iou.svg", "figures/samples_bottle.png"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "category_scores.csv").open()))
+    assert [(r["model"], r["category"]) for r in rows] == [
+        ("unet", "bottle"), ("unet", "weave"), ("mr2unet", "bottle"), ("mr2unet", "weave")]
+    unet = json.loads((reported / "metrics/unet.json").read_text())
+    assert float(rows[1]["iou"]) == unet["per_category"]["weave"]["iou"]
+    per_model = list(csv.DictReader((out / "category_scores/unet.csv").open()))
+    assert per_model == [{k: r[k] for k in ("category", "iou", "dice")} for r in rows[:2]]
+    # Fig. 4 grid: 32px tiles scaled to 128, 4 columns, 2 sample rows + a header.
+    grid = Image.open(out / "figures/samples_weave.png")
+    assert grid.size == (4 * 132, 16 + 2 * 132)
+    assert np.asarray(grid)[16:16 + 128, 132:260].any()  # the ground-truth tile is drawn
+
+
+def test_html_is_self_contained(reported: Path) -> None:
+    page = (reported / "reports/report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2  # one grid per category
+    assert page.count("<svg") == 3  # loss, train IOU, IOU per category
+    sources = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", page)
+    assert sources and all(s.startswith("data:") for s in sources)
+    assert "<b>0.6547</b>" in page  # the paper's better bottle IOU of the pair (MR2U-Net's)
+    assert "Tracking is off" in page
+    assert "abc123" in page  # training commit from the checkpoint's provenance
+
+
+def test_report_is_deterministic_but_for_its_time(reported: Path) -> None:
+    def stable(text: str) -> str:
+        return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", "", text)
+
+    out = reported / "reports"
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    run_report(stage_params(["unet", "mr2unet"]), reported)
+    for path, data in before.items():
+        if path.suffix in (".md", ".html"):
+            assert stable(path.read_text()) == stable(data.decode()), path
+        else:
+            assert path.read_bytes() == data, path
+
+
+def test_stage_scripts_run_from_the_project_root(tmp_path: Path) -> None:
+    root = fake_project(tmp_path, {"unet": constant_model("unet", True)})
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train"].update(models=["unet"], device="cpu")
+    raw["tracking"]["enabled"] = False
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    for script in (["evaluate.py", "unet"], ["report.py"]):
+        result = subprocess.run([sys.executable, str(REPO / "pipeline" / script[0]), *script[1:]],
+                                cwd=root, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    assert "mean IOU" in result.stdout and (root / "reports/report.html").is_file()
+    (root / "metrics/unet.json").unlink()
+    result = subprocess.run([sys.executable, str(REPO / "pipeline/report.py")], cwd=root,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "metrics/unet.json not found: run `dvc repro evaluate@unet`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def test_rank_models_breaks_ties_by_name() -> None:
+    assert rank_models({"unet": 0.5, "mr2unet": 0.7, "resunet": 0.5}) == [
+        "mr2unet", "resunet", "unet"]
+
+
+def _register(client: Any, uri: str, arch: str, checkpoint: Path, experiment: str
+              ) -> dict[str, Any]:
+    """A version of mr2unet-<arch> whose artifacts hold ``checkpoint``, and its run info."""
+    run = client.create_run(experiment)
+    client.log_artifact(run.info.run_id, str(checkpoint), "model")
+    name = f"mr2unet-{arch}"
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name)
+    version = client.create_model_version(name, f"{run.info.artifact_uri}/model",
+                                          run_id=run.info.run_id)
+    return {"tracking": True, "tracking_uri": uri, "run_id": run.info.run_id,
+            "registered_model": name, "model_version": str(version.version)}
+
+
+def test_champion_and_challenger_aliases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri, uri)
+    experiment = client.create_experiment("t", str(tmp_path / "artifacts"))
+    runs = {}
+    for arch, size in (("unet", 32), ("resunet", 48), ("mr2unet", 64)):
+        path = tmp_path / arch / f"{arch}.pt"  # told apart by image size
+        save_model(path, build_model(arch, base_width=4), arch, {"base_width": 4}, size)
+        runs[arch] = _register(client, uri, arch, path, experiment)
+
+    assignments = set_aliases(runs, {"unet": 0.4, "resunet": 0.6, "mr2unet": 0.5}, "mr2unet-")
+    assert {a.uri: (a.arch, a.version) for a in assignments} == {
+        "models:/mr2unet-resunet@champion": ("resunet", "1"),
+        "models:/mr2unet-best@champion": ("resunet", "1"),
+        "models:/mr2unet-mr2unet@challenger": ("mr2unet", "1"),
+        "models:/mr2unet-best@challenger": ("mr2unet", "2")}
+    best = client.get_model_version_by_alias("mr2unet-best", "champion")
+    assert best.tags["arch"] == "resunet" and best.tags["source_version"] == "mr2unet-resunet/1"
+    pt = download_checkpoint("models:/mr2unet-best@champion", tmp_path / "dl", uri)
+    assert pt.name == "resunet.pt"
+
+    # Rerunning changes nothing; a new unet version that wins takes both aliases over.
+    set_aliases(runs, {"unet": 0.4, "resunet": 0.6, "mr2unet": 0.5}, "mr2unet-")
+    assert len(client.search_model_versions("name = 'mr2unet-best'")) == 2
+    runs["unet"] = _register(client, uri, "unet", tmp_path / "unet" / "unet.pt", experiment)
+    set_aliases(runs, {"unet": 0.9, "resunet": 0.6, "mr2unet": 0.5}, "mr2unet-")
+    assert client.get_registered_model("mr2unet-unet").aliases == {"champion": 2}
+    assert client.get_registered_model("mr2unet-resunet").aliases == {"challenger": 1}
+    assert client.get_registered_model("mr2unet-mr2unet").aliases == {}  # stale one removed
+    assert str(client.get_model_version_by_alias("mr2unet-best", "challenger").version) == "1"
+    pt = download_checkpoint("models:/mr2unet-best@champion", tmp_path / "dl2", uri)
+    assert pt.name == "unet.pt"
+
+
+def test_tracking_off_sets_no_alias() -> None:
+    assert set_aliases({"unet": {"tracking": False}}, {"unet": 0.5}, "mr2unet-") == []
