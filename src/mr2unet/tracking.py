@@ -3,7 +3,7 @@
 Nothing in the training core imports MLflow; stage scripts call these functions when
 ``tracking.enabled`` is true.  The store is ``tracking.uri`` if set, else
 ``$MLFLOW_TRACKING_URI``, else the embedded default ``sqlite:///mlflow.db`` at the
-repository root (artifacts in ``mlartifacts/`` beside it).
+repository root (artifacts in ``mlruns/`` beside it, MLflow's default for a SQLite store).
 """
 
 from __future__ import annotations
