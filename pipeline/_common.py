@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -23,3 +24,14 @@ def run_stage(body: Callable[[dict[str, Any]], None], params_path: str = "params
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_model_stage(body: Callable[[dict[str, Any], str], None], doc: str | None,
+                    verb: str) -> None:
+    """Command line of a per-model stage (``train@<model>``, ``evaluate@<model>``)."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help=f"architecture to {verb} (one of params.yaml train.models)")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    run_stage(lambda params: body(params, args.model), args.params)

@@ -8,10 +8,9 @@ report).  With tracking on, the metrics also go to the model's MLflow run and ve
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-from _common import run_stage
+from _common import run_model_stage
 
 from mr2unet.evaluate import run_evaluation
 
@@ -23,9 +22,4 @@ def main(params: dict[str, Any], arch: str) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="architecture to evaluate (one of params.yaml train.models)")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-    run_stage(lambda params: main(params, args.model), args.params)
+    run_model_stage(main, __doc__, "evaluate")

@@ -10,14 +10,12 @@ Resume state lives in data/checkpoints/<model>/ until the run finishes.
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import run_stage
+from _common import run_model_stage
 
 from mr2unet.data.prepared import load_split
 from mr2unet.errors import UserError
@@ -88,10 +86,4 @@ def main(params: dict[str, Any], arch: str) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="architecture to train (one of params.yaml train.models)")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-    run_stage(lambda params: main(params, args.model), args.params)
-    sys.exit(0)
+    run_model_stage(main, __doc__, "train")
