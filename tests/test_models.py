@@ -1,61 +1,180 @@
-"""The four networks: shapes, errors, gradients, determinism, pinned sizes, learning."""
+"""The four networks: shapes, errors, gradients, determinism, memory formats, precision,
+torch.compile, pinned sizes, learning, and the recurrent and multi-scale blocks."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+
 import pytest
 import torch
+import torch.nn.functional as F
 
+from mr2unet import params
 from mr2unet.errors import UserError
-from mr2unet.models import MODEL_NAMES, build_model
-from mr2unet.models.blocks import RecurrentConv, multiscale_widths
+from mr2unet.models import MODEL_NAMES, InputSizeError, build_model, model_options
+from mr2unet.models.mr2unet import (
+    MultiScaleRecurrentResidualBlock,
+    RecurrentConv,
+    ResidualPath,
+    multiscale_widths,
+)
 
 # Full-size (base_width=64, 3 -> 2 channels) parameter counts; a change here is an
-# architecture change: update docs/models.md (benchmarks/model_summary.py) with it.
+# architecture change: rerun benchmarks/model_summary.py to update docs/models.md with it.
 FULL_SIZE_PARAMS = {
     "unet": 34_520_258,
-    "resunet": 8_907_778,
+    "resunet": 8_219_650,
     "attention_unet": 34_870_826,
-    "mr2unet": 23_978_676,
+    "mr2unet": 23_975_732,
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """These tiny networks run fastest on one thread, and far faster than on two when the
+    cores are shared with other jobs (OpenMP threads then wait on each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(name: str, **options: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, base_width=4, **options)
+
+
+def batch(n: int = 2, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(n, 3, size, size, generator=gen)
+    y = (torch.rand(n, size, size, generator=gen) > 0.8).long()
+    return x, y
+
+
+# --- the contract: shapes, sizes, names, options -------------------------------------------
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
-@pytest.mark.parametrize(("batch", "height", "width"), [(1, 32, 32), (2, 64, 48), (3, 16, 80)])
-def test_output_shape_and_dtype(name: str, batch: int, height: int, width: int) -> None:
-    model = build_model(name, base_width=4).eval()
+@pytest.mark.parametrize(("n", "height", "width"), [(1, 32, 32), (2, 64, 48), (3, 16, 80)])
+def test_output_shape_and_dtype(name: str, n: int, height: int, width: int) -> None:
+    model = tiny(name).eval()
     with torch.no_grad():
-        out = model(torch.rand(batch, 3, height, width))
-    assert out.shape == (batch, 2, height, width)
+        out = model(torch.rand(n, 3, height, width))
+    assert out.shape == (n, 2, height, width)
     assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_channel_counts_are_configurable() -> None:
+    model = build_model("mr2unet", in_channels=1, num_classes=3, base_width=4).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 32, 32)).shape == (1, 3, 32, 32)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_sizes_not_multiple_of_16_are_rejected(name: str) -> None:
-    with pytest.raises(ValueError, match="36x36 is not a multiple of (16|8)"):
-        build_model(name, base_width=4)(torch.rand(1, 3, 36, 36))
+@pytest.mark.parametrize(("height", "width"), [(36, 36), (32, 40), (24, 24)])
+def test_sizes_not_multiple_of_16_are_rejected(name: str, height: int, width: int) -> None:
+    # 24x24 would fit ResUNet's 3 down-samplings: every network applies the same rule.
+    with pytest.raises(InputSizeError, match=f"{height}x{width} is not a multiple of 16"):
+        tiny(name)(torch.rand(1, 3, height, width))
+    assert issubclass(InputSizeError, UserError) and issubclass(InputSizeError, ValueError)
 
 
 def test_unknown_model_lists_the_valid_ones() -> None:
-    with pytest.raises(UserError, match="unet, resunet, attention_unet, mr2unet"):
+    with pytest.raises(UserError, match="valid models: unet, resunet, attention_unet, mr2unet"):
         build_model("segformer")
-    with pytest.raises(UserError, match="bad options"):
-        build_model("unet", recurrent_steps=2)
 
+
+def test_registry_names_match_the_params_schema() -> None:
+    assert MODEL_NAMES == params.MODEL_NAMES == ("unet", "resunet", "attention_unet", "mr2unet")
+
+
+def test_options_are_checked() -> None:
+    assert model_options("unet") == {}
+    assert model_options("mr2unet") == {"recurrent_steps": 3, "respath_lengths": (4, 3, 2, 1)}
+    with pytest.raises(UserError, match="unknown option.*recurrent_steps.*valid options: none"):
+        build_model("unet", recurrent_steps=2)
+    with pytest.raises(UserError, match="valid options: recurrent_steps, respath_lengths"):
+        build_model("mr2unet", steps=2)
+    with pytest.raises(UserError, match="recurrent_steps must be an integer >= 1"):
+        build_model("mr2unet", base_width=4, recurrent_steps=0)
+    with pytest.raises(UserError, match="respath_lengths must be 4 integers"):
+        build_model("mr2unet", base_width=4, respath_lengths=[4, 3, 2])
+    with pytest.raises(UserError, match="base_width must be an integer >= 1"):
+        build_model("unet", base_width=0)
+
+
+# --- training properties --------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_gradients_reach_every_parameter(name: str) -> None:
-    model = build_model(name, base_width=4)
-    model(torch.rand(2, 3, 32, 32)).square().mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
-    assert missing == []
+    model = tiny(name)
+    x, y = batch()
+    F.cross_entropy(model(x), y).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert dead == []
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_eval_mode_is_deterministic(name: str) -> None:
-    model = build_model(name, base_width=4).eval()
-    x = torch.rand(2, 3, 32, 32)
+    model = tiny(name).eval()
+    x, _ = batch()
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_training_step_is_reproducible_with_deterministic_algorithms(name: str) -> None:
+    model = tiny(name)
+    x, y = batch()
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # raises on ops without a deterministic kernel
+    try:
+        grads = []
+        for _ in range(2):
+            clone = copy.deepcopy(model)
+            F.cross_entropy(clone(x), y).backward()
+            grads.append([p.grad for p in clone.parameters()])
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_channels_last_gives_the_same_result(name: str) -> None:
+    model = tiny(name)
+    x, y = batch()
+    twin = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    # The backward pass once crashed (strided 1x1 convolution, oneDNN, ResUNet).
+    F.cross_entropy(twin(x_cl), y).backward()
+    F.cross_entropy(model(x), y).backward()
+    with torch.no_grad():
+        assert torch.allclose(twin.eval()(x_cl), model.eval()(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_bf16_autocast_runs_forward_and_backward(name: str) -> None:
+    model = tiny(name)
+    x, y = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    assert logits.dtype == torch.bfloat16 and logits.shape == (2, 2, 32, 32)
+    F.cross_entropy(logits.float(), y).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_compiles_as_one_graph(name: str) -> None:
+    # fullgraph=True fails on any graph break (.item(), data-dependent Python branches);
+    # the "eager" backend checks the capture without the cost of code generation.
+    options = {"recurrent_steps": 1, "respath_lengths": (1, 1, 0, 0)} if name == "mr2unet" else {}
+    model = tiny(name, **options).eval()
+    x, _ = batch()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x))
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -64,54 +183,83 @@ def test_full_size_parameter_counts_are_pinned(name: str) -> None:
     assert sum(p.numel() for p in model.parameters()) == FULL_SIZE_PARAMS[name]
 
 
-def test_multiscale_split_follows_multiresunet() -> None:
-    assert multiscale_widths(64) == (11, 21, 32)
-    assert multiscale_widths(8) == (1, 3, 4)
-    assert multiscale_widths(1) == (1, 1, 1)
-
-
-def test_recurrent_layer_matches_a_hand_unrolled_computation() -> None:
-    torch.manual_seed(0)
-    layer = RecurrentConv(3, 5, steps=3).eval()
-    for norm in layer.norms:  # non-trivial statistics so each step's BN matters
-        norm.running_mean.uniform_(-0.5, 0.5)
-        norm.running_var.uniform_(0.5, 2.0)
-    x = torch.rand(2, 3, 16, 16)
-    conv = torch.nn.functional.conv2d
-
-    def bn(k: int, t: torch.Tensor) -> torch.Tensor:
-        n = layer.norms[k]
-        return torch.nn.functional.batch_norm(t, n.running_mean, n.running_var, n.weight,
-                                              n.bias, training=False, eps=n.eps)
-
-    drive = conv(x, layer.feed_forward.weight, padding=1)
-    h = torch.relu(bn(0, drive))
-    for k in (1, 2, 3):  # h(k) = ReLU(BN_k(w_f * x + w_r * h(k-1) + b))
-        h = torch.relu(bn(k, drive + conv(h, layer.recurrent.weight, layer.recurrent.bias,
-                                          padding=1)))
-    with torch.no_grad():
-        assert torch.allclose(layer(x), h, atol=1e-6)
-        fewer = RecurrentConv(3, 5, steps=2).eval()
-        fewer.load_state_dict({k: v for k, v in layer.state_dict().items()
-                               if not k.startswith("norms.3")})
-        assert not torch.allclose(fewer(x), h)  # the 3rd step really changes the output
-
-
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_tiny_model_overfits_a_few_pairs(name: str) -> None:
     torch.manual_seed(0)
     x = torch.rand(4, 3, 32, 32) * 0.3
     y = torch.zeros(4, 32, 32, dtype=torch.long)
-    for i in range(4):
-        y[i, 4 + 3 * i:12 + 3 * i, 6:14 + 2 * i] = 1
-        x[i, :, 4 + 3 * i:12 + 3 * i, 6:14 + 2 * i] += 0.6
+    for i in range(4):  # one bright rectangle per image, a different one each
+        y[i, 2 + 2 * i:8 + 2 * i, 3:9 + i] = 1
+        x[i, :, 2 + 2 * i:8 + 2 * i, 3:9 + i] += 0.6
     model = build_model(name, base_width=8)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(50):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
+    for _ in range(40):
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
         loss.backward()
-        opt.step()
+        optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < losses[0] / 5
+    assert losses[-1] < losses[0] / 10
+
+
+# --- MR2U-Net's blocks ----------------------------------------------------------------------
+
+def test_multiscale_split_follows_multiresunet() -> None:
+    assert multiscale_widths(64) == (11, 21, 32)
+    assert multiscale_widths(8) == (1, 3, 4)  # the demo's first level
+    assert multiscale_widths(1) == (1, 1, 1)
+    for width in range(3, 300):
+        parts = multiscale_widths(width)
+        assert min(parts) >= 1 and sum(parts) == width
+        assert parts[0] <= parts[1] <= parts[2]
+
+
+def test_recurrent_layer_matches_a_hand_unrolled_computation() -> None:
+    torch.manual_seed(0)
+    layer = RecurrentConv(3, 5, steps=3).eval()
+    for norm in layer.norms:  # distinct statistics per step, so each step's BN matters
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-0.2, 0.2)
+    x = torch.rand(2, 3, 16, 16)
+
+    def bn(k: int, t: torch.Tensor) -> torch.Tensor:
+        n = layer.norms[k]
+        return F.batch_norm(t, n.running_mean, n.running_var, n.weight, n.bias, eps=n.eps)
+
+    with torch.no_grad():
+        drive = F.conv2d(x, layer.feed_forward.weight, padding=1)  # w_f * x, once
+        h = torch.relu(bn(0, drive))  # h(0)
+        states = [h]
+        for k in (1, 2, 3):  # h(k) = ReLU(BN_k(w_f * x + w_r * h(k-1)))
+            h = torch.relu(bn(k, drive + F.conv2d(h, layer.recurrent.weight, padding=1)))
+            states.append(h)
+        assert torch.allclose(layer(x), states[3], atol=1e-6)
+        # Each step changes the state, so t really is 3 steps deep.
+        assert all(not torch.allclose(a, b) for a, b in zip(states[:-1], states[1:], strict=True))
+        shorter = RecurrentConv(3, 5, steps=2).eval()
+        shorter.load_state_dict(layer.state_dict(), strict=False)  # norms.3 left out
+        assert torch.allclose(shorter(x), states[2], atol=1e-6)
+
+
+def test_multiscale_block_chains_its_units_and_adds_the_residual() -> None:
+    torch.manual_seed(0)
+    block = MultiScaleRecurrentResidualBlock(5, 12, steps=2).eval()
+    x = torch.rand(2, 5, 16, 16)
+    with torch.no_grad():
+        u1 = block.unit1(x)
+        u2 = block.unit2(u1)
+        u3 = block.unit3(u2)
+        expected = torch.relu(block.norm(torch.cat([u1, u2, u3], 1)) + block.shortcut(x))
+        assert [u.shape[1] for u in (u1, u2, u3)] == [2, 4, 6]
+        assert torch.allclose(block(x), expected, atol=1e-6)
+
+
+def test_mr2unet_skips_are_residual_paths_longest_at_the_top() -> None:
+    model = build_model("mr2unet", base_width=4)
+    # decoder stages run deepest first; level 0 (full resolution) is the last.
+    lengths = [len(stage.skip) for stage in model.decoder]
+    assert all(isinstance(stage.skip, ResidualPath) for stage in model.decoder)
+    assert lengths == [1, 2, 3, 4]
