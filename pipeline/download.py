@@ -1,14 +1,18 @@
 """Stage `download`: put an MVTec-layout tree in data/raw/ from the configured source.
 
     data.source: url        download data.url (resumable) into data.download_dir, verify, extract
-    data.source: archive    verify the local data.archive, extract
-    data.source: directory  validate data.directory, copy the needed files
+    data.source: archive    verify the local data.archive (when data.sha256/size_bytes are set),
+                            extract
+    data.source: directory  validate data.directory, hard-link (or copy) the needed files
     data.source: synthetic  generate MVTec-format data (mr2unet.data.synthetic)
+
+Usage: python pipeline/download.py [--params params.yaml]   (from the repository root)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,60 +21,98 @@ from urllib.parse import urlparse
 from _common import run_stage
 
 from mr2unet.data.download import download, verify
-from mr2unet.data.extract import extract
-from mr2unet.data.mvtec import validate_layout
+from mr2unet.data.extract import KEEP_FILES, extract
+from mr2unet.data.mvtec import scan, validate_layout
 from mr2unet.data.synthetic import generate
+from mr2unet.errors import UserError
 
 RAW = Path("data/raw")
-
-
-def copy_tree(src: Path, categories: list[str]) -> None:
-    """Copy (hard-link where possible) the needed files of an extracted tree into RAW."""
-    for category in categories:
-        for sub in ("test", "ground_truth"):
-            shutil.copytree(src / category / sub, RAW / category / sub,
-                            copy_function=_link_or_copy)
-        for name in ("license.txt", "readme.txt"):
-            if (src / category / name).is_file():
-                shutil.copy2(src / category / name, RAW / category / name)
+DEFAULT_NAME = "mvtec_anomaly_detection.tar.xz"
 
 
 def _link_or_copy(src: str, dst: str) -> None:
     try:
-        Path(dst).hardlink_to(src)
-    except OSError:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed: copy instead
         shutil.copy2(src, dst)
+
+
+def copy_tree(src: Path, categories: list[str], dest: Path) -> None:
+    """Hard-link (or copy) the needed files of an extracted MVTec tree into ``dest``."""
+    for category in categories:
+        for sub in ("test", "ground_truth"):
+            shutil.copytree(src / category / sub, dest / category / sub,
+                            copy_function=_link_or_copy)
+        for name in KEEP_FILES:
+            if (src / category / name).is_file():
+                shutil.copy2(src / category / name, dest / category / name)
+    for name in KEEP_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dest / name)
+
+
+def verified_archive(data: dict[str, Any]) -> Path:
+    """The local ``data.archive``, checked against data.sha256 / data.size_bytes."""
+    archive = Path(data["archive"])
+    try:
+        verify(archive, data["sha256"], data["size_bytes"])
+    except UserError as exc:
+        raise UserError(f"{exc} For a per-category archive (e.g. bottle.tar.xz) or another "
+                        f"copy, set data.sha256 and data.size_bytes to its values, or to "
+                        f"null to skip the check.") from None
+    return archive
+
+
+def downloaded_archive(data: dict[str, Any]) -> Path:
+    """``data.url`` downloaded into ``data.download_dir`` (reused when already verified)."""
+    name = Path(urlparse(data["url"]).path).name or DEFAULT_NAME
+    return download(data["url"], Path(data["download_dir"]) / name, data["sha256"],
+                    data["size_bytes"], timeout=data["timeout_s"])
+
+
+def from_synthetic(params: dict[str, Any]) -> str:
+    syn = params["synthetic"]
+    counts = generate(RAW, seed=syn["seed"], images_per_defect=syn["images_per_defect"])
+    return (f"generated {sum(counts.values())} synthetic defective images of "
+            f"{', '.join(counts)} in {RAW}")
+
+
+def from_directory(src: Path, categories: list[str] | None) -> str:
+    if RAW.resolve() in (src.resolve(), *src.resolve().parents):
+        raise UserError(f"data.directory ({src}) must lie outside {RAW}, which this stage "
+                        f"rewrites: point it at your copy of MVTec AD.")
+    chosen = validate_layout(src, categories)
+    samples = scan(src, chosen)  # fails early, naming a missing mask
+    shutil.rmtree(RAW, ignore_errors=True)
+    copy_tree(src, chosen, RAW)
+    return f"linked {len(samples)} defective images of {', '.join(chosen)} from {src} to {RAW}"
+
+
+def from_archive(archive: Path, categories: list[str] | None) -> str:
+    shutil.rmtree(RAW, ignore_errors=True)
+    files = extract(archive, RAW, categories)
+    chosen = validate_layout(RAW, categories)
+    return f"extracted {files} images and masks of {', '.join(chosen)} from {archive} to {RAW}"
 
 
 def main(params: dict[str, Any]) -> None:
     data = params["data"]
     categories = data["categories"] or None
-    shutil.rmtree(RAW, ignore_errors=True)
     source = data["source"]
     if source == "synthetic":
-        syn = params["synthetic"]
-        counts = generate(RAW, seed=syn["seed"], images_per_defect=syn["images_per_defect"])
-        print(f"generated {sum(counts.values())} synthetic defective images in {RAW}")
-        return
-    if source == "directory":
-        src = Path(data["directory"])
-        chosen = validate_layout(src, categories)
-        copy_tree(src, chosen)
-        print(f"copied {len(chosen)} categories from {src} to {RAW}")
-        return
-    if source == "archive":
-        archive = Path(data["archive"])
-        verify(archive, data["sha256"], data["size_bytes"])
+        shutil.rmtree(RAW, ignore_errors=True)
+        print(from_synthetic(params))
+    elif source == "directory":
+        print(from_directory(Path(data["directory"]), categories))
+    elif source == "archive":
+        print(from_archive(verified_archive(data), categories))
     else:
-        name = Path(urlparse(data["url"]).path).name or "mvtec_anomaly_detection.tar.xz"
-        archive = download(data["url"], Path(data["download_dir"]) / name, data["sha256"],
-                           data["size_bytes"], timeout=data["timeout_s"])
-    files = extract(archive, RAW, categories)
-    print(f"extracted {files} files from {archive} to {RAW}")
+        print(from_archive(downloaded_archive(data), categories))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default="params.yaml",
+                        help="the params file (default: %(default)s)")
     run_stage(main, parser.parse_args().params)

@@ -1,4 +1,7 @@
-"""Stage `prepare`: data/raw/ -> data/prepared/{train,test}.npz, manifest.csv, summary.json."""
+"""Stage `prepare`: data/raw/ -> data/prepared/{train,test}.npz, manifest.csv, summary.json.
+
+Usage: python pipeline/prepare.py [--params params.yaml]   (from the repository root)
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ from _common import run_stage
 
 from mr2unet.data.prepare import PrepareConfig, prepare
 
+RAW = Path("data/raw")
+PREPARED = Path("data/prepared")
+
 
 def main(params: dict[str, Any]) -> None:
     cfg = PrepareConfig(
@@ -20,16 +26,16 @@ def main(params: dict[str, Any]) -> None:
         seed=params["split"]["seed"],
     )
     data = params["data"]
-    summary = prepare(Path("data/raw"), Path("data/prepared"), cfg,
-                      categories=data["categories"] or None,
+    summary = prepare(RAW, PREPARED, cfg, categories=data["categories"] or None,
                       check=data["check_counts"] and data["source"] != "synthetic")
-    train = sum(c["train"] for c in summary["per_category"].values())
-    test = sum(c["test"] for c in summary["per_category"].values())
-    print(f"prepared {summary['images']} images: {train} train / {test} test, "
-          f"{sum(summary['bytes'].values()) / 1e6:.1f} MB in data/prepared/")
+    print(f"prepared {summary['images']} images: {summary['train']} train / "
+          f"{summary['test']} test at {cfg.image_size} px, "
+          f"{sum(summary['bytes'].values()) / 1e6:.1f} MB in {PREPARED}/")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml",
+                        help="the params file (default: %(default)s)")
     run_stage(main, parser.parse_args().params)

@@ -1,4 +1,11 @@
-"""Fetching and verifying the MVTec AD archive: streamed, resumable, checksummed."""
+"""Fetching and verifying the MVTec AD archive: streamed, resumable, checksummed.
+
+The archive is written to ``<dest>.part`` while it downloads.  A later call sends
+``Range: bytes=<size of .part>-`` and appends; a server that ignores the range (status
+200) or cannot satisfy it (416) is downloaded again from the start.  Only a complete
+file is renamed to ``dest``, and only a verified one is returned: a file that fails the
+size or SHA-256 check is deleted, with a message saying so.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import logging
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
 
@@ -18,9 +26,11 @@ CHUNK = 1 << 20
 OFFLINE_HINT = ("Without network, download the archive by hand and set in params.yaml either "
                 "`data.source: archive` + `data.archive: /path/to/mvtec_anomaly_detection.tar.xz`"
                 ", or `data.source: directory` + `data.directory: /path/to/extracted/mvtec`.")
+RANGE_NOT_SATISFIABLE = 416
 
 
 def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, read in chunks with a progress bar."""
     digest = hashlib.sha256()
     with path.open("rb") as fh, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
                                     desc=f"sha256 {path.name}", leave=False) as bar:
@@ -41,15 +51,12 @@ def verify(path: Path, sha256: str | None, size: int | None) -> None:
             raise UserError(f"{path} has SHA-256 {actual}, expected {sha256}.")
 
 
-def is_verified(path: Path, sha256: str | None, size: int | None) -> bool:
-    try:
-        verify(path, sha256, size)
-    except UserError:
-        return False
-    return True
+class _RangeNotSatisfiable(Exception):
+    """The server refused ``Range`` (HTTP 416): the partial file is stale."""
 
 
-def _open(url: str, offset: int, timeout: float):  # noqa: ANN202 - an http response
+def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
+    """Start a GET of ``url`` from byte ``offset``; network problems become UserErrors."""
     headers = {"User-Agent": "mr2unet"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -57,6 +64,8 @@ def _open(url: str, offset: int, timeout: float):  # noqa: ANN202 - an http resp
         return urllib.request.urlopen(urllib.request.Request(url, headers=headers),
                                       timeout=timeout)
     except urllib.error.HTTPError as exc:
+        if exc.code == RANGE_NOT_SATISFIABLE and offset:
+            raise _RangeNotSatisfiable from None
         raise UserError(f"downloading {url} failed: HTTP {exc.code} {exc.reason}. The "
                         f"vendor's links change over time: set data.url to a current one. "
                         f"{OFFLINE_HINT}") from None
@@ -65,48 +74,84 @@ def _open(url: str, offset: int, timeout: float):  # noqa: ANN202 - an http resp
         raise UserError(f"cannot reach {url} ({reason}). {OFFLINE_HINT}") from None
 
 
+def _expected_total(response: http.client.HTTPResponse, offset: int, size: int | None
+                    ) -> int | None:
+    """Bytes the finished file will have, from Content-Length (else ``size``)."""
+    length = response.headers.get("Content-Length")
+    return offset + int(length) if length is not None else size
+
+
+def _copy(response: http.client.HTTPResponse, fh: BinaryIO, url: str, bar: tqdm) -> None:
+    try:
+        for chunk in iter(lambda: response.read(CHUNK), b""):
+            fh.write(chunk)
+            bar.update(len(chunk))
+    except (TimeoutError, OSError, http.client.HTTPException) as exc:
+        raise UserError(f"download of {url} interrupted after {fh.tell()} bytes ({exc}); "
+                        f"run the stage again to resume.") from None
+
+
+def _fetch(url: str, part: Path, size: int | None, timeout: float) -> None:
+    """Append the rest of ``url`` to ``part`` (resuming from its size when it exists)."""
+    offset = part.stat().st_size if part.is_file() else 0
+    if size is not None and offset == size:
+        log.info("%s is complete; verifying it", part)
+        return
+    if size is not None and offset > size:
+        log.info("discarding %s: it is larger than the expected %d bytes", part, size)
+        offset = 0
+    try:
+        response = _open(url, offset, timeout)
+    except _RangeNotSatisfiable:
+        log.info("the server cannot resume at byte %d; downloading from the start", offset)
+        offset = 0
+        response = _open(url, offset, timeout)
+    with response:
+        if offset and response.status != 206:
+            log.info("the server ignored the range request; downloading from the start")
+            offset = 0
+        elif offset:
+            log.info("resuming %s at byte %d", url, offset)
+        total = _expected_total(response, offset, size)
+        if size is not None and total is not None and total != size:
+            raise UserError(f"{url} offers {total} bytes, but data.size_bytes is {size}: the "
+                            f"URL does not point at the expected archive (perhaps a web "
+                            f"page). Set data.url to the archive's download link.")
+        with part.open("ab" if offset else "wb") as fh, tqdm(
+                total=total, initial=offset, unit="B", unit_scale=True,
+                desc=f"download {part.name.removesuffix('.part')}") as bar:
+            _copy(response, fh, url, bar)
+    received = part.stat().st_size
+    if total is not None and received < total:
+        raise UserError(f"download of {url} stopped after {received} of {total} bytes; run "
+                        f"the stage again to resume.")
+
+
 def download(url: str, dest: Path, sha256: str | None, size: int | None,
              timeout: float = 60) -> Path:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), verify, return ``dest``.
 
-    A file that fails verification is deleted, with a message saying so.
+    A verified ``dest`` is reused without a request. ``timeout`` is the socket timeout
+    in seconds. A file that fails verification is deleted, with a message saying so.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.is_file() and is_verified(dest, sha256, size):
-        log.info("%s already downloaded and verified", dest)
-        return dest
+    if dest.is_file():
+        try:
+            verify(dest, sha256, size)
+        except UserError as exc:
+            log.warning("%s Deleting it and downloading again.", exc)
+            dest.unlink()
+        else:
+            log.info("%s already downloaded and verified", dest)
+            return dest
     part = dest.with_name(dest.name + ".part")
-    offset = part.stat().st_size if part.is_file() else 0
-    if size is not None and offset >= size:
-        offset = 0  # a stale or oversized partial file: start over
-        part.unlink()
-    response = _open(url, offset, timeout)
-    with response:
-        if offset and response.status != 206:
-            log.info("server ignored the range request; downloading from the start")
-            offset = 0
-        elif offset:
-            log.info("resuming %s at byte %d", url, offset)
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length is not None else size
-        with part.open("ab" if offset else "wb") as fh, tqdm(
-                total=total, initial=offset, unit="B", unit_scale=True,
-                desc=f"download {dest.name}") as bar:
-            try:
-                for chunk in iter(lambda: response.read(CHUNK), b""):
-                    fh.write(chunk)
-                    bar.update(len(chunk))
-            except (TimeoutError, OSError, http.client.HTTPException) as exc:
-                raise UserError(f"download of {url} interrupted after {fh.tell()} bytes "
-                                f"({exc}); run the stage again to resume.") from None
-    if size is not None and part.stat().st_size < size:
-        raise UserError(f"download of {url} stopped after {part.stat().st_size} of {size} "
-                        f"bytes; run the stage again to resume.")
+    _fetch(url, part, size, timeout)
     part.replace(dest)
     try:
         verify(dest, sha256, size)
     except UserError as exc:
         dest.unlink()
-        raise UserError(f"{exc} The file was deleted; check data.url / data.sha256 and run "
-                        f"the stage again.") from None
+        raise UserError(f"{exc} The downloaded file was deleted; check data.url, "
+                        f"data.sha256 and data.size_bytes, then run the stage again.") from None
+    log.info("downloaded and verified %s", dest)
     return dest

@@ -8,16 +8,27 @@ anything is written for them, and ``tarfile``'s ``data`` filter guards the rest.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import logging
+import lzma
 import tarfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from mr2unet.errors import UserError
 
 log = logging.getLogger(__name__)
 KEEP_DIRS = ("test", "ground_truth")
 KEEP_FILES = ("license.txt", "readme.txt")
+# Compressions recognised by their first bytes. Decompressing ourselves (rather than with
+# tarfile's "r|xz") makes a truncated archive an error instead of a silently shorter one.
+DECOMPRESSORS: dict[bytes, Callable[[Path], BinaryIO]] = {
+    b"\xfd7zXZ\x00": lzma.open, b"\x1f\x8b": gzip.open, b"BZh": bz2.open,
+}
+DAMAGED = (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile)
 
 
 def check_member(member: tarfile.TarInfo, archive: Path) -> None:
@@ -43,8 +54,21 @@ def wanted(member: tarfile.TarInfo, categories: set[str] | None) -> bool:
     return parts[1] in KEEP_DIRS
 
 
+def open_decompressed(archive: Path) -> BinaryIO:
+    """``archive`` as a stream of tar bytes (.tar, .tar.xz, .tar.gz or .tar.bz2)."""
+    with archive.open("rb") as fh:
+        head = fh.read(6)
+    for magic, opener in DECOMPRESSORS.items():
+        if head.startswith(magic):
+            return opener(archive)
+    return archive.open("rb")
+
+
 def extract(archive: Path, dest: Path, categories: list[str] | None = None) -> int:
-    """Extract the needed members of ``archive`` into ``dest``; returns the files written."""
+    """Extract the needed members of ``archive`` into ``dest``.
+
+    Returns the number of PNG files (test images and masks) written.
+    """
     selected = set(categories) if categories else None
     count = 0
 
@@ -53,18 +77,24 @@ def extract(archive: Path, dest: Path, categories: list[str] | None = None) -> i
         for member in tar:
             check_member(member, archive)
             if wanted(member, selected):
-                count += member.isfile()
+                count += member.isfile() and member.name.lower().endswith(".png")
                 yield member
 
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        with tarfile.open(archive, "r|*") as tar:  # one streaming pass, even for 5 GB
+        # One streaming pass ("r|"), even for the 5 GB archive: no seeking, no index.
+        with open_decompressed(archive) as stream, \
+                tarfile.open(fileobj=stream, mode="r|") as tar:
             tar.extractall(dest, members=members(tar), filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except DAMAGED as exc:
         raise UserError(f"cannot extract {archive}: {exc}. The file is damaged or not a tar "
-                        f"archive; delete it and download it again.") from None
+                        f"archive: replace it (a download in data.download_dir: delete it and "
+                        f"run the stage again).") from None
+    except OSError as exc:
+        raise UserError(f"cannot extract {archive} into {dest}: {exc}. Check the free disk "
+                        f"space and the permissions there.") from None
     if count == 0:
         raise UserError(f"{archive} contains no MVTec AD test/ground_truth files"
                         + (f" for categories {sorted(selected)}" if selected else "") + ".")
-    log.info("extracted %d files from %s", count, archive)
+    log.info("extracted %d images and masks from %s", count, archive)
     return count

@@ -6,18 +6,24 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from mr2unet.errors import UserError
 
-# Defective test images per category in the official release (the paper's 1258).
+log = logging.getLogger(__name__)
+
+# Defective test images per category in the official release: the paper's 1258
+# (/work/shared/paper/abnormal_counts.csv).
 PAPER_COUNTS: dict[str, int] = {
     "bottle": 63, "cable": 92, "capsule": 109, "carpet": 89, "grid": 57, "hazelnut": 70,
     "leather": 92, "metal_nut": 93, "pill": 141, "screw": 119, "tile": 84, "toothbrush": 30,
     "transistor": 40, "wood": 60, "zipper": 119,
 }
 IMAGE_SUFFIXES = (".png",)
+GOOD = "good"
+CATEGORY_PARTS = ("test", "ground_truth")
 
 
 @dataclass(frozen=True)
@@ -30,42 +36,77 @@ class Sample:
     mask: str
 
 
+def mask_path(root: Path, category: str, defect_type: str, image: Path) -> Path:
+    """Where MVTec AD keeps the mask of ``image``."""
+    return root / category / "ground_truth" / defect_type / f"{image.stem}_mask.png"
+
+
+def _has_all_parts(folder: Path) -> bool:
+    return all((folder / part).is_dir() for part in CATEGORY_PARTS)
+
+
+def _incomplete(root: Path) -> list[str]:
+    """Folders that look like a category (train/, test/ or ground_truth/) but lack a part."""
+    problems = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not any((folder / part).is_dir() for part in ("train", *CATEGORY_PARTS)):
+            continue
+        problems += [f"{folder / part}/ is missing" for part in CATEGORY_PARTS
+                     if not (folder / part).is_dir()]
+    return problems
+
+
 def categories_in(root: Path) -> list[str]:
-    """Category folders of an MVTec tree: those with a ``test`` and a ``ground_truth``."""
-    return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and (p / "test").is_dir() and (p / "ground_truth").is_dir())
+    """Category folders of an MVTec tree: those with both ``test/`` and ``ground_truth/``."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _has_all_parts(p))
 
 
 def validate_layout(root: Path, categories: list[str] | None = None) -> list[str]:
-    """The categories to use; a UserError saying what is missing when the tree is wrong."""
+    """The categories to use, sorted; a UserError naming what is missing when the tree is wrong.
+
+    Every category folder must hold ``test/`` and ``ground_truth/``; the masks themselves
+    are checked by :func:`scan`.
+    """
     if not root.is_dir():
         raise UserError(f"{root} is not a directory: point data.directory at an extracted "
                         f"MVTec AD tree (the folder holding bottle/, cable/, ...).")
+    if _has_all_parts(root):
+        raise UserError(f"{root} is a single category folder; point data.directory at the "
+                        f"folder that holds it ({root.parent}) and select it with "
+                        f"data.categories: [{root.name}].")
+    problems = _incomplete(root)
+    if problems:
+        raise UserError(f"{root} is not a complete MVTec AD tree: {'; '.join(problems)}. "
+                        f"Extract the archive again (every category needs test/ and "
+                        f"ground_truth/).")
     found = categories_in(root)
     if not found:
         raise UserError(f"{root} holds no MVTec AD category (expected <category>/test/ and "
                         f"<category>/ground_truth/ folders, e.g. bottle/test/broken_large/).")
-    if categories:
-        missing = sorted(set(categories) - set(found))
-        if missing:
-            raise UserError(f"categories {missing} of data.categories are not in {root} "
-                            f"(found: {', '.join(found)}).")
-        return sorted(categories)
-    return found
+    if not categories:
+        return found
+    missing = sorted(set(categories) - set(found))
+    if missing:
+        raise UserError(f"data.categories {missing} not found in {root} "
+                        f"(found: {', '.join(found)}).")
+    return sorted(set(categories))
 
 
 def scan(root: Path, categories: list[str]) -> list[Sample]:
-    """Every defective test image with its mask, sorted; a missing mask is a UserError."""
+    """Every defective test image with its mask, sorted; a missing mask is a UserError.
+
+    Sorting (category, defect type, file name) makes everything downstream independent
+    of the order in which the file system lists a directory.
+    """
     samples = []
-    for category in categories:
+    for category in sorted(categories):
         test_dir = root / category / "test"
         for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
-            if defect_dir.name == "good":
+            if defect_dir.name == GOOD:
                 continue
             for image in sorted(p for p in defect_dir.iterdir()
                                 if p.suffix.lower() in IMAGE_SUFFIXES):
-                mask = root / category / "ground_truth" / defect_dir.name / \
-                    f"{image.stem}_mask.png"
+                mask = mask_path(root, category, defect_dir.name, image)
                 if not mask.is_file():
                     raise UserError(f"defective image {image} has no mask (expected {mask}); "
                                     f"the dataset copy is incomplete: extract it again.")
@@ -73,6 +114,19 @@ def scan(root: Path, categories: list[str]) -> list[Sample]:
                                       image.relative_to(root).as_posix(),
                                       mask.relative_to(root).as_posix()))
     return samples
+
+
+def count_by_category(samples: list[Sample]) -> dict[str, int]:
+    """Defective images per category, in sorted category order."""
+    counts: dict[str, int] = {}
+    for sample in samples:
+        counts[sample.category] = counts.get(sample.category, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def is_full_dataset(categories: list[str]) -> bool:
+    """True when ``categories`` are exactly the 15 of MVTec AD."""
+    return set(categories) == set(PAPER_COUNTS)
 
 
 def check_counts(counts: dict[str, int]) -> None:
@@ -84,3 +138,5 @@ def check_counts(counts: dict[str, int]) -> None:
         raise UserError(f"defective-image counts differ from the paper's (found vs expected): "
                         f"{lines}. The dataset copy is incomplete or altered; set "
                         f"data.check_counts: false to proceed anyway.")
+    log.info("defective-image counts match the paper's: %d in %d categories",
+             sum(counts.values()), len(counts))

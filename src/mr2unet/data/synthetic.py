@@ -1,18 +1,20 @@
 """Synthetic MVTec-format data: the demo's stand-in for MVTec AD, generated from a seed.
 
-Four categories, two textures and two objects, two of them grayscale, in different image
-sizes, each with three defect types drawn with pixel-exact masks:
+Four categories, two textures and two objects on a dark background, two of them
+grayscale, in different image sizes, each with three defect types drawn with
+pixel-exact masks:
 
 * ``scratch``: a thin straight line (2-4 px), brighter or darker than the surface;
 * ``crack``:   a dark jagged polyline (2-3 px);
 * ``hole``:    a dark or bright ellipse;
 * ``stain``:   a soft-edged coloured patch (mask = where it covers more than half).
 
-Defect sizes and contrasts vary, so the task is learnable but not trivial. The tree is
-written exactly like the official archive (``<category>/test/<defect>/NNN.png``,
+On objects, defects start on the object and are clipped to it, as in MVTec AD. Defect
+sizes and contrasts vary, so the task is learnable but not trivial. The tree is written
+exactly like the official archive (``<category>/test/<defect>/NNN.png``,
 ``<category>/ground_truth/<defect>/NNN_mask.png`` with 0/255, a few ``test/good`` images
 without masks, a readme and license), so the demo runs the real download/prepare code.
-Same seed, same bytes.
+Same seed, same bytes (PIL writes no timestamps into PNG files).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-log = logging.getLogger(__name__)
+from mr2unet.errors import UserError
 
-Surface = Callable[[np.random.Generator, int], np.ndarray]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,14 @@ class Category:
     defects: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Surface:
+    """A defect-free image: float RGB ``(S, S, 3)`` and where defects may go (bool)."""
+
+    image: np.ndarray
+    body: np.ndarray
+
+
 CATEGORIES = (
     Category("weave", 192, False, "weave", ("scratch", "hole", "stain")),
     Category("marble", 160, True, "marble", ("crack", "hole", "scratch")),
@@ -47,6 +57,9 @@ CATEGORIES = (
     Category("bolt", 176, True, "bolt", ("hole", "crack", "stain")),
 )
 GOOD_IMAGES = 3
+MAX_DEFECTS = 2  # per image, all of the folder's type
+TRIES = 20  # placements tried before one is accepted anyway
+KEEP_FRACTION = 0.5  # of a defect on an object that must lie on the object
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray:
@@ -57,24 +70,28 @@ def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray
     return np.asarray(img, dtype=np.float32) / 255
 
 
-def _weave(rng: np.random.Generator, size: int) -> np.ndarray:
+def _texture(image: np.ndarray) -> Surface:
+    return Surface(image, np.ones(image.shape[:2], bool))
+
+
+def _weave(rng: np.random.Generator, size: int) -> Surface:
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     period = rng.uniform(7, 11)
     pattern = 0.5 + 0.25 * np.sin(2 * math.pi * x / period) * np.sin(2 * math.pi * y / period)
     tint = rng.uniform(0.4, 0.9, 3).astype(np.float32)
-    rgb = pattern[..., None] * tint * 255 + rng.normal(0, 6, (size, size, 3))
-    return rgb
+    return _texture(pattern[..., None] * tint * 255 + rng.normal(0, 6, (size, size, 3)))
 
 
-def _marble(rng: np.random.Generator, size: int) -> np.ndarray:
+def _marble(rng: np.random.Generator, size: int) -> Surface:
     veins = _smooth_noise(rng, size, 6) + 0.5 * _smooth_noise(rng, size, 14)
     gray = 90 + 70 * veins / 1.5 + rng.normal(0, 5, (size, size))
-    return np.repeat(gray[..., None], 3, axis=2)
+    return _texture(np.repeat(gray[..., None], 3, axis=2))
 
 
-def _object(rng: np.random.Generator, size: int, shape: str) -> np.ndarray:
+def _object(rng: np.random.Generator, size: int, shape: str) -> Surface:
+    """A shaded disc or rounded bar, slightly off-centre, on a dark noisy background."""
     background = 25 + rng.normal(0, 4, (size, size, 3))
-    canvas = Image.fromarray(np.zeros((size, size), np.uint8))
+    canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
     c = size / 2 + rng.uniform(-0.05, 0.05, 2) * size
     if shape == "disc":
@@ -87,10 +104,11 @@ def _object(rng: np.random.Generator, size: int, shape: str) -> np.ndarray:
     body = np.asarray(canvas, dtype=np.float32)[..., None] / 255
     colour = rng.uniform(120, 200, 3)
     shading = 0.85 + 0.3 * _smooth_noise(rng, size, 4)[..., None]
-    return background * (1 - body) + body * colour * shading + rng.normal(0, 4, (size, size, 3))
+    image = background * (1 - body) + body * colour * shading
+    return Surface(image + rng.normal(0, 4, (size, size, 3)), body[..., 0] > 0.5)
 
 
-SURFACES: dict[str, Surface] = {
+SURFACES: dict[str, Callable[[np.random.Generator, int], Surface]] = {
     "weave": _weave,
     "marble": _marble,
     "disc": lambda rng, size: _object(rng, size, "disc"),
@@ -98,8 +116,15 @@ SURFACES: dict[str, Surface] = {
 }
 
 
-def _point(rng: np.random.Generator, size: int, margin: float = 0.2) -> tuple[float, float]:
-    return tuple(rng.uniform(margin * size, (1 - margin) * size, 2))  # type: ignore[return-value]
+def _point(rng: np.random.Generator, body: np.ndarray, margin: float = 0.2
+           ) -> tuple[float, float]:
+    """A random point on ``body``, at least ``margin * size`` away from the borders."""
+    size = body.shape[0]
+    for _ in range(TRIES):
+        x, y = rng.uniform(margin * size, (1 - margin) * size, 2)
+        if body[int(y), int(x)]:
+            break
+    return float(x), float(y)
 
 
 def _contrast(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
@@ -110,19 +135,18 @@ def _contrast(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
     return np.clip(target + rng.normal(0, 15, 3), 0, 255)
 
 
-def draw_defect(rng: np.random.Generator, kind: str, image: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one defect of ``kind`` onto ``image`` (float RGB); returns (image, bool mask)."""
-    size = image.shape[0]
+def _shape(rng: np.random.Generator, kind: str, size: int, start: tuple[float, float]
+           ) -> Image.Image:
+    """The defect's opacity (mode L, 0-255) starting or centred at ``start``."""
     shape = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(shape)
+    x0, y0 = start
     if kind == "scratch":
-        (x0, y0), angle = _point(rng, size), rng.uniform(0, math.pi)
-        length = size * rng.uniform(0.2, 0.45)
-        x1, y1 = x0 + length * math.cos(angle), y0 + length * math.sin(angle)
-        draw.line([x0, y0, x1, y1], fill=255, width=int(rng.integers(2, 5)))
+        angle, length = rng.uniform(0, math.pi), size * rng.uniform(0.2, 0.45)
+        draw.line([x0, y0, x0 + length * math.cos(angle), y0 + length * math.sin(angle)],
+                  fill=255, width=int(rng.integers(2, 5)))
     elif kind == "crack":
-        points = [_point(rng, size)]
+        points = [start]
         angle = rng.uniform(0, 2 * math.pi)
         for _ in range(int(rng.integers(4, 8))):
             angle += rng.normal(0, 0.6)
@@ -132,22 +156,38 @@ def draw_defect(rng: np.random.Generator, kind: str, image: np.ndarray
                            float(np.clip(y + step * math.sin(angle), 2, size - 3))))
         draw.line(points, fill=255, width=int(rng.integers(2, 4)), joint="curve")
     elif kind == "hole":
-        (x, y) = _point(rng, size)
         rx, ry = size * rng.uniform(0.03, 0.09, 2)
-        draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=255)
+        draw.ellipse([x0 - rx, y0 - ry, x0 + rx, y0 + ry], fill=255)
     elif kind == "stain":
-        (x, y) = _point(rng, size)
         r = size * rng.uniform(0.06, 0.14)
-        draw.ellipse([x - r, y - r * rng.uniform(0.5, 1), x + r, y + r], fill=255)
+        draw.ellipse([x0 - r, y0 - r * rng.uniform(0.5, 1), x0 + r, y0 + r], fill=255)
         shape = shape.filter(ImageFilter.GaussianBlur(r / 4))
     else:
         raise ValueError(f"unknown defect kind {kind!r}")
-    alpha = np.asarray(shape, dtype=np.float32)[..., None] / 255
-    mask = alpha[..., 0] > 0.5
-    colour = _contrast(rng, image[mask] if mask.any() else image)
+    return shape
+
+
+def draw_defect(rng: np.random.Generator, kind: str, surface: Surface
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one defect of ``kind`` on ``surface``; returns (float RGB image, bool mask).
+
+    The defect starts on ``surface.body`` and is clipped to it; a placement that would
+    lose more than half of the defect to clipping is drawn again. The mask is where the
+    opacity exceeds one half.
+    """
+    size = surface.image.shape[0]
+    for _ in range(TRIES):
+        opacity = np.asarray(_shape(rng, kind, size, _point(rng, surface.body)),
+                             dtype=np.float32) / 255
+        alpha = opacity * surface.body
+        mask = alpha > 0.5
+        if mask.sum() >= KEEP_FRACTION * (opacity > 0.5).sum():
+            break
+    colour = _contrast(rng, surface.image[mask])
     if kind == "crack":
         colour = np.minimum(colour, 40)
-    return image * (1 - alpha) + colour * alpha, mask
+    alpha = alpha[..., None]
+    return surface.image * (1 - alpha) + colour * alpha, mask
 
 
 def _save(array: np.ndarray, path: Path, grayscale: bool) -> None:
@@ -161,26 +201,36 @@ Not MVTec AD: procedurally drawn surfaces and defects for demos and tests. Seed:
 """
 
 
+def _defective(rng: np.random.Generator, category: Category, defect: str
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One image with one or two defects of type ``defect`` and their joint mask."""
+    surface = SURFACES[category.surface](rng, category.size)
+    mask = np.zeros(surface.body.shape, bool)
+    for _ in range(int(rng.integers(1, MAX_DEFECTS + 1))):
+        image, one = draw_defect(rng, defect, surface)
+        surface = Surface(image, surface.body)
+        mask |= one
+    return surface.image, mask
+
+
 def generate(root: str | Path, seed: int = 0, images_per_defect: int = 12) -> dict[str, int]:
     """Write the synthetic dataset under ``root``; returns defective images per category."""
+    if images_per_defect < 1:
+        raise UserError(f"images_per_defect is {images_per_defect}; it must be at least 1.")
     root = Path(root)
     counts = {}
     for index, category in enumerate(CATEGORIES):
         rng = np.random.default_rng([seed, index])
         base = root / category.name
-        surface = SURFACES[category.surface]
         for defect in category.defects:
             for i in range(images_per_defect):
-                image, mask = surface(rng, category.size), None
-                for _ in range(int(rng.integers(1, 3))):  # one or two defects
-                    image, one = draw_defect(rng, defect, image)
-                    mask = one if mask is None else mask | one
+                image, mask = _defective(rng, category, defect)
                 _save(image, base / "test" / defect / f"{i:03d}.png", category.grayscale)
                 _save(mask.astype(np.float32) * 255,
                       base / "ground_truth" / defect / f"{i:03d}_mask.png", grayscale=True)
         for i in range(GOOD_IMAGES):
-            _save(surface(rng, category.size), base / "test" / "good" / f"{i:03d}.png",
-                  category.grayscale)
+            _save(SURFACES[category.surface](rng, category.size).image,
+                  base / "test" / "good" / f"{i:03d}.png", category.grayscale)
         (base / "readme.txt").write_text(README.format(seed=seed))
         (base / "license.txt").write_text("Generated data; no license restrictions.\n")
         counts[category.name] = len(category.defects) * images_per_defect
