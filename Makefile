@@ -14,7 +14,7 @@ export PYTHONHASHSEED := 0
 # Stage commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test lint ui repro bench clean-demo
+.PHONY: install demo test lint ui repro bench sweep clean-demo
 
 install: $(STAMP)
 
@@ -29,6 +29,23 @@ demo: $(STAMP)
 	$(BIN)/python -m mr2unet.cli profile demo
 	$(BIN)/dvc repro $(REPRO_ARGS)
 	@echo "Done: metrics/ (IOU/Dice), reports/report.html, MLflow store mlflow.db (make ui)."
+
+## sweep: the demo over several seeds as queued DVC experiments (JOBS workers with
+## THREADS CPU threads each), then mean ± std per category in reports/seed_spread.md.
+## Extra overrides for every experiment: SWEEP_ARGS="-S ++profiles.demo.train.lr=1e-3"
+SEEDS ?= 0 1 2 3 4
+JOBS ?= 2
+THREADS ?= 1
+PROFILE ?= demo
+SWEEP_ARGS ?=
+sweep: $(STAMP)
+	$(BIN)/python -m mr2unet.cli profile $(PROFILE)
+	for seed in $(SEEDS); do \
+	  $(BIN)/dvc exp run --queue -S "++profiles.$(PROFILE).train.seed=$$seed" \
+	    -S "++profiles.$(PROFILE).train.cpu_threads=$(THREADS)" $(SWEEP_ARGS); \
+	done
+	$(BIN)/dvc exp run --run-all -j $(JOBS)
+	$(BIN)/python -m mr2unet.cli spread
 
 ## test: the test suite (what .ci/run calls)
 test: $(STAMP)

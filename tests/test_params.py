@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,10 @@ def test_unknown_profile() -> None:
     ("train.device", "gpu", "`train.device`"),
     ("data.sha256", "abc", "`data.sha256`"),
     ("train.lr", 0, "`train.lr`"),
+    ("train.weight_decay", "1e-4", "`train.weight_decay`"),
+    ("train.channels_last", 1, "`train.channels_last`"),
+    ("evaluate.empty_score", True, "`evaluate.empty_score`"),
+    ("evaluate.empty_score", 0.5, "`evaluate.empty_score`"),
 ])
 def test_bad_values_name_the_key(params_file: Path, key: str, value: object,
                                  message: str) -> None:
@@ -87,6 +92,38 @@ def test_missing_archive_names_the_key(params_file: Path, tmp_path: Path) -> Non
     edit(params_file, "data.archive", str(tmp_path / "missing.tar.xz"))
     with pytest.raises(UserError, match="`data.archive`"):
         load_params(params_file)
+
+
+def test_integer_empty_score_is_accepted(params_file: Path) -> None:
+    edit(params_file, "evaluate.empty_score", 0)
+    assert load_params(params_file)["evaluate"]["empty_score"] == 0
+
+
+@pytest.mark.parametrize(("dotted", "message"), [
+    ("train.epoch", "unknown key `train.epoch`; did you mean `train.epochs`?"),
+    ("prepare.size", "unknown key `prepare.size`"),
+    ("trian", "unknown key `trian`; did you mean `train`?"),
+])
+def test_unknown_keys_are_named(params_file: Path, dotted: str, message: str) -> None:
+    edit(params_file, dotted, 10)
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_params(params_file)
+
+
+def test_a_typo_in_the_active_profile_is_named(params_file: Path) -> None:
+    edit(params_file, "profile", "demo")
+    edit(params_file, "profiles.demo.train.epcohs", 3)
+    with pytest.raises(UserError, match=r"profile 'demo' applied\): unknown key "
+                                        r"`train.epcohs`; did you mean `train.epochs`\?"):
+        load_params(params_file)
+
+
+def test_every_committed_profile_loads(params_file: Path) -> None:
+    for name in yaml.safe_load(params_file.read_text())["profiles"]:
+        if name == "bottle-sample" and not (REPO.parent / "shared").is_dir():
+            continue  # its archive lies in ../shared
+        edit(params_file, "profile", name)
+        assert load_params(params_file)["profile"] == name
 
 
 def test_missing_key_is_named(params_file: Path) -> None:

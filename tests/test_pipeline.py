@@ -2,18 +2,22 @@
 
 Covers what a user does with DVC and MLflow beyond one process: repro then nothing left to
 do, kill a training stage and resume it to the same weights, push to a remote and pull
-into another clone, and track against an `mlflow server` on 127.0.0.1.
+into another clone, and track against an `mlflow server` on 127.0.0.1 backed by SQLite
+or by a throw-away PostgreSQL cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -147,25 +151,72 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_training_against_a_local_mlflow_server(tmp_path: Path) -> None:
-    mlflow = pytest.importorskip("mlflow")
-    project = make_project(tmp_path / "p", ["unet"], tracking=True)
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on 127.0.0.1; yields its SQLAlchemy URI.
+
+    Uses the server binaries of the machine (Debian's ``postgresql`` package); PostgreSQL
+    refuses to run as root, so as root the cluster runs as the ``postgres`` user.
+    """
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: "
+                    "apt-get install postgresql")
+    pytest.importorskip("psycopg")
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="mr2unet-pg-"))
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres", "postgres")
+    data, port = root / "data", _free_port()
     try:
-        uri = f"http://127.0.0.1:{port}"
+        run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "mlflow",
+             "--no-sync"], root)
+        run([*as_user, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "start", "-o",
+             f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"], root)
+        yield f"postgresql://mlflow@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
+                       cwd=root, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, artifacts: Path) -> Iterator[str]:
+    """``mlflow server`` on 127.0.0.1 with ``backend_uri``; yields its tracking URI."""
+    port = _free_port()
+    log_path = artifacts.parent / f"mlflow-server-{port}.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+             "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts),
+             "--workers", "1"],
+            env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
         deadline = time.monotonic() + 120
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1):
                     break
             except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "server down"
+                assert time.monotonic() < deadline and server.poll() is None, \
+                    f"mlflow server did not start:\n{log_path.read_text()[-3000:]}"
                 time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_training_against_a_local_mlflow_server(tmp_path: Path, backend: str) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    project = make_project(tmp_path / "p", ["unet"], tracking=True)
+    with contextlib.ExitStack() as stack:
+        backend_uri = (stack.enter_context(postgres_cluster()) if backend == "postgresql"
+                       else f"sqlite:///{tmp_path}/server.db")
+        uri = stack.enter_context(mlflow_server(backend_uri, tmp_path / "artifacts"))
         env = {**ENV, "MLFLOW_TRACKING_URI": uri}
         run([DVC, "repro", "train@unet"], project, env=env, timeout=600)
         client = mlflow.MlflowClient(uri)
@@ -173,7 +224,7 @@ def test_training_against_a_local_mlflow_server(tmp_path: Path) -> None:
         run_info = yaml.safe_load((project / "data/models/unet.run.json").read_text())
         assert run_info["tracking_uri"] == uri and version.run_id == run_info["run_id"]
         assert client.get_run(version.run_id).info.status == "FINISHED"
-        assert not (project / "mlflow.db").exists()  # nothing went to the embedded store
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        # the model's files went to the server's artifact store, nothing to the embedded one
+        assert any((tmp_path / "artifacts").rglob("MLmodel"))
+        assert not (project / "mlflow.db").exists()
+        assert not (project / "mlruns").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mr2unet.tracking import flatten, resolve_tracking_uri
+from mr2unet.tracking import flatten, project_root, resolve_tracking_uri
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -35,6 +35,41 @@ def test_uri_precedence(monkeypatch, tmp_path) -> None:
     assert resolve_tracking_uri({"tracking": {"uri": None}}, tmp_path) == "http://127.0.0.1:5000"
     assert resolve_tracking_uri({"tracking": {"uri": "sqlite:///x.db"}}, tmp_path) == \
         "sqlite:///x.db"
+
+
+def test_a_dvc_experiment_workspace_tracks_into_its_repo(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workspace = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpk2x9"
+    workspace.mkdir(parents=True)
+    assert project_root(workspace) == (tmp_path / "repo").resolve()
+    assert project_root(workspace / "sub") == (tmp_path / "repo").resolve()
+    assert project_root(tmp_path / "repo") == (tmp_path / "repo").resolve()
+    assert project_root(tmp_path / "repo" / ".dvc" / "tmp") == \
+        (tmp_path / "repo" / ".dvc" / "tmp").resolve()
+    assert resolve_tracking_uri({"tracking": {"uri": None}}, workspace) == \
+        f"sqlite:///{(tmp_path / 'repo').resolve()}/mlflow.db"
+
+
+def test_queued_experiment_runs_land_in_the_repo_store(monkeypatch, tmp_path) -> None:
+    """A run started in DVC's temporary workspace keeps its record and its artifacts in
+    the repository's store, which outlives the workspace."""
+    from mr2unet.tracking import TrainingTracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    repo = tmp_path / "repo"
+    workspace = repo / ".dvc" / "tmp" / "exps" / "tmpk2x9"
+    workspace.mkdir(parents=True)
+    monkeypatch.chdir(workspace)
+    params = params_for(None)
+    tracker = TrainingTracker(params, "unet")
+    run_id = tracker.start("train@unet")
+    tracker.client.log_text(run_id, "hello", "note.txt")
+    assert (repo / "mlflow.db").is_file() and not (workspace / "mlflow.db").exists()
+    assert not (workspace / "mlruns").exists()
+    assert [p.read_text() for p in (repo / "mlruns").rglob("note.txt")] == ["hello"]
+    # The experiment, created once, is found again from the main workspace.
+    monkeypatch.chdir(repo)
+    assert TrainingTracker(params, "unet").experiment_id == tracker.experiment_id
 
 
 def test_flatten() -> None:

@@ -221,11 +221,12 @@ def run_evaluation(params: dict[str, Any], arch: str, root: Path = Path(".")
     """The `evaluate@<arch>` stage: score the model, write its files, log to MLflow."""
     from mr2unet.checkpoint import load_model
     from mr2unet.tracking import read_run_info
-    from mr2unet.train import resolve_device
+    from mr2unet.train import resolve_device, set_cpu_threads
 
     cfg = params["evaluate"]
     files = ModelFiles(arch, root)
     device = resolve_device(params["train"]["device"])
+    set_cpu_threads(params["train"]["cpu_threads"])
     split = load_split(root / TEST_SPLIT)
     model, payload = load_model(files.checkpoint, device)
     check_image_size(payload, split, files.checkpoint)

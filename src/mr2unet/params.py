@@ -7,6 +7,7 @@ with one message that names the offending key.
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,23 @@ from mr2unet.errors import UserError
 
 MODEL_NAMES = ("unet", "resunet", "attention_unet", "mr2unet")
 SOURCES = ("synthetic", "url", "archive", "directory")
+# The keys each section may hold; a key outside these (a typo such as `train.epoch`, in the
+# base values or in a profile) would otherwise be ignored without a word.
+KNOWN_KEYS: dict[str, tuple[str, ...]] = {
+    "data": ("source", "url", "sha256", "size_bytes", "archive", "directory", "categories",
+             "check_counts", "download_dir", "timeout_s"),
+    "synthetic": ("seed", "images_per_defect"),
+    "split": ("test_fraction", "seed"),
+    "prepare": ("image_size", "mask_threshold", "keep_thin_defects"),
+    "train": ("models", "epochs", "batch_size", "lr", "lr_schedule", "weight_decay", "loss",
+              "dice_weight", "augment", "seed", "device", "precision", "channels_last",
+              "cpu_threads", "compile", "deterministic", "checkpoint_every", "log_every",
+              "base_width", "model_options"),
+    "evaluate": ("batch_size", "empty_score", "report_samples"),
+    "tracking": ("enabled", "uri", "experiment", "registry_prefix", "champion_alias",
+                 "challenger_alias"),
+}
+TOP_LEVEL = ("profile", *KNOWN_KEYS)
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -53,8 +71,32 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML: {exc}") from None
     params = apply_profile(raw)
+    check_known_keys(params, where=f"{path} (profile {raw.get('profile', 'paper')!r} applied)")
     validate(params)
     return params
+
+
+def _unknown(keys: list[str], known: tuple[str, ...], prefix: str) -> str | None:
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean `{prefix}{close[0]}`?" if close else ""
+            return (f"unknown key `{prefix}{key}`{hint} Valid keys here: "
+                    f"{', '.join(known)}.")
+    return None
+
+
+def check_known_keys(params: dict[str, Any], where: str = "params.yaml") -> None:
+    """Raise :class:`UserError` on the first key that no stage reads (a typo)."""
+    problem = _unknown(list(params), TOP_LEVEL, "")
+    for section, known in KNOWN_KEYS.items():
+        if problem:
+            break
+        value = params.get(section)
+        if isinstance(value, dict):
+            problem = _unknown(list(value), known, f"{section}.")
+    if problem:
+        raise UserError(f"{where}: {problem}")
 
 
 def _get(params: dict[str, Any], dotted: str) -> Any:
@@ -84,8 +126,10 @@ def _positive_number(params: dict[str, Any], key: str) -> None:
 
 
 def _choice(params: dict[str, Any], key: str, choices: tuple[Any, ...]) -> None:
+    """``value`` must be one of ``choices``, of the same type (``1`` is not ``True``)."""
     value = _get(params, key)
-    _check(value in choices, key, value, "one of " + ", ".join(map(str, choices)))
+    _check(any(value == c and type(value) is type(c) for c in choices), key, value,
+           "one of " + ", ".join(map(str, choices)))
 
 
 def validate(params: dict[str, Any]) -> None:
@@ -126,8 +170,14 @@ def validate(params: dict[str, Any]) -> None:
                 "train.base_width", "evaluate.batch_size"):
         _positive_int(params, key)
     _positive_number(params, "train.lr")
-    _check(_get(params, "train.weight_decay") >= 0, "train.weight_decay",
-           params["train"]["weight_decay"], "a number >= 0")
+    decay = _get(params, "train.weight_decay")
+    _check(isinstance(decay, int | float) and not isinstance(decay, bool) and decay >= 0,
+           "train.weight_decay", decay, "a number >= 0")
+    _choice(params, "train.lr_schedule", ("constant", "cosine"))
+    threads = _get(params, "train.cpu_threads")
+    _check(threads is None or (isinstance(threads, int) and not isinstance(threads, bool)
+                               and threads > 0),
+           "train.cpu_threads", threads, "null (one per core) or a positive integer")
     _choice(params, "train.loss", ("ce", "ce_dice"))
     _choice(params, "train.augment", ("none", "flips", "flips_rot90"))
     _choice(params, "train.precision", ("auto", "bf16", "fp16", "fp32"))
@@ -135,7 +185,9 @@ def validate(params: dict[str, Any]) -> None:
     device = _get(params, "train.device")
     _check(isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device)
            is not None, "train.device", device, "auto, cpu, cuda, cuda:N or mps")
-    _choice(params, "evaluate.empty_score", (0.0, 1.0))
+    empty = _get(params, "evaluate.empty_score")
+    _check(isinstance(empty, int | float) and not isinstance(empty, bool) and empty in (0, 1),
+           "evaluate.empty_score", empty, "1.0 or 0.0")
     options = _get(params, "train.model_options")
     _check(isinstance(options, dict) and set(options) <= set(MODEL_NAMES),
            "train.model_options", options, "a mapping keyed by model name")

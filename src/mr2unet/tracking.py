@@ -3,7 +3,10 @@
 Nothing in the training core imports MLflow; stage scripts call these functions when
 ``tracking.enabled`` is true.  The store is ``tracking.uri`` if set, else
 ``$MLFLOW_TRACKING_URI``, else the embedded default ``sqlite:///mlflow.db`` at the
-repository root (artifacts in ``mlruns/`` beside it, MLflow's default for a SQLite store).
+repository root, with artifacts in ``mlruns/`` beside it.  A queued DVC experiment runs in
+a copy of the workspace under ``<repo>/.dvc/tmp/exps/`` that DVC deletes afterwards; its
+default store is still ``<repo>/mlflow.db`` (:func:`project_root`), so every run of a sweep
+lands in one place.
 """
 
 from __future__ import annotations
@@ -25,6 +28,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlruns"
+# Where `dvc exp run --queue` / `--temp` executes: <repo>/.dvc/tmp/exps/<tmpdir>
+DVC_EXP_WORKSPACE = (".dvc", "tmp", "exps")
+
+
+def project_root(path: str | Path = ".") -> Path:
+    """``path`` resolved; for a DVC experiment's temporary workspace, the repo it came from."""
+    parts = Path(path).resolve().parts
+    n = len(DVC_EXP_WORKSPACE)
+    for i in range(len(parts) - n, 0, -1):
+        if parts[i:i + n] == DVC_EXP_WORKSPACE:
+            return Path(*parts[:i])
+    return Path(*parts)
 
 
 def resolve_tracking_uri(params: dict[str, Any], root: str | Path = ".") -> str:
@@ -32,7 +48,18 @@ def resolve_tracking_uri(params: dict[str, Any], root: str | Path = ".") -> str:
     uri = params.get("tracking", {}).get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return str(uri)
-    return f"sqlite:///{(Path(root).resolve() / DEFAULT_DB).as_posix()}"
+    return f"sqlite:///{(project_root(root) / DEFAULT_DB).as_posix()}"
+
+
+def default_artifact_location(uri: str) -> str | None:
+    """``mlruns/`` beside a local SQLite store, as a URI; None (the server decides) otherwise.
+
+    Set explicitly when the experiment is created, because MLflow's own default is
+    ``./mlruns`` under whatever directory the first run happened to start in.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / DEFAULT_ARTIFACTS).as_uri()
 
 
 def with_retry(fn: Callable[[], T], attempts: int = 8, base_delay: float = 0.5) -> T:
@@ -158,8 +185,11 @@ class TrainingTracker:
             # The first connection creates and migrates a new SQLite store: one process
             # at a time, or concurrent migrations collide.
             client = mlflow.MlflowClient(self.uri)
-            client.search_experiments(max_results=1)
-            return client, mlflow.set_experiment(name).experiment_id
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                return client, client.create_experiment(
+                    name, artifact_location=default_artifact_location(self.uri))
+            return client, experiment.experiment_id
 
         self.client, self.experiment_id = locked_write(self.uri, connect)
         self.run_id = ""

@@ -4,8 +4,9 @@ Four categories, two textures and two objects on a dark background, two of them
 grayscale, in different image sizes, each with three defect types drawn with
 pixel-exact masks:
 
-* ``scratch``: a thin straight line (2-4 px), brighter or darker than the surface;
-* ``crack``:   a dark jagged polyline (2-3 px);
+* ``scratch``: a thin straight line (2-3.5 % of the image side wide), brighter or darker
+  than the surface;
+* ``crack``:   a dark jagged polyline (1.6-2.6 % of the side);
 * ``hole``:    a dark or bright ellipse;
 * ``stain``:   a soft-edged coloured patch (mask = where it covers more than half).
 
@@ -59,6 +60,11 @@ CATEGORIES = (
 GOOD_IMAGES = 3
 MAX_DEFECTS = 2  # per image, all of the folder's type
 TRIES = 20  # placements tried before one is accepted anyway
+# Line widths as fractions of the image side: at the demo's 64 px a scratch stays 1.3-2.2 px
+# and a crack 1-1.7 px wide, so IOU measures what a network learned rather than how the
+# resize aliased a sub-pixel line (MVTec AD's thin scratches at 128 px are of that order).
+SCRATCH_WIDTH = (0.02, 0.035)
+CRACK_WIDTH = (0.016, 0.026)
 KEEP_FRACTION = 0.5  # of a defect on an object that must lie on the object
 
 
@@ -135,6 +141,11 @@ def _contrast(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
     return np.clip(target + rng.normal(0, 15, 3), 0, 255)
 
 
+def _line_width(rng: np.random.Generator, size: int, fraction: tuple[float, float]) -> int:
+    """A line width in pixels, ``fraction`` of the image side, at least 2."""
+    return max(2, round(size * rng.uniform(*fraction)))
+
+
 def _shape(rng: np.random.Generator, kind: str, size: int, start: tuple[float, float]
            ) -> Image.Image:
     """The defect's opacity (mode L, 0-255) starting or centred at ``start``."""
@@ -144,7 +155,7 @@ def _shape(rng: np.random.Generator, kind: str, size: int, start: tuple[float, f
     if kind == "scratch":
         angle, length = rng.uniform(0, math.pi), size * rng.uniform(0.2, 0.45)
         draw.line([x0, y0, x0 + length * math.cos(angle), y0 + length * math.sin(angle)],
-                  fill=255, width=int(rng.integers(2, 5)))
+                  fill=255, width=_line_width(rng, size, SCRATCH_WIDTH))
     elif kind == "crack":
         points = [start]
         angle = rng.uniform(0, 2 * math.pi)
@@ -154,7 +165,7 @@ def _shape(rng: np.random.Generator, kind: str, size: int, start: tuple[float, f
             x, y = points[-1]
             points.append((float(np.clip(x + step * math.cos(angle), 2, size - 3)),
                            float(np.clip(y + step * math.sin(angle), 2, size - 3))))
-        draw.line(points, fill=255, width=int(rng.integers(2, 4)), joint="curve")
+        draw.line(points, fill=255, width=_line_width(rng, size, CRACK_WIDTH), joint="curve")
     elif kind == "hole":
         rx, ry = size * rng.uniform(0.03, 0.09, 2)
         draw.ellipse([x0 - rx, y0 - ry, x0 + rx, y0 + ry], fill=255)
