@@ -45,6 +45,10 @@ sweep: $(STAMP)
 	    -S "++profiles.$(PROFILE).train.cpu_threads=$(THREADS)" $(SWEEP_ARGS); \
 	done
 	$(BIN)/dvc exp run --run-all -j $(JOBS)
+	@# --run-all exits 0 even when an experiment failed: say so, with where to look
+	@if $(BIN)/dvc queue status | grep -q Failed; then $(BIN)/dvc queue status; \
+	  echo "error: an experiment failed: dvc queue logs <name>; dvc queue remove --failed"; \
+	  exit 1; fi
 	$(BIN)/python -m mr2unet.cli spread
 
 ## test: the test suite (what .ci/run calls)

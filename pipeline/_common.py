@@ -26,12 +26,23 @@ def run_stage(body: Callable[[dict[str, Any]], None], params_path: str = "params
         sys.exit(2)
 
 
+def _parser(doc: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml",
+                        help="the params file (default: %(default)s)")
+    return parser
+
+
+def run_stage_cli(body: Callable[[dict[str, Any]], None], doc: str | None) -> None:
+    """Command line of a stage that takes no argument (``download``, ``prepare``, ...)."""
+    run_stage(body, _parser(doc).parse_args().params)
+
+
 def run_model_stage(body: Callable[[dict[str, Any], str], None], doc: str | None,
                     verb: str) -> None:
     """Command line of a per-model stage (``train@<model>``, ``evaluate@<model>``)."""
-    parser = argparse.ArgumentParser(description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _parser(doc)
     parser.add_argument("model", help=f"architecture to {verb} (one of params.yaml train.models)")
-    parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     run_stage(lambda params: body(params, args.model), args.params)

@@ -11,14 +11,13 @@ Usage: python pipeline/download.py [--params params.yaml]   (from the repository
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from _common import run_stage
+from _common import run_stage_cli
 
 from mr2unet.data.download import download, verify
 from mr2unet.data.extract import KEEP_FILES, extract
@@ -111,8 +110,4 @@ def main(params: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml",
-                        help="the params file (default: %(default)s)")
-    run_stage(main, parser.parse_args().params)
+    run_stage_cli(main, __doc__)

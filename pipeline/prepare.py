@@ -5,11 +5,10 @@ Usage: python pipeline/prepare.py [--params params.yaml]   (from the repository 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from _common import run_stage
+from _common import run_stage_cli
 
 from mr2unet.data.prepare import PrepareConfig, prepare
 
@@ -34,8 +33,4 @@ def main(params: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml",
-                        help="the params file (default: %(default)s)")
-    run_stage(main, parser.parse_args().params)
+    run_stage_cli(main, __doc__)

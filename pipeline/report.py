@@ -6,10 +6,9 @@ reports/ (report.html, report.md + figures/, category_scores.csv).  docs/evaluat
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-from _common import run_stage
+from _common import run_stage_cli
 
 from mr2unet.registry import rank_models
 from mr2unet.report import LABELS, run_report
@@ -27,7 +26,4 @@ def main(params: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml")
-    run_stage(main, parser.parse_args().params)
+    run_stage_cli(main, __doc__)

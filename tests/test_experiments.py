@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from mr2unet.experiments import collect, spread, spread_markdown, write_spread
+from mr2unet.experiments import (
+    collect,
+    group_by_config,
+    spread,
+    spread_markdown,
+    write_spread,
+)
 
 
 def git(repo: Path, *args: str) -> str:
@@ -16,10 +22,12 @@ def git(repo: Path, *args: str) -> str:
                           text=True).stdout.strip()
 
 
-def make_experiment(repo: Path, seed: int, iou: dict[str, float]) -> None:
+def make_experiment(repo: Path, seed: int, iou: dict[str, float], lr: float = 0.001,
+                    name: str | None = None) -> None:
     """Commit params + metrics on a detached branch and point refs/exps/... at it."""
     (repo / "params.yaml").write_text(
-        f"profile: demo\ntrain: {{seed: 0}}\nprofiles: {{demo: {{train: {{seed: {seed}}}}}}}\n")
+        f"profile: demo\ntrain: {{seed: 0, lr: 0.1}}\n"
+        f"profiles: {{demo: {{train: {{seed: {seed}, lr: {lr}}}}}}}\n")
     (repo / "metrics").mkdir(exist_ok=True)
     per_cat = {c: {"iou": v, "dice": 2 * v / (1 + v)} for c, v in iou.items()}
     mean = {k: sum(p[k] for p in per_cat.values()) / len(per_cat) for k in ("iou", "dice")}
@@ -27,7 +35,7 @@ def make_experiment(repo: Path, seed: int, iou: dict[str, float]) -> None:
                                                             "per_category": per_cat}))
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", f"seed {seed}")
-    git(repo, "update-ref", f"refs/exps/ab/cdef/exp-{seed}", "HEAD")
+    git(repo, "update-ref", f"refs/exps/ab/cdef/{name or f'exp-{seed}'}", "HEAD")
 
 
 @pytest.fixture
@@ -55,7 +63,23 @@ def test_spread_is_mean_and_sample_std(repo: Path) -> None:
     assert table["mean"][0] == pytest.approx(0.45)
     text = spread_markdown(collect(repo))
     assert "| bottle | 0.6000 ± 0.1000 |" in text
-    assert "seeds 0, 1, 2" in text
+    assert "## 3 experiments (seeds 0, 1, 2)" in text
+    assert "| configuration |" not in text  # one group: no summary table
+
+
+def test_experiments_are_grouped_by_their_other_params(repo: Path) -> None:
+    make_experiment(repo, 0, {"bottle": 0.9, "grid": 0.8}, lr=0.01, name="fast-0")
+    make_experiment(repo, 1, {"bottle": 0.7, "grid": 0.6}, lr=0.01, name="fast-1")
+    scores = collect(repo)
+    groups = group_by_config(scores)
+    assert list(groups) == ["train.lr=0.001", "train.lr=0.01"]
+    assert spread(groups["train.lr=0.01"])["unet"]["bottle"] == pytest.approx(
+        (0.8, 0.1414214, 2))
+    assert spread(groups["train.lr=0.001"])["unet"]["bottle"][0] == pytest.approx(0.6)
+    text = spread_markdown(scores)
+    assert "| train.lr=0.001 | 0, 1, 2 | 0.4500 ± 0.1000 |" in text
+    assert "| train.lr=0.01 | 0, 1 | 0.7500 ± 0.1414 |" in text
+    assert "## train.lr=0.01: 2 experiments (seeds 0, 1)" in text
 
 
 def test_write_spread_reports_nothing_without_experiments(tmp_path: Path) -> None:

@@ -105,6 +105,30 @@ def test_remote_push_pull(built: Path, tmp_path: Path) -> None:
     assert "Running stage" not in run([DVC, "repro"], clone).stdout
 
 
+def test_queued_seed_sweep_with_two_workers(tmp_path: Path) -> None:
+    """`dvc exp run --queue` x2 run by two workers: both experiments are recorded, their
+    MLflow runs land in the repo's store (not in DVC's deleted temp workspaces), and
+    `mr2unet spread` aggregates them."""
+    mlflow = pytest.importorskip("mlflow")
+    project = make_project(tmp_path / "p", ["unet"], tracking=True)
+    for seed in (1, 2):
+        run([DVC, "exp", "run", "--queue", "-S", f"++profiles.tiny.train.seed={seed}",
+             "-S", "++profiles.tiny.train.cpu_threads=1"], project)
+    run([DVC, "exp", "run", "--run-all", "-j", "2"], project, timeout=900)
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], project).stdout
+    assert len([r for r in refs.split() if "/exec/" not in r]) == 2
+    client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("mr2unet").experiment_id])
+    assert sorted(r.data.params["train.seed"] for r in runs) == ["1", "2"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len(list((project / "mlruns").rglob("MLmodel"))) == 2
+    assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
+    run([str(BIN / "mr2unet"), "spread"], project)
+    report = (project / "reports" / "seed_spread.md").read_text()
+    assert "## 2 experiments (seeds 1, 2)" in report
+    assert "| mean | " in report
+
+
 def _checkpoint_epoch(path: Path) -> int:
     try:
         return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])

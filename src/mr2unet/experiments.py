@@ -3,6 +3,10 @@
 ``dvc exp run --queue -S train.seed=N`` stores each finished experiment as a git commit
 under ``refs/exps/``; its committed ``metrics/<model>.json`` and ``params.yaml`` are read
 straight from git, so this needs neither DVC's Python API nor its JSON layout.
+
+Experiments are grouped by their effective params (profile applied) other than
+``train.seed``: a sweep of seeds x learning rates gives one mean +/- std table per
+learning rate, labelled with the params that tell the groups apart.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from pathlib import Path
 import yaml
 
 from mr2unet.params import MODEL_NAMES, apply_profile
+from mr2unet.tracking import flatten
+
+SEED_KEY = "train.seed"
+Config = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,8 @@ class ExperimentScores:
     model: str
     per_category: dict[str, dict[str, float]]
     mean: dict[str, float]
+    # the experiment's effective params but the seed, flattened: what its group shares
+    config: Config = ()
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -53,13 +63,16 @@ def collect(repo: Path, refs: list[str] | None = None) -> list[ExperimentScores]
         params_text = _show(repo, ref, "params.yaml")
         if params_text is None:
             continue
-        seed = int(apply_profile(yaml.safe_load(params_text))["train"]["seed"])
+        flat = flatten(apply_profile(yaml.safe_load(params_text)))
+        seed = int(flat.pop(SEED_KEY))
+        config = tuple(sorted(flat.items()))
         for model in MODEL_NAMES:
             text = _show(repo, ref, f"metrics/{model}.json")
             if text is None:
                 continue
             data = json.loads(text)
-            scores.append(ExperimentScores(ref, seed, model, data["per_category"], data["mean"]))
+            scores.append(ExperimentScores(ref, seed, model, data["per_category"], data["mean"],
+                                           config))
     return scores
 
 
@@ -79,25 +92,70 @@ def spread(scores: list[ExperimentScores], metric: str = "iou"
     }
 
 
+def group_by_config(scores: list[ExperimentScores]
+                    ) -> dict[str, list[ExperimentScores]]:
+    """``{label: scores}``, one group per distinct config, in sorted label order.
+
+    The label lists the params whose values differ between groups (``train.lr=0.001,
+    train.loss=ce``); with a single group it is ``""``.
+    """
+    configs = {s.config for s in scores}
+    keys = sorted({k for c in configs for k, _ in c})
+    varying = [k for k in keys if len({dict(c).get(k) for c in configs}) > 1]
+    groups: dict[str, list[ExperimentScores]] = {}
+    for s in scores:
+        values = dict(s.config)
+        label = ", ".join(f"{k}={values.get(k, '(unset)')}" for k in varying)
+        groups.setdefault(label, []).append(s)
+    return dict(sorted(groups.items()))
+
+
 def spread_markdown(scores: list[ExperimentScores]) -> str:
-    """A table per metric: categories x models, cells ``mean +/- std``."""
+    """Per group of experiments (:func:`group_by_config`): a table per metric,
+    categories x models, cells ``mean +/- std``; first a summary of the groups' means."""
+    groups = group_by_config(scores)
+    n_runs = len({s.ref for s in scores})
+    lines = [f"# Spread over {n_runs} experiments in {len(groups)} configuration(s)", ""]
+    if len(groups) > 1:
+        models = [m for m in MODEL_NAMES if any(s.model == m for s in scores)]
+        lines += ["Mean test IOU over the categories, mean ± sample std over seeds:", "",
+                  "| configuration | seeds | " + " | ".join(models) + " |",
+                  "|---|---|" + "---|" * len(models)]
+        for label, group in groups.items():
+            table = spread(group, "iou")
+            cells = [_cell(table.get(m, {}).get("mean")) for m in models]
+            seeds = ", ".join(map(str, sorted({s.seed for s in group})))
+            lines.append(f"| {label} | {seeds} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for label, group in groups.items():
+        lines += _group_markdown(label, group)
+    return "\n".join(lines)
+
+
+def _cell(value: tuple[float, float, int] | None) -> str:
+    if not value or not value[2]:
+        return "–"
+    mean, std, _ = value
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def _group_markdown(label: str, scores: list[ExperimentScores]) -> list[str]:
     seeds = sorted({s.seed for s in scores})
-    lines = [f"# Spread over {len(seeds)} experiments (seeds {', '.join(map(str, seeds))})", ""]
+    title = f"## {label}: " if label else "## "
+    lines = [f"{title}{len({s.ref for s in scores})} experiments "
+             f"(seeds {', '.join(map(str, seeds))})", ""]
     for metric in ("iou", "dice"):
         table = spread(scores, metric)
         models = [m for m in MODEL_NAMES if m in table]
         categories = sorted({c for m in models for c in table[m] if c != "mean"}) + ["mean"]
-        lines += [f"## {metric.upper()} (mean ± sample std)", "",
+        lines += [f"### {metric.upper()} (mean ± sample std)", "",
                   "| category | " + " | ".join(models) + " |",
                   "|---|" + "---|" * len(models)]
         for cat in categories:
-            cells = []
-            for m in models:
-                mean, std, n = table[m].get(cat, (float("nan"), float("nan"), 0))
-                cells.append(f"{mean:.4f} ± {std:.4f}" if n else "–")
+            cells = [_cell(table[m].get(cat)) for m in models]
             lines.append(f"| {cat} | " + " | ".join(cells) + " |")
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def write_spread(repo: Path, out: Path) -> int:

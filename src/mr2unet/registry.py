@@ -31,8 +31,17 @@ SOURCE_TAG = "source_version"
 
 
 def _client(uri: str) -> Any:
+    """A client of store ``uri``; MLflow's process-wide URIs are pointed at it as well.
+
+    Some registry calls look up a logged model (``models:/m-...`` sources) through the
+    process-wide tracking URI rather than the client's. Its default, ``./mlflow.db``, is
+    only the project's store when the stage runs in the repo root, not in a queued DVC
+    experiment's temporary workspace.
+    """
     import mlflow
 
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
