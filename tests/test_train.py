@@ -13,6 +13,7 @@ from mr2unet.errors import UserError
 from mr2unet.train import (
     TrainConfig,
     augment_batch,
+    epoch_lr,
     segmentation_loss,
     train,
     write_history,
@@ -80,6 +81,46 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path) -> None:
     assert resumed.resumed_from_epoch == 2
     assert len(resumed.history) == cfg.epochs
     assert states_equal(reference.model, resumed.model)
+
+
+def test_cosine_schedule_resumes_to_the_same_weights(tmp_path) -> None:
+    """The schedule is a function of the epoch: a resumed run picks up the right rate."""
+    split = tiny_split()
+    cfg = dataclasses.replace(CFG, lr_schedule="cosine")
+    reference = train(cfg, split, progress=False)
+    assert [row["lr"] for row in reference.history] == pytest.approx(
+        [3e-3, 3e-3 * (1 + np.cos(np.pi / 4)) / 2, 1.5e-3, 3e-3 * (1 + np.cos(3 * np.pi / 4)) / 2])
+
+    def crash(row: dict) -> None:
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, split, checkpoint_dir=tmp_path, on_epoch_end=crash, progress=False)
+    resumed = train(cfg, split, checkpoint_dir=tmp_path, progress=False)
+    assert resumed.resumed_from_epoch == 2
+    assert states_equal(reference.model, resumed.model)
+    constant = train(CFG, split, progress=False)
+    assert not states_equal(reference.model, constant.model)
+
+
+def test_epoch_lr() -> None:
+    assert [epoch_lr(0.1, e, 10, "constant") for e in (0, 5, 9)] == [0.1, 0.1, 0.1]
+    cosine = [epoch_lr(0.1, e, 10, "cosine") for e in range(10)]
+    assert cosine[0] == pytest.approx(0.1) and cosine[5] == pytest.approx(0.05)
+    assert all(a > b > 0 for a, b in zip(cosine, cosine[1:], strict=False))
+    with pytest.raises(UserError, match="train.lr_schedule"):
+        epoch_lr(0.1, 0, 10, "step")
+
+
+def test_cpu_threads_are_pinned_and_change_the_fingerprint() -> None:
+    before = torch.get_num_threads()
+    try:
+        train(dataclasses.replace(CFG, epochs=1, cpu_threads=1), tiny_split(), progress=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert dataclasses.replace(CFG, cpu_threads=1).fingerprint() != CFG.fingerprint()
 
 
 def test_checkpoint_of_other_params_is_ignored(tmp_path) -> None:

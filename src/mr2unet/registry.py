@@ -15,7 +15,10 @@ MLflow is imported inside the functions, so importing this module (e.g. from
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,18 +34,29 @@ SOURCE_TAG = "source_version"
 
 
 def _client(uri: str) -> Any:
-    """A client of store ``uri``; MLflow's process-wide URIs are pointed at it as well.
+    import mlflow
 
-    Some registry calls look up a logged model (``models:/m-...`` sources) through the
-    process-wide tracking URI rather than the client's. Its default, ``./mlflow.db``, is
-    only the project's store when the stage runs in the repo root, not in a queued DVC
-    experiment's temporary workspace.
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextmanager
+def _process_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking URI at ``uri`` for the ``with`` block.
+
+    MLflow's SQL registry resolves a ``models:/m-...`` source through the process-wide
+    tracking URI, not the client's (a TODO in MLflow's ``create_model_version``). Its
+    default, ``./mlflow.db``, is the project's store only when the stage runs in the repo
+    root, not in a queued DVC experiment's temporary workspace. ``set_tracking_uri`` also
+    sets ``$MLFLOW_TRACKING_URI``; afterwards both go back to what that variable said.
     """
     import mlflow
 
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets
 
 
 # ----------------------------------------------------------------------- test metrics
@@ -155,9 +169,10 @@ def _mirror_version(client: Any, uri: str, name: str, version: str, target: str,
             if "already exists" not in str(exc).lower():
                 raise
     source = client.get_model_version(name, version)
-    created = locked_write(uri, lambda: client.create_model_version(
-        target, source.source, run_id=source.run_id, tags=tags,
-        description=f"Copy of {source_id}", model_id=getattr(source, "model_id", None)))
+    with _process_tracking_uri(uri):
+        created = locked_write(uri, lambda: client.create_model_version(
+            target, source.source, run_id=source.run_id, tags=tags,
+            description=f"Copy of {source_id}", model_id=getattr(source, "model_id", None)))
     return str(created.version)
 
 
