@@ -59,7 +59,7 @@ class PngDataset(Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = np.asarray(Image.open(self.root / f"{i:03d}.png").convert("RGB"))
+        image = np.array(Image.open(self.root / f"{i:03d}.png").convert("RGB"))  # writable
         mask = np.asarray(Image.open(self.root / f"{i:03d}_mask.png")) > 0
         return (torch.from_numpy(image).permute(2, 0, 1).float() / 255,
                 torch.from_numpy(mask).long())
