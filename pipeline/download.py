@@ -24,6 +24,7 @@ from mr2unet.data.extract import KEEP_FILES, extract
 from mr2unet.data.mvtec import scan, validate_layout
 from mr2unet.data.synthetic import generate
 from mr2unet.errors import UserError
+from mr2unet.workspace import project_path
 
 RAW = Path("data/raw")
 DEFAULT_NAME = "mvtec_anomaly_detection.tar.xz"
@@ -52,7 +53,7 @@ def copy_tree(src: Path, categories: list[str], dest: Path) -> None:
 
 def verified_archive(data: dict[str, Any]) -> Path:
     """The local ``data.archive``, checked against data.sha256 / data.size_bytes."""
-    archive = Path(data["archive"])
+    archive = project_path(data["archive"])
     try:
         verify(archive, data["sha256"], data["size_bytes"])
     except UserError as exc:
@@ -65,7 +66,7 @@ def verified_archive(data: dict[str, Any]) -> Path:
 def downloaded_archive(data: dict[str, Any]) -> Path:
     """``data.url`` downloaded into ``data.download_dir`` (reused when already verified)."""
     name = Path(urlparse(data["url"]).path).name or DEFAULT_NAME
-    return download(data["url"], Path(data["download_dir"]) / name, data["sha256"],
+    return download(data["url"], project_path(data["download_dir"]) / name, data["sha256"],
                     data["size_bytes"], timeout=data["timeout_s"])
 
 
@@ -102,7 +103,7 @@ def main(params: dict[str, Any]) -> None:
         shutil.rmtree(RAW, ignore_errors=True)
         print(from_synthetic(params))
     elif source == "directory":
-        print(from_directory(Path(data["directory"]), categories))
+        print(from_directory(project_path(data["directory"]), categories))
     elif source == "archive":
         print(from_archive(verified_archive(data), categories))
     else:

@@ -91,7 +91,22 @@ def test_download_verifies_and_reuses(server: Server, tmp_path: Path) -> None:
 def test_bad_checksum_deletes_the_file(server: Server, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=f"SHA-256 {SHA}, expected 0{{64}}.*was deleted"):
         download(f"{server.url}/archive.tar", tmp_path / "a.tar", "0" * 64, None)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["a.tar.lock"]
+
+
+def test_concurrent_downloads_of_one_file_take_turns(server: Server, tmp_path: Path) -> None:
+    """Two queued experiments sharing data.download_dir: one downloads, one reuses."""
+    results: list[Path] = []
+    workers = [threading.Thread(target=lambda: results.append(download(
+        f"{server.url}/archive.tar", tmp_path / "a.tar", SHA, len(PAYLOAD))))
+        for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert results == [tmp_path / "a.tar"] * 2
+    assert server.ranges == [None]  # one request, no overlapping writes to a.tar.part
+    assert (tmp_path / "a.tar").read_bytes() == PAYLOAD
 
 
 def test_a_corrupt_earlier_download_is_replaced(server: Server, tmp_path: Path) -> None:
@@ -160,7 +175,7 @@ def test_no_network_names_the_url_and_offline_options(server: Server, tmp_path: 
     with pytest.raises(UserError, match=rf"cannot reach {url} .*data.source: archive.*"
                                         r"data.archive.*data.source: directory.*data.directory"):
         download(url, tmp_path / "n.tar", None, None, timeout=2)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["n.tar.lock"]  # no partial download
 
 
 def test_verify_checks_size_then_hash(tmp_path: Path) -> None:

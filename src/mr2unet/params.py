@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from mr2unet.errors import UserError
+from mr2unet.workspace import project_path
 
 MODEL_NAMES = ("unet", "resunet", "attention_unet", "mr2unet")
 SOURCES = ("synthetic", "url", "archive", "directory")
@@ -142,12 +143,14 @@ def validate(params: dict[str, Any]) -> None:
                "data.url", url, "an http(s):// or file:// URL")
     if source == "archive":
         archive = _get(params, "data.archive")
-        _check(isinstance(archive, str) and Path(archive).is_file(), "data.archive", archive,
-               "the path of an existing MVTec AD .tar/.tar.xz file")
+        _check(isinstance(archive, str) and project_path(archive).is_file(), "data.archive",
+               archive, "the path of an existing MVTec AD .tar/.tar.xz file (absolute, or "
+               "relative to the repository root)")
     if source == "directory":
         directory = _get(params, "data.directory")
-        _check(isinstance(directory, str) and Path(directory).is_dir(), "data.directory",
-               directory, "the path of an existing, extracted MVTec AD directory")
+        _check(isinstance(directory, str) and project_path(directory).is_dir(),
+               "data.directory", directory, "the path of an existing, extracted MVTec AD "
+               "directory (absolute, or relative to the repository root)")
     sha = _get(params, "data.sha256")
     _check(sha is None or (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha) is not None),
            "data.sha256", sha, "null or 64 lowercase hex digits")

@@ -5,13 +5,12 @@ Nothing in the training core imports MLflow; stage scripts call these functions 
 ``$MLFLOW_TRACKING_URI``, else the embedded default ``sqlite:///mlflow.db`` at the
 repository root, with artifacts in ``mlruns/`` beside it.  A queued DVC experiment runs in
 a copy of the workspace under ``<repo>/.dvc/tmp/exps/`` that DVC deletes afterwards; its
-default store is still ``<repo>/mlflow.db`` (:func:`project_root`), so every run of a sweep
+default store is still ``<repo>/mlflow.db`` (:mod:`mr2unet.workspace`), so every run of a sweep
 lands in one place.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -24,23 +23,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mr2unet.workspace import file_lock, project_root
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns"
-# Where `dvc exp run --queue` / `--temp` executes: <repo>/.dvc/tmp/exps/<tmpdir>
-DVC_EXP_WORKSPACE = (".dvc", "tmp", "exps")
-
-
-def project_root(path: str | Path = ".") -> Path:
-    """``path`` resolved; for a DVC experiment's temporary workspace, the repo it came from."""
-    parts = Path(path).resolve().parts
-    n = len(DVC_EXP_WORKSPACE)
-    for i in range(len(parts) - n, 0, -1):
-        if parts[i:i + n] == DVC_EXP_WORKSPACE:
-            return Path(*parts[:i])
-    return Path(*parts)
 
 
 def resolve_tracking_uri(params: dict[str, Any], root: str | Path = ".") -> str:
@@ -140,14 +129,8 @@ def store_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(Path(uri.removeprefix("sqlite:///") + ".lock")):
+        yield
 
 
 def locked_write(uri: str, fn: Callable[[], T]) -> T:

@@ -20,6 +20,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from mr2unet.errors import UserError
+from mr2unet.workspace import file_lock
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -133,8 +134,15 @@ def download(url: str, dest: Path, sha256: str | None, size: int | None,
 
     A verified ``dest`` is reused without a request. ``timeout`` is the socket timeout
     in seconds. A file that fails verification is deleted, with a message saying so.
+    Concurrent calls for one ``dest`` (queued DVC experiments sharing the repository's
+    ``data.download_dir``) take turns: the second finds the first's verified file.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(dest.with_name(dest.name + ".lock")):
+        return _download(url, dest, sha256, size, timeout)
+
+
+def _download(url: str, dest: Path, sha256: str | None, size: int | None,
+              timeout: float) -> Path:
     if dest.is_file():
         try:
             verify(dest, sha256, size)
