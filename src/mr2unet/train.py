@@ -60,7 +60,8 @@ class TrainConfig:
     seed: int = 0
     base_width: int = 64
     model_options: dict[str, Any] = field(default_factory=dict)
-    # How to run it; these do not change the result on CPU.
+    # How to run it. Precision, memory layout and thread count still change the last bits
+    # of the result, so only device, compile and the two cadences stay out of fingerprint().
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool | str = "auto"
