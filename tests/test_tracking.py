@@ -45,6 +45,16 @@ def test_a_dvc_experiment_workspace_tracks_into_its_repo(monkeypatch, tmp_path) 
         f"sqlite:///{(tmp_path / 'repo').resolve()}/mlflow.db"
 
 
+def test_default_artifact_location(monkeypatch, tmp_path) -> None:
+    from mr2unet.tracking import default_artifact_location
+
+    monkeypatch.chdir(tmp_path)
+    assert default_artifact_location(f"sqlite:///{tmp_path}/sub/m.db") == \
+        (tmp_path / "sub" / "mlruns").resolve().as_uri()
+    assert default_artifact_location("sqlite:///m.db") == (tmp_path / "mlruns").resolve().as_uri()
+    assert default_artifact_location("http://127.0.0.1:5000") is None
+
+
 def test_queued_experiment_runs_land_in_the_repo_store(monkeypatch, tmp_path) -> None:
     """A run started in DVC's temporary workspace keeps its record and its artifacts in
     the repository's store, which outlives the workspace."""

@@ -48,7 +48,8 @@ def default_artifact_location(uri: str) -> str | None:
     """
     if not uri.startswith("sqlite:///"):
         return None
-    return (Path(uri.removeprefix("sqlite:///")).parent / DEFAULT_ARTIFACTS).as_uri()
+    # A relative database path is relative to the working directory, as for SQLAlchemy.
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / DEFAULT_ARTIFACTS).as_uri()
 
 
 def with_retry(fn: Callable[[], T], attempts: int = 8, base_delay: float = 0.5) -> T:
