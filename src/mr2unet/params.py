@@ -114,15 +114,25 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
         raise UserError(f"params.yaml: `{key}` is {value!r}; expected {expected}.")
 
 
+def _is_int(value: Any) -> bool:
+    """An integer, not a bool (YAML's ``true`` is an ``int`` to Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """An integer or a float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _positive_int(params: dict[str, Any], key: str) -> None:
     value = _get(params, key)
-    _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+    _check(_is_int(value) and value > 0,
            key, value, "a positive integer")
 
 
 def _positive_number(params: dict[str, Any], key: str) -> None:
     value = _get(params, key)
-    _check(isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
+    _check(_is_number(value) and value > 0,
            key, value, "a positive number")
 
 
@@ -174,12 +184,11 @@ def validate(params: dict[str, Any]) -> None:
         _positive_int(params, key)
     _positive_number(params, "train.lr")
     decay = _get(params, "train.weight_decay")
-    _check(isinstance(decay, int | float) and not isinstance(decay, bool) and decay >= 0,
+    _check(_is_number(decay) and decay >= 0,
            "train.weight_decay", decay, "a number >= 0")
     _choice(params, "train.lr_schedule", ("constant", "cosine"))
     threads = _get(params, "train.cpu_threads")
-    _check(threads is None or (isinstance(threads, int) and not isinstance(threads, bool)
-                               and threads > 0),
+    _check(threads is None or (_is_int(threads) and threads > 0),
            "train.cpu_threads", threads, "null (one per core) or a positive integer")
     _choice(params, "train.loss", ("ce", "ce_dice"))
     _choice(params, "train.augment", ("none", "flips", "flips_rot90"))
@@ -189,7 +198,7 @@ def validate(params: dict[str, Any]) -> None:
     _check(isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device)
            is not None, "train.device", device, "auto, cpu, cuda, cuda:N or mps")
     empty = _get(params, "evaluate.empty_score")
-    _check(isinstance(empty, int | float) and not isinstance(empty, bool) and empty in (0, 1),
+    _check(_is_number(empty) and empty in (0, 1),
            "evaluate.empty_score", empty, "1.0 or 0.0")
     options = _get(params, "train.model_options")
     _check(isinstance(options, dict) and set(options) <= set(MODEL_NAMES),
