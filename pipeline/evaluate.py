@@ -8,15 +8,26 @@ report).  With tracking on, the metrics also go to the model's MLflow run and ve
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from _common import run_model_stage
 
-from mr2unet.evaluate import run_evaluation
+from mr2unet.evaluate import ModelFiles, flat_metrics, run_evaluation
+from mr2unet.provenance import read_run_info
+
+log = logging.getLogger("evaluate")
 
 
 def main(params: dict[str, Any], arch: str) -> None:
     primary = run_evaluation(params, arch)
+    run_info = read_run_info(ModelFiles(arch).run_info)
+    if params["tracking"]["enabled"] and run_info.get("tracking"):
+        from mr2unet.tracking.registry import log_evaluation
+
+        log_evaluation(run_info, flat_metrics(primary))
+    else:
+        log.info("tracking off for %s: test metrics not logged to MLflow", arch)
     print(f"{arch}: mean IOU {primary['mean']['iou']:.4f}, Dice {primary['mean']['dice']:.4f} "
           f"over {len(primary['per_category'])} categories -> metrics/{arch}.json")
 

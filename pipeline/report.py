@@ -6,19 +6,34 @@ reports/ (report.html, report.md + figures/, category_scores.csv).  docs/evaluat
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from _common import run_stage_cli
 
-from mr2unet.registry import rank_models
-from mr2unet.report import LABELS, run_report
+from mr2unet.evaluate import ModelFiles
+from mr2unet.provenance import read_run_info
+from mr2unet.report import LABELS, load_report, write_report
+
+log = logging.getLogger("report")
 
 
 def main(params: dict[str, Any]) -> None:
-    inputs = run_report(params)
-    ranked = rank_models({m: inputs.metrics[m]["mean"]["iou"] for m in inputs.models})
-    for place, m in enumerate(ranked, 1):
-        print(f"{place}. {LABELS[m]}: mean IOU {inputs.metrics[m]['mean']['iou']:.4f}, "
+    inputs = load_report(params)
+    tracking = params["tracking"]
+    runs = {m: read_run_info(ModelFiles(m).run_info) for m in inputs.models}
+    mean_iou = {m: inputs.metrics[m]["mean"]["iou"] for m in inputs.models}
+    if tracking["enabled"] and any(r.get("tracking") for r in runs.values()):
+        from mr2unet.tracking.registry import set_aliases
+
+        inputs.registry = set_aliases(runs, mean_iou, tracking["registry_prefix"],
+                                      tracking["champion_alias"], tracking["challenger_alias"])
+    else:
+        log.info("tracking off: registry aliases not set")
+    write_report(inputs, Path("reports"))
+    for place, m in enumerate(sorted(mean_iou, key=lambda m: (-mean_iou[m], m)), 1):
+        print(f"{place}. {LABELS[m]}: mean IOU {mean_iou[m]:.4f}, "
               f"Dice {inputs.metrics[m]['mean']['dice']:.4f}")
     for assignment in inputs.registry:
         print(f"{assignment.uri} -> {assignment.arch} (version {assignment.version})")

@@ -42,7 +42,7 @@ def main(params: dict[str, Any], arch: str) -> None:
 
     tracker = None
     if params["tracking"]["enabled"] and rank == 0:
-        from mr2unet.tracking import TrainingTracker
+        from mr2unet.tracking.runs import TrainingTracker
 
         tracker = TrainingTracker(params, arch)
         run_id_file = checkpoint_dir / "mlflow_run_id"
@@ -64,7 +64,7 @@ def main(params: dict[str, Any], arch: str) -> None:
     if rank != 0:
         return
 
-    from mr2unet.tracking import git_commit, write_run_info
+    from mr2unet.provenance import git_commit, write_run_info
 
     model_path = Path("data/models") / f"{arch}.pt"
     history_path = Path("metrics/history") / f"{arch}.csv"

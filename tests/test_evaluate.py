@@ -211,9 +211,11 @@ def test_metrics_are_logged_to_the_run_and_version(tmp_path: Path,
     (tmp_path / "data/models/unet.run.json").write_text(json.dumps({
         "tracking": True, "tracking_uri": uri, "run_id": run.info.run_id,
         "registered_model": "mr2unet-unet", "model_version": str(version.version)}))
-    params = stage_params(["unet"])
-    params["tracking"]["enabled"] = True
-    primary = run_evaluation(params, "unet", tmp_path)
+    from mr2unet.provenance import read_run_info
+    from mr2unet.tracking.registry import log_evaluation
+
+    primary = run_evaluation(stage_params(["unet"]), "unet", tmp_path)
+    log_evaluation(read_run_info(tmp_path / "data/models/unet.run.json"), flat_metrics(primary))
     logged = client.get_run(run.info.run_id).data.metrics
     assert logged["test_iou_mean"] == primary["mean"]["iou"]
     assert logged["test_dice_weave"] == primary["per_category"]["weave"]["dice"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mr2unet.experiments import (
+from mr2unet.tracking.experiments import (
     collect,
     group_by_config,
     spread,

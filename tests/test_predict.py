@@ -16,8 +16,8 @@ from test_evaluate import RedThreshold
 
 from mr2unet.checkpoint import save_model
 from mr2unet.cli import main
+from mr2unet.deploy.predict import LoadedModel, find_images, predict_images, read_rgb
 from mr2unet.models import build_model
-from mr2unet.predict import LoadedModel, find_images, predict_images, read_rgb
 
 BIN = Path(sys.executable).parent
 BOTTLES = ("bottle/test/broken_large/000.png", "bottle/test/contamination/001.png")
@@ -136,8 +136,8 @@ def test_registry_and_run_uris(checkpoint: Path, tmp_path: Path, mlflow_globals:
                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A model logged the way training logs it (pyfunc + checkpoint artifact)."""
     mlflow = mlflow_globals
-    from mr2unet.mlflow_model import log_segmentation_model
-    from mr2unet.registry import set_aliases
+    from mr2unet.tracking.pyfunc import log_segmentation_model
+    from mr2unet.tracking.registry import set_aliases
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"

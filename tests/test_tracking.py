@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mr2unet.tracking import flatten, resolve_tracking_uri
+from mr2unet.tracking.runs import flatten, resolve_tracking_uri
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -46,7 +46,7 @@ def test_a_dvc_experiment_workspace_tracks_into_its_repo(monkeypatch, tmp_path) 
 
 
 def test_default_artifact_location(monkeypatch, tmp_path) -> None:
-    from mr2unet.tracking import default_artifact_location
+    from mr2unet.tracking.runs import default_artifact_location
 
     monkeypatch.chdir(tmp_path)
     assert default_artifact_location(f"sqlite:///{tmp_path}/sub/m.db") == \
@@ -58,7 +58,7 @@ def test_default_artifact_location(monkeypatch, tmp_path) -> None:
 def test_queued_experiment_runs_land_in_the_repo_store(monkeypatch, tmp_path) -> None:
     """A run started in DVC's temporary workspace keeps its record and its artifacts in
     the repository's store, which outlives the workspace."""
-    from mr2unet.tracking import TrainingTracker
+    from mr2unet.tracking.runs import TrainingTracker
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     repo = tmp_path / "repo"
@@ -85,7 +85,7 @@ def test_flatten() -> None:
 def test_training_run_is_logged_registered_and_loadable(tmp_path, monkeypatch) -> None:
     from mr2unet.checkpoint import save_model
     from mr2unet.models import build_model
-    from mr2unet.tracking import TrainingTracker
+    from mr2unet.tracking.runs import TrainingTracker
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -132,7 +132,7 @@ def test_training_run_is_logged_registered_and_loadable(tmp_path, monkeypatch) -
 
 
 def _hammer(args: tuple[str, int]) -> str:
-    from mr2unet.tracking import TrainingTracker
+    from mr2unet.tracking.runs import TrainingTracker
 
     uri, worker = args
     tracker = TrainingTracker(params_for(uri), f"arch{worker}")
@@ -154,7 +154,7 @@ def test_concurrent_writers_do_not_fail(tmp_path) -> None:
 
 
 def test_lock_file_sits_beside_the_database(tmp_path) -> None:
-    from mr2unet.tracking import store_lock
+    from mr2unet.tracking.runs import store_lock
 
     uri = f"sqlite:///{tmp_path}/sub/mlflow.db"
     with store_lock(uri):

@@ -36,7 +36,7 @@ def _synthetic(args: argparse.Namespace) -> int:
 def _spread(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mr2unet.experiments import write_spread
+    from mr2unet.tracking.experiments import write_spread
 
     found = write_spread(Path(args.repo), Path(args.out))
     if not found:
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports/seed_spread.md")
     p.set_defaults(func=_spread)
 
-    from mr2unet import predict
+    from mr2unet.deploy import predict
 
     predict.add_parser(sub)
     return parser

@@ -218,9 +218,11 @@ def check_image_size(payload: dict[str, Any], split: PreparedSplit, path: Path) 
 
 def run_evaluation(params: dict[str, Any], arch: str, root: Path = Path(".")
                    ) -> dict[str, Any]:
-    """The `evaluate@<arch>` stage: score the model, write its files, log to MLflow."""
+    """The `evaluate@<arch>` stage's work: score the model and write its files.
+
+    Returns the primary metrics; the stage script logs them to MLflow when tracking is on.
+    """
     from mr2unet.checkpoint import load_model
-    from mr2unet.tracking import read_run_info
     from mr2unet.train import resolve_device, set_cpu_threads
 
     cfg = params["evaluate"]
@@ -232,13 +234,4 @@ def run_evaluation(params: dict[str, Any], arch: str, root: Path = Path(".")
     check_image_size(payload, split, files.checkpoint)
     log.info("evaluating %s on %d test images (%s)", arch, len(split), device)
     result = evaluate(model, split, device, cfg["batch_size"])
-    primary = write_outputs(files, split, result, cfg["empty_score"])
-
-    run_info = read_run_info(files.run_info)
-    if params["tracking"]["enabled"] and run_info.get("tracking"):
-        from mr2unet.registry import log_evaluation
-
-        log_evaluation(run_info, flat_metrics(primary))
-    else:
-        log.info("tracking off for %s: test metrics not logged to MLflow", arch)
-    return primary
+    return write_outputs(files, split, result, cfg["empty_score"])

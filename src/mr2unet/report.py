@@ -1,7 +1,7 @@
 """The report: our Table 1 beside the paper's, training curves, a Fig. 4-style grid.
 
-``run_report`` (the `report` stage) reads what `evaluate` and `train` wrote, sets the
-registry aliases when tracking is on, and writes to ``reports/``:
+:func:`load_report` reads what `evaluate` and `train` wrote and :func:`write_report` writes
+``reports/`` (the `report` stage script sets the registry aliases in between):
 
 - ``report.html``: one self-contained page (figures inline: SVG charts, base64 PNG grids);
 - ``report.md`` with its figures in ``figures/`` (SVG and PNG files);
@@ -392,7 +392,7 @@ def _prov_rows(inputs: ReportInputs) -> list[list[Cell]]:
 def provenance(params: dict[str, Any], inputs: ReportInputs, root: Path) -> dict[str, str]:
     """Where the numbers come from: commit, params, data, training devices, versions."""
     from mr2unet.checkpoint import read_checkpoint
-    from mr2unet.tracking import git_commit, torch_version
+    from mr2unet.provenance import git_commit, torch_version
 
     prov = {
         "git commit": git_commit(root),
@@ -414,23 +414,8 @@ def provenance(params: dict[str, Any], inputs: ReportInputs, root: Path) -> dict
     return prov
 
 
-def run_report(params: dict[str, Any], root: Path = Path(".")) -> ReportInputs:
-    """The `report` stage: registry aliases (tracking on), then ``reports/``."""
-    from mr2unet.tracking import read_run_info
-
-    models = params["train"]["models"]
-    inputs = load_inputs(models, root, params["evaluate"]["report_samples"])
-    tracking = params["tracking"]
-    runs = {m: read_run_info(ModelFiles(m, root).run_info) for m in models}
-    if tracking["enabled"] and any(r.get("tracking") for r in runs.values()):
-        from mr2unet.registry import set_aliases
-
-        inputs.registry = set_aliases(
-            runs, {m: inputs.metrics[m]["mean"]["iou"] for m in models},
-            tracking["registry_prefix"], tracking["champion_alias"],
-            tracking["challenger_alias"])
-    else:
-        log.info("tracking off: registry aliases not set")
+def load_report(params: dict[str, Any], root: Path = Path(".")) -> ReportInputs:
+    """Everything the report shows except the registry (the stage script adds that)."""
+    inputs = load_inputs(params["train"]["models"], root, params["evaluate"]["report_samples"])
     inputs.provenance = provenance(params, inputs, root)
-    write_report(inputs, root / "reports")
     return inputs

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from mr2unet.params import MODEL_NAMES, apply_profile
-from mr2unet.tracking import flatten
+from mr2unet.tracking.runs import flatten
 
 SEED_KEY = "train.seed"
 Config = tuple[tuple[str, str], ...]

@@ -11,18 +11,17 @@ lands in one place.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import random
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mr2unet.provenance import file_sha256, git_commit, torch_version
 from mr2unet.workspace import file_lock, project_root
 
 log = logging.getLogger(__name__)
@@ -68,44 +67,6 @@ def with_retry(fn: Callable[[], T], attempts: int = 8, base_delay: float = 0.5) 
             log.warning("tracking store busy (%s); retrying in %.1fs", exc, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
-
-
-def write_run_info(path: str | Path, info: dict[str, Any]) -> None:
-    """Record where a stage's MLflow run and model version live (a DVC output)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-
-
-def read_run_info(path: str | Path) -> dict[str, Any]:
-    """The dict written by :func:`write_run_info`; ``{}`` when tracking was off."""
-    path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-# ---------------------------------------------------------------- provenance helpers
-
-
-def git_commit(root: str | Path = ".") -> str:
-    """HEAD's commit, with ``-dirty`` when tracked files differ; ``unknown`` outside git."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -233,7 +194,7 @@ class TrainingTracker:
         """Log artifacts and the model, register a version, close the run."""
         import mlflow
 
-        from mr2unet.mlflow_model import log_segmentation_model
+        from mr2unet.tracking.pyfunc import log_segmentation_model
 
         self.client.set_tag(self.run_id, "device", str(system.get("device", "")))
         locked_write(self.uri, lambda: self.client.log_artifact(self.run_id, str(history_csv)))
@@ -261,9 +222,3 @@ class TrainingTracker:
     def fail(self) -> None:
         if self.run_id:
             locked_write(self.uri, lambda: self.client.set_terminated(self.run_id, "FAILED"))
-
-
-def torch_version() -> str:
-    import torch
-
-    return str(torch.__version__)

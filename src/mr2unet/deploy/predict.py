@@ -64,10 +64,10 @@ def load_predictor(model_ref: str, device: torch.device | str = "cpu",
                    tracking_uri: str | None = None) -> LoadedModel:
     """A model from a ``.pt`` file, a downloaded model folder or an MLflow URI."""
     from mr2unet.checkpoint import load_model
-    from mr2unet.registry import download_checkpoint, find_checkpoint
+    from mr2unet.tracking.registry import download_checkpoint, find_checkpoint
 
     if URI.match(model_ref) and not Path(model_ref).exists():
-        from mr2unet.tracking import resolve_tracking_uri
+        from mr2unet.tracking.runs import resolve_tracking_uri
 
         uri = tracking_uri or resolve_tracking_uri({}, Path.cwd())
         with tempfile.TemporaryDirectory(prefix="mr2unet-model-") as tmp:

@@ -25,7 +25,7 @@ from typing import Any
 
 from mr2unet.errors import UserError
 from mr2unet.params import MODEL_NAMES
-from mr2unet.tracking import locked_write
+from mr2unet.tracking.runs import locked_write
 
 log = logging.getLogger(__name__)
 

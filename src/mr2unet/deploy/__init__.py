@@ -1,0 +1,1 @@
+"""Getting a trained network onto a production line: ``mr2unet predict`` and export."""
