@@ -13,6 +13,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# Mask value of pixels that are not part of the image (padding added by
+# ``prepare.resize: pad``): excluded from the loss and from every metric.
+IGNORE_LABEL = 255
+
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image (TP, FP, FN) of binary masks ``(N, H, W)`` -> int64 ``(N, 3)``."""
