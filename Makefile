@@ -32,7 +32,7 @@ demo: $(STAMP)
 
 ## sweep: the demo over several seeds as queued DVC experiments (JOBS workers with
 ## THREADS CPU threads each), then mean ± std per category in reports/seed_spread.md.
-## Extra overrides for every experiment: SWEEP_ARGS="-S ++profiles.demo.train.lr=1e-3"
+## Extra overrides for every experiment: SWEEP_ARGS="-S train.lr=1e-3"
 SEEDS ?= 0 1 2 3 4
 JOBS ?= 2
 THREADS ?= 1
@@ -41,8 +41,8 @@ SWEEP_ARGS ?=
 sweep: $(STAMP)
 	$(BIN)/python -m mr2unet.cli profile $(PROFILE)
 	for seed in $(SEEDS); do \
-	  $(BIN)/dvc exp run --queue -S "++profiles.$(PROFILE).train.seed=$$seed" \
-	    -S "++profiles.$(PROFILE).train.cpu_threads=$(THREADS)" $(SWEEP_ARGS); \
+	  $(BIN)/dvc exp run --queue -S "train.seed=$$seed" \
+	    -S "train.cpu_threads=$(THREADS)" $(SWEEP_ARGS); \
 	done
 	$(BIN)/dvc exp run --run-all -j $(JOBS)
 	@# --run-all exits 0 even when an experiment failed: say so, with where to look

@@ -1,4 +1,4 @@
-"""params.yaml: profiles, validation messages that name the key, the profile setter."""
+"""params.yaml: validation messages that name the key (profiles: tests/test_profiles.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from mr2unet.errors import UserError
-from mr2unet.params import apply_profile, deep_merge, load_params, set_profile
+from mr2unet.params import deep_merge, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,33 +34,16 @@ def edit(path: Path, dotted: str, value: object) -> None:
 
 
 def test_committed_default_is_the_papers_protocol() -> None:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    base = {k: v for k, v in raw.items() if k != "profiles"}
+    base = load_params(REPO / "params.yaml")
     assert base["train"]["lr"] == 1e-4 and base["train"]["epochs"] == 200
     assert base["prepare"]["image_size"] == 128 and base["split"]["test_fraction"] == 0.2
     assert base["train"]["base_width"] == 64 and base["data"]["source"] == "url"
+    assert base["train"]["loss"] == "ce" and base["train"]["augment"] == "none"
     assert base["data"]["sha256"].startswith("cf4313b1")
-    assert raw["profiles"]["paper"] == {}
-
-
-def test_demo_profile_overrides_only_what_it_names(params_file: Path) -> None:
-    set_profile(params_file, "demo")
-    params = load_params(params_file)
-    assert params["profile"] == "demo"
-    assert params["data"]["source"] == "synthetic"
-    assert params["train"]["base_width"] == 8
-    assert params["data"]["sha256"].startswith("cf4313b1")  # untouched keys survive
-    assert "profiles" not in params
-    assert "# All knobs" in params_file.read_text()  # comments kept
 
 
 def test_deep_merge_keeps_siblings() -> None:
     assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
-
-
-def test_unknown_profile() -> None:
-    with pytest.raises(UserError, match="profile: 'nope'"):
-        apply_profile({"profile": "nope", "profiles": {"paper": {}}})
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
@@ -71,7 +54,13 @@ def test_unknown_profile() -> None:
     ("split.test_fraction", 0, "`split.test_fraction`"),
     ("prepare.image_size", 100, "`prepare.image_size`"),
     ("data.source", "ftp", "`data.source`"),
-    ("train.loss", "focal", "`train.loss`"),
+    ("train.loss", "lovasz", "`train.loss`"),
+    ("train.loss", "dice_ce", "`train.loss`"),
+    ("train.class_weights", [1.0], "`train.class_weights`"),
+    ("train.class_weights", [1.0, 0], "`train.class_weights`"),
+    ("train.class_weights", "inverse", "`train.class_weights`"),
+    ("train.focal_gamma", -1, "`train.focal_gamma`"),
+    ("train.tversky_beta", True, "`train.tversky_beta`"),
     ("train.device", "gpu", "`train.device`"),
     ("data.sha256", "abc", "`data.sha256`"),
     ("train.lr", 0, "`train.lr`"),
@@ -110,20 +99,10 @@ def test_unknown_keys_are_named(params_file: Path, dotted: str, message: str) ->
         load_params(params_file)
 
 
-def test_a_typo_in_the_active_profile_is_named(params_file: Path) -> None:
+def test_an_old_layout_with_profiles_is_refused(params_file: Path) -> None:
     edit(params_file, "profile", "demo")
-    edit(params_file, "profiles.demo.train.epcohs", 3)
-    with pytest.raises(UserError, match=r"profile 'demo' applied\): unknown key "
-                                        r"`train.epcohs`; did you mean `train.epochs`\?"):
+    with pytest.raises(UserError, match="mr2unet profile paper"):
         load_params(params_file)
-
-
-def test_every_committed_profile_loads(params_file: Path) -> None:
-    for name in yaml.safe_load(params_file.read_text())["profiles"]:
-        if name == "bottle-sample" and not (REPO.parent / "shared").is_dir():
-            continue  # its archive lies in ../shared
-        edit(params_file, "profile", name)
-        assert load_params(params_file)["profile"] == name
 
 
 def test_missing_key_is_named(params_file: Path) -> None:

@@ -1,4 +1,4 @@
-"""End to end: `dvc repro` in a throw-away copy of the project, with a tiny profile.
+"""End to end: `dvc repro` in a throw-away copy of the project, with tiny values.
 
 Covers what a user does with DVC and MLflow beyond one process: repro then nothing left to
 do, kill a training stage and resume it to the same weights, push to a remote and pull
@@ -9,7 +9,9 @@ or by a throw-away PostgreSQL cluster.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
+from mr2unet import profiles
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -49,7 +53,7 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, **kw) -> subprocess.
 
 
 def make_project(dest: Path, models: list[str], tracking: bool = False) -> Path:
-    """A git repo holding the tracked files of this project, set to a tiny profile."""
+    """A git repo holding the tracked files of this project, params.yaml at tiny values."""
     dest.mkdir(parents=True, exist_ok=True)
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
@@ -57,16 +61,30 @@ def make_project(dest: Path, models: list[str], tracking: bool = False) -> Path:
         if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dest / name)
-    params_path = dest / "params.yaml"
-    raw = yaml.safe_load(params_path.read_text())
-    raw["profile"] = "tiny"
-    raw["profiles"]["tiny"] = {**TINY, "tracking": {"enabled": tracking}}
-    raw["train"]["models"] = models
-    params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    (dest / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(
+        {**TINY, "tracking": {"enabled": tracking}, "train": {**TINY["train"], "models": models}}))
+    profiles.apply("tiny", dest / "params.yaml", dest)
     for args in (["init", "-q"], ["config", "user.email", "t@t"], ["config", "user.name", "t"],
                  ["add", "-A"], ["commit", "-qm", "tiny project"]):
         run(["git", *args], dest)
     return dest
+
+
+def set_param(project: Path, dotted: str, value: object) -> None:
+    """Change one value of params.yaml as a user would, keeping the file's comments."""
+    text = (project / "params.yaml").read_text()
+    section, key = dotted.split(".")
+    pattern = re.compile(rf"(?ms)(^{section}:\n.*?^  {key}: )[^\n]*")
+    new, count = pattern.subn(lambda m: m.group(1) + yaml.safe_dump(value).split("\n")[0],
+                              text, count=1)
+    assert count == 1, dotted
+    (project / "params.yaml").write_text(new)
+
+
+def stale_stages(project: Path) -> set[str]:
+    """The stages `dvc status` reports as changed."""
+    out = run([DVC, "status", "--json"], project).stdout
+    return set(json.loads(out or "{}"))
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +105,59 @@ def test_repro_writes_every_output_and_leaves_nothing_to_do(built: Path) -> None
     again = run([DVC, "repro"], built)
     assert "didn't change, skipping" in again.stdout or "up to date" in again.stdout
     assert "Running stage" not in again.stdout
+
+
+def copy_built(built: Path, dest: Path) -> Path:
+    shutil.copytree(built, dest, symlinks=True)
+    return dest
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def test_a_train_value_reruns_train_evaluate_and_report_only(built: Path,
+                                                              tmp_path: Path) -> None:
+    project = copy_built(built, tmp_path / "p")
+    set_param(project, "train.epochs", 2)
+    assert stale_stages(project) == {"train@unet", "train@mr2unet"}
+    ran = ran_stages(run([DVC, "repro"], project, timeout=900).stdout)
+    assert ran == {"train@unet", "train@mr2unet", "evaluate@unet", "evaluate@mr2unet", "report"}
+
+
+def test_an_evaluate_value_reruns_evaluate_and_report_only(built: Path, tmp_path: Path) -> None:
+    project = copy_built(built, tmp_path / "p")
+    set_param(project, "evaluate.empty_score", 0.0)
+    assert stale_stages(project) == {"evaluate@unet", "evaluate@mr2unet"}
+    ran = ran_stages(run([DVC, "repro"], project, timeout=900).stdout)
+    assert ran == {"evaluate@unet", "evaluate@mr2unet", "report"}
+
+
+def test_editing_an_unapplied_profile_changes_nothing(built: Path, tmp_path: Path) -> None:
+    project = copy_built(built, tmp_path / "p")
+    demo = project / "profiles" / "demo.yaml"
+    demo.write_text(demo.read_text().replace("epochs: 30", "epochs: 31"))
+    (project / "profiles" / "new.yaml").write_text("train:\n  lr: 0.5\n")
+    assert stale_stages(project) == set()
+
+
+def test_exp_run_set_param_shows_the_effective_values(built: Path, tmp_path: Path) -> None:
+    """`dvc exp run -S` changes the value that runs, whatever profile params.yaml came from,
+    and `dvc exp show` reports the values that ran (not a profile's blob)."""
+    project = copy_built(built, tmp_path / "p")
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "results"], project)
+    run([DVC, "exp", "run", "-n", "lr-sweep", "-S", "train.lr=0.002", "-S", "train.seed=3"],
+        project, timeout=900)
+    shown = json.loads(run([DVC, "exp", "show", "--json"], project).stdout)
+    exps = [e for rev in shown for e in (rev.get("experiments") or [])]
+    [exp] = [e for e in exps if e.get("name") == "lr-sweep"]
+    data = exp["revs"][0]["data"]
+    values = data["params"]["params.yaml"]["data"]
+    assert values["train"]["lr"] == 0.002 and values["train"]["seed"] == 3
+    assert values["train"]["epochs"] == TINY["train"]["epochs"]  # the effective value
+    assert "profiles" not in values and "profile" not in values
+    assert data["metrics"]["metrics/unet.json"]["data"]["mean"]["iou"] >= 0
 
 
 def test_remote_push_pull(built: Path, tmp_path: Path) -> None:
@@ -112,8 +183,8 @@ def test_queued_seed_sweep_with_two_workers(tmp_path: Path) -> None:
     mlflow = pytest.importorskip("mlflow")
     project = make_project(tmp_path / "p", ["unet"], tracking=True)
     for seed in (1, 2):
-        run([DVC, "exp", "run", "--queue", "-S", f"++profiles.tiny.train.seed={seed}",
-             "-S", "++profiles.tiny.train.cpu_threads=1"], project)
+        run([DVC, "exp", "run", "--queue", "-S", f"train.seed={seed}",
+             "-S", "train.cpu_threads=1"], project)
     run([DVC, "exp", "run", "--run-all", "-j", "2"], project, timeout=900)
     refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], project).stdout
     assert len([r for r in refs.split() if "/exec/" not in r]) == 2
@@ -140,9 +211,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path: Path) -> 
     reference = make_project(tmp_path / "ref", ["unet"])
     killed = make_project(tmp_path / "killed", ["unet"])
     for project in (reference, killed):
-        raw = yaml.safe_load((project / "params.yaml").read_text())
-        raw["profiles"]["tiny"]["train"]["epochs"] = 8
-        (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        set_param(project, "train.epochs", 8)
         run([DVC, "repro", "prepare"], project, timeout=300)
     run([DVC, "repro", "train@unet"], reference, timeout=600)
 

@@ -1,9 +1,11 @@
 """The ``mr2unet`` command: small utilities around the pipeline.
 
-``mr2unet profile NAME``      select a params.yaml profile (``make demo`` uses ``demo``)
+``mr2unet profile NAME``      write profile NAME's values into params.yaml (``make demo``: demo)
 ``mr2unet synthetic DIR``     write synthetic MVTec-format data to DIR
 ``mr2unet predict ...``       segment images with a trained model (``mr2unet predict --help``)
+``mr2unet export ...``        a trained model as ONNX for C++/C# callers (``mr2unet export --help``)
 ``mr2unet spread``            mean +/- std of the DVC experiments' metrics (e.g. over seeds)
+                             beside the paper's, and paired tests of the models
 """
 
 from __future__ import annotations
@@ -17,10 +19,18 @@ from mr2unet.errors import UserError
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from mr2unet.params import set_profile
+    from pathlib import Path
 
-    set_profile(args.params, args.name)
-    print(f"{args.params}: profile: {args.name}")
+    from mr2unet import profiles
+
+    if args.name is None:
+        print(f"{args.params}: profile {profiles.applied(Path(args.params))}; "
+              f"available: {', '.join(profiles.available())}")
+        return 0
+    profiles.apply(args.name, Path(args.params))
+    source = f"profiles/{profiles.BASE}.yaml" + (
+        f" + profiles/{args.name}.yaml" if args.name != profiles.BASE else "")
+    print(f"{args.params}: the values of profile {args.name} ({source})")
     return 0
 
 
@@ -36,13 +46,13 @@ def _synthetic(args: argparse.Namespace) -> int:
 def _spread(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mr2unet.tracking.experiments import write_spread
+    from mr2unet.tracking.experiments import pairwise_path, write_spread
 
     found = write_spread(Path(args.repo), Path(args.out))
     if not found:
         raise UserError("no DVC experiments with metrics found (refs/exps): run e.g. "
                         "`dvc exp run --queue -S train.seed=1` and `dvc queue start` first.")
-    print(f"{found} experiments -> {args.out}")
+    print(f"{found} experiments -> {args.out}, {pairwise_path(Path(args.out))}")
     return 0
 
 
@@ -51,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("profile", help="select the params.yaml profile (paper, demo, ...)")
-    p.add_argument("name")
+    p = sub.add_parser("profile", help="write a profile's values (paper, demo, ...) into "
+                       "params.yaml; without NAME, say which one it holds")
+    p.add_argument("name", nargs="?")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=_profile)
 
@@ -62,14 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-per-defect", type=int, default=12)
     p.set_defaults(func=_synthetic)
 
-    p = sub.add_parser("spread", help="aggregate DVC experiments into mean +/- std")
+    p = sub.add_parser("spread", help="aggregate DVC experiments into mean +/- std and "
+                       "paired tests on seed-averaged per-image scores")
     p.add_argument("--repo", default=".")
     p.add_argument("--out", default="reports/seed_spread.md")
     p.set_defaults(func=_spread)
 
-    from mr2unet.deploy import predict
+    from mr2unet.deploy import export, predict
 
     predict.add_parser(sub)
+    export.add_parser(sub)
     return parser
 
 

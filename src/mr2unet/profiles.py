@@ -1,0 +1,127 @@
+"""Named sets of parameters: ``profiles/<name>.yaml`` written into ``params.yaml``.
+
+DVC's convention is that ``params.yaml`` holds the values that ran: ``dvc params diff``,
+``dvc exp show`` and ``dvc exp run -S train.lr=...`` all read and write it.  So a profile
+is not resolved at run time; ``mr2unet profile NAME`` writes its effective values into
+``params.yaml`` once:
+
+- ``profiles/paper.yaml`` is the complete parameter file of the paper's protocol, with
+  its comments.  The committed ``params.yaml`` is exactly this file, so
+  ``git checkout params.yaml`` returns to the paper's protocol.
+- every other ``profiles/<name>.yaml`` is an overlay: only the keys that differ from the
+  paper's values.  ``params.yaml = paper.yaml`` with the overlay merged in key by key,
+  keeping the base file's comments and key order (ruamel.yaml round trip).
+
+The first line of ``params.yaml`` records which profile it came from, as a comment
+(``# profile: demo ...``): no stage depends on it, so switching profiles re-runs only the
+stages whose values changed.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ruamel.yaml import YAML
+
+from mr2unet.errors import UserError
+from mr2unet.params import check_known_keys
+
+PROFILES_DIR = Path("profiles")
+BASE = "paper"
+NOTE = re.compile(r"^# profile: (?P<name>[A-Za-z0-9_.-]+)")
+
+
+def _yaml() -> YAML:
+    """A round-trip YAML that writes the way params.yaml is written (2-space maps, null)."""
+    rt = YAML()
+    rt.width = 4096
+    rt.indent(mapping=2, sequence=4, offset=2)
+    rt.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
+    return rt
+
+
+def available(root: Path = Path(".")) -> list[str]:
+    """The names of the profiles in ``<root>/profiles/``."""
+    return sorted(p.stem for p in (root / PROFILES_DIR).glob("*.yaml"))
+
+
+def profile_file(name: str, root: Path = Path(".")) -> Path:
+    """``profiles/<name>.yaml``; a UserError listing the profiles when it does not exist."""
+    path = root / PROFILES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown profile {name!r}: there is no {path}. "
+                        f"Profiles: {', '.join(available(root)) or 'none'}.")
+    return path
+
+
+def read_overlay(path: Path) -> dict[str, Any]:
+    """An overlay's values, every key checked against the known keys (a typo is named)."""
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path} must be a mapping of sections (data:, train:, ...).")
+    check_known_keys(values, where=str(path))
+    return values
+
+
+def merge_into(target: MutableMapping[str, Any], overlay: MutableMapping[str, Any]) -> None:
+    """Set ``overlay``'s values in ``target`` in place; nested mappings merge key by key.
+
+    In-place assignment keeps a round-trip ``target``'s comments and key order.
+    """
+    for key, value in overlay.items():
+        if isinstance(value, MutableMapping) and isinstance(target.get(key), MutableMapping):
+            merge_into(target[key], value)
+        else:
+            target[key] = value
+
+
+def render(name: str, root: Path = Path(".")) -> str:
+    """The text of ``params.yaml`` for profile ``name`` (the paper's file + the overlay)."""
+    base_text = profile_file(BASE, root).read_text()
+    if name == BASE:
+        return base_text
+    path = profile_file(name, root)
+    read_overlay(path)  # checks every key first
+    rt = _yaml()
+    values = rt.load(base_text)
+    merge_into(values, rt.load(path.read_text()) or {})  # round trip: 3.0e-3 stays 3.0e-3
+    out = io.StringIO()
+    rt.dump(values, out)
+    text = out.getvalue()
+    note = (f"# profile: {name} (written by `mr2unet profile {name}`: profiles/{BASE}.yaml "
+            f"with profiles/{name}.yaml merged in)")
+    first, _, rest = text.partition("\n")
+    return (f"{note}\n{rest}" if NOTE.match(first) else f"{note}\n{text}")
+
+
+def applied(params_path: Path = Path("params.yaml")) -> str:
+    """The profile noted on the first line of ``params.yaml``; ``custom`` when none is."""
+    if not params_path.is_file():
+        return "custom"
+    match = NOTE.match(params_path.read_text().partition("\n")[0])
+    return match["name"] if match else "custom"
+
+
+def apply(name: str, params_path: Path = Path("params.yaml"), root: Path = Path(".")) -> str:
+    """Write profile ``name``'s effective values into ``params_path``; return the text.
+
+    The result is validated before anything is written, so a profile that cannot run
+    (a typo, an archive that is not there) leaves ``params.yaml`` as it was.
+    """
+    from mr2unet.params import validate
+
+    text = render(name, root)
+    values = yaml.safe_load(text)
+    check_known_keys(values, where=f"profile {name!r}")
+    validate(values)
+    params_path.write_text(text)
+    return text

@@ -1,0 +1,96 @@
+"""Profiles: overlay files written into params.yaml, comments and key order kept."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mr2unet import profiles
+from mr2unet.errors import UserError
+from mr2unet.params import load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of params.yaml and profiles/ (the profile commands run at a project root)."""
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+def test_committed_params_are_the_paper_profile() -> None:
+    """`git checkout params.yaml` == `mr2unet profile paper`: the two files never drift."""
+    assert (REPO / "params.yaml").read_text() == (REPO / "profiles/paper.yaml").read_text(), (
+        "params.yaml differs from profiles/paper.yaml: a key added to one must be added to "
+        "the other (the committed params.yaml is the paper's profile)")
+    assert profiles.applied(REPO / "params.yaml") == "paper"
+
+
+def test_demo_writes_its_values_and_keeps_the_rest(project: Path) -> None:
+    paper = (project / "params.yaml").read_text()
+    profiles.apply("demo", project / "params.yaml", project)
+    text = (project / "params.yaml").read_text()
+    demo = load_params(project / "params.yaml")
+    overlay = yaml.safe_load((project / "profiles/demo.yaml").read_text())
+    assert demo["data"]["source"] == "synthetic" and demo["train"]["epochs"] == 30
+    assert demo["train"]["base_width"] == overlay["train"]["base_width"]
+    assert demo["data"]["sha256"].startswith("cf4313b1")  # untouched keys survive
+    assert profiles.applied(project / "params.yaml") == "demo"
+    # comments and key order of the paper's file are kept; only values and the note change
+    comments = [line for line in paper.splitlines()[1:] if line.lstrip().startswith("#")]
+    assert comments == [line for line in text.splitlines()[1:] if line.lstrip().startswith("#")]
+    keys = re.compile(r"^\s*([\w.-]+):", re.M)
+    assert keys.findall(paper) == keys.findall(text)
+    assert "lr: 3.0e-3" in text  # the overlay's spelling of a value is kept
+    changed = [(a, b) for a, b in zip(paper.splitlines(), text.splitlines(), strict=True)
+               if a != b]
+    assert len(changed) == 1 + sum(len(v) for v in overlay.values())
+
+
+def test_switching_back_restores_the_paper_byte_for_byte(project: Path) -> None:
+    paper = (project / "params.yaml").read_text()
+    profiles.apply("demo", project / "params.yaml", project)
+    profiles.apply("paper", project / "params.yaml", project)
+    assert (project / "params.yaml").read_text() == paper
+
+
+def test_profiles_do_not_stack(project: Path) -> None:
+    """Every profile is an overlay on the paper's values, not on the current params.yaml."""
+    (project / "profiles/a.yaml").write_text("train:\n  epochs: 7\n")
+    (project / "profiles/b.yaml").write_text("train:\n  lr: 0.5\n")
+    profiles.apply("a", project / "params.yaml", project)
+    profiles.apply("b", project / "params.yaml", project)
+    values = load_params(project / "params.yaml")
+    assert values["train"]["lr"] == 0.5 and values["train"]["epochs"] == 200
+
+
+def test_a_typo_in_a_profile_is_named_and_nothing_written(project: Path) -> None:
+    before = (project / "params.yaml").read_text()
+    (project / "profiles/typo.yaml").write_text("train:\n  epcohs: 3\n")
+    with pytest.raises(UserError, match=r"profiles/typo.yaml: unknown key `train.epcohs`; "
+                                        r"did you mean `train.epochs`\?"):
+        profiles.apply("typo", project / "params.yaml", project)
+    (project / "profiles/bad.yaml").write_text("train:\n  epochs: -1\n")
+    with pytest.raises(UserError, match="`train.epochs` is -1"):
+        profiles.apply("bad", project / "params.yaml", project)
+    assert (project / "params.yaml").read_text() == before
+
+
+def test_unknown_profile_lists_the_known_ones(project: Path) -> None:
+    with pytest.raises(UserError, match="unknown profile 'nope'.*bottle-sample, demo, paper"):
+        profiles.apply("nope", project / "params.yaml", project)
+
+
+def test_every_committed_profile_loads(project: Path) -> None:
+    for name in profiles.available(REPO):
+        if name == "bottle-sample" and not (REPO.parent / "shared").is_dir():
+            continue  # its archive lies in ../shared
+        profiles.apply(name, project / "params.yaml", REPO)
+        assert profiles.applied(project / "params.yaml") == name
+        load_params(project / "params.yaml")
