@@ -1,7 +1,16 @@
-"""Shared fixtures: the real MVTec bottle sample (../shared) and synthetic data."""
+"""Shared fixtures: the real MVTec bottle sample (../shared), synthetic data, and a
+throw-away PostgreSQL cluster (:func:`postgres_cluster`)."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +43,60 @@ def synthetic_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     generate(root, seed=0, images_per_defect=3)
     return root
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def postgres_binaries() -> tuple[str, str] | None:
+    """``initdb`` and ``pg_ctl`` from PATH, else from Debian's /usr/lib/postgresql/<ver>/bin."""
+    found = shutil.which("initdb"), shutil.which("pg_ctl")
+    if all(found):
+        return found  # type: ignore[return-value]
+    for bin_dir in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        initdb, pg_ctl = Path(bin_dir, "initdb"), Path(bin_dir, "pg_ctl")
+        if initdb.is_file() and pg_ctl.is_file():
+            return str(initdb), str(pg_ctl)
+    return None
+
+
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on 127.0.0.1; yields its SQLAlchemy URI
+    (``postgresql://mlflow@127.0.0.1:<port>/postgres``, trust authentication).
+
+    Uses the server binaries of the machine (Debian's ``postgresql`` package; .ci/run
+    installs it); skips, saying so, where they are absent. PostgreSQL refuses to run as
+    root, so as root the cluster runs as the ``postgres`` user. Stopped and deleted on exit.
+    """
+    binaries = postgres_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in "
+                    "/usr/lib/postgresql/*/bin: apt-get install postgresql")
+    pytest.importorskip("psycopg")
+    initdb, pg_ctl = binaries
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="mr2unet-pg-"))
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres", "postgres")
+    data, port = root / "data", free_port()
+
+    def run(*cmd: str) -> None:
+        result = subprocess.run([*as_user, *cmd], cwd=root, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, f"{' '.join(cmd)}:\n{result.stdout}\n{result.stderr}"
+
+    try:
+        run(initdb, "-D", str(data), "-A", "trust", "-U", "mlflow", "--no-sync")
+        run(pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60", "start", "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off")
+        yield f"postgresql://mlflow@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
+                       cwd=root, capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import pickletools
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,6 @@ mlflow = pytest.importorskip("mlflow")
 
 def params_for(uri: str) -> dict:
     return {
-        "profile": "demo",
         "data": {"source": "synthetic"},
         "split": {"test_fraction": 0.2, "seed": 1},
         "prepare": {"image_size": 32},
@@ -124,11 +125,112 @@ def test_training_run_is_logged_registered_and_loadable(tmp_path, monkeypatch) -
     with torch.inference_mode():
         expected = model.eval()(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
     assert np.array_equal(masks, expected.argmax(1).numpy())
+    probs = pyfunc.predict(images, params={"output": "probabilities"})
+    assert probs.dtype == np.float32 and probs.shape == (3, 32, 32)
+    np.testing.assert_allclose(probs, expected.softmax(1)[:, 1].numpy(), atol=1e-6)
+    for t in (0.2, 0.7):
+        assert np.array_equal(pyfunc.predict(images, params={"threshold": t}),
+                              (probs > t).astype(np.uint8))
+    declared = {p.name: p.default for p in pyfunc.metadata.signature.params.params}
+    assert declared == {"output": "mask", "threshold": 0.5}
+    for bad in ({"output": "logits"}, {"threshold": 1.5}):
+        with pytest.raises(mlflow.exceptions.MlflowException, match="output|threshold"):
+            pyfunc.predict(images, params=bad)
 
     # An interrupted stage re-opens the same run instead of starting another.
     again = TrainingTracker(params, "unet", root=tmp_path)
     assert again.start("train@unet", resume_run_id=run_id) == run_id
     assert again.start("train@unet", resume_run_id="0" * 32) != run_id
+
+
+def pickle_globals(data: bytes) -> set[str]:
+    """The ``module.name`` globals a pickle stream imports when loaded."""
+    names: set[str] = set()
+    strings: list[str] = []
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in ("GLOBAL", "INST"):
+            names.add(str(arg).replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":
+            names.add(".".join(strings[-2:]))
+        elif isinstance(arg, str):
+            strings.append(arg)
+    return names
+
+
+def is_pickle(data: bytes) -> bool:
+    if not data.startswith(b"\x80"):  # protocol 2+ (what cloudpickle and torch.save write)
+        return False
+    try:
+        pickle_globals(data)
+    except Exception:  # noqa: BLE001 - not a well-formed pickle stream
+        return False
+    return True
+
+
+def test_the_pickle_scan_sees_a_pickled_python_model() -> None:
+    """What the no-pickle test guards against: a cloudpickled pyfunc names code to import."""
+    import cloudpickle
+
+    from mr2unet.tracking.pyfunc import SegmentationModel
+
+    data = cloudpickle.dumps(SegmentationModel())
+    assert is_pickle(data) and not is_pickle(b"import os")
+    assert "mr2unet.tracking.pyfunc.SegmentationModel" in pickle_globals(data)
+
+
+def test_the_logged_model_holds_no_pickled_code(tmp_path, monkeypatch) -> None:
+    """Models from code: source files and a weights-only checkpoint, nothing that runs
+    pickled bytes; it still loads and predicts through mlflow.pyfunc.load_model."""
+    from mr2unet.checkpoint import save_model
+    from mr2unet.models import build_model
+    from mr2unet.tracking.pyfunc import log_segmentation_model
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    save_model(tmp_path / "unet.pt", build_model("unet", base_width=4), "unet",
+               {"base_width": 4}, image_size=32)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("t", (tmp_path / "artifacts").as_uri())
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_segmentation_model(tmp_path / "unet.pt")
+        local = Path(mlflow.artifacts.download_artifacts(info.model_uri,
+                                                         dst_path=str(tmp_path / "dl")))
+        files = [p for p in local.rglob("*") if p.is_file()]
+        names = {p.relative_to(local).as_posix() for p in files}
+        assert {"MLmodel", "model_code.py", "artifacts/unet.pt",
+                "code/mr2unet/tracking/pyfunc.py"} <= names
+        assert not [n for n in names if n.endswith((".pkl", ".pyc")) or "__pycache__" in n]
+        flavor = mlflow.models.Model.load(local / "MLmodel").flavors["python_function"]
+        assert "python_model" not in flavor and flavor["model_code_path"].endswith("model_code.py")
+        assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+        # The only pickle is the checkpoint's tensor table; its globals are torch's tensor
+        # rebuilders, and torch's weights-only unpickler accepts it.
+        pickled = {}
+        for path in files:
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as zf:
+                    for member in zf.namelist():
+                        data = zf.read(member)
+                        if is_pickle(data):
+                            pickled[f"{path.name}/{member}"] = pickle_globals(data)
+            elif is_pickle(path.read_bytes()):
+                pickled[path.name] = pickle_globals(path.read_bytes())
+        assert len(pickled) == 1
+        (member, names), = pickled.items()
+        assert member.startswith("unet.pt/") and member.endswith("/data.pkl")
+        assert "torch._utils._rebuild_tensor_v2" in names  # the scan does see globals
+        assert names <= {
+            "collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch.FloatStorage",
+            "torch.LongStorage"}
+        torch.load(local / "artifacts/unet.pt", weights_only=True)
+        model = mlflow.pyfunc.load_model(str(local))
+        images = np.random.default_rng(1).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+        assert model.predict(images).shape == (2, 32, 32)
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 def _hammer(args: tuple[str, int]) -> str:
@@ -161,3 +263,15 @@ def test_lock_file_sits_beside_the_database(tmp_path) -> None:
         assert Path(f"{tmp_path}/sub/mlflow.db.lock").exists()
     with store_lock("http://127.0.0.1:1"):
         pass
+
+
+def test_logged_model_id_from_a_rest_model_version() -> None:
+    """Through a server's REST API a version's model_id is None; its source names it."""
+    from types import SimpleNamespace
+
+    from mr2unet.tracking.registry import logged_model_id
+
+    assert logged_model_id(SimpleNamespace(model_id=None, source="models:/m-abc")) == "m-abc"
+    assert logged_model_id(SimpleNamespace(model_id="m-x", source="models:/m-abc")) == "m-x"
+    assert logged_model_id(SimpleNamespace(model_id=None, source="models:/name/1")) is None
+    assert logged_model_id(SimpleNamespace(model_id=None, source="runs:/r/model")) is None

@@ -1,41 +1,87 @@
-"""The MLflow flavour of a trained model: a pyfunc wrapping the ``.pt`` checkpoint.
+"""The MLflow flavour of a trained model: a pyfunc logged as code around the ``.pt`` checkpoint.
 
-``mlflow.pyfunc.load_model(uri).predict(images)`` takes uint8 ``(N, S, S, 3)`` images
-(any N) and returns uint8 ``(N, S, S)`` masks (1 = defect).  The checkpoint itself is
-an artifact of the logged model, so plain PyTorch users download it and call
-:func:`mr2unet.checkpoint.load_model` (what ``mr2unet predict`` does).
-We avoid ``mlflow.pytorch.log_model``: MLflow 3 exports ``pt2`` programs that fix
-the batch size to the input example's.
+``mlflow.pyfunc.load_model(uri).predict(images, params=...)`` takes uint8 ``(N, S, S, 3)``
+RGB images (any N, S the model's input size) and returns
+
+- ``params={"output": "mask"}`` (default): uint8 ``(N, S, S)`` masks, 1 = defect, where the
+  defect probability exceeds ``threshold`` (default 0.5, exactly the argmax);
+- ``params={"output": "probabilities"}``: float32 ``(N, S, S)`` defect probabilities.
+
+Both params are declared in the model signature, so ``mlflow models serve`` accepts them in
+the request's ``"params"`` (docs/deploy.md).
+
+Nothing executable is pickled. The model is logged with MLflow's *models from code*: the
+logged model holds :mod:`mr2unet.tracking.model_code` (a few lines that build
+:class:`SegmentationModel`), the source of the ``mr2unet`` package (``code/mr2unet``, no
+bytecode) and the checkpoint as an artifact, which :func:`mr2unet.checkpoint.read_checkpoint`
+reads with ``torch.load(weights_only=True)`` (tensors and plain values only). Plain PyTorch
+users download the checkpoint and call :func:`mr2unet.checkpoint.load_model` (what
+``mr2unet predict`` does). We avoid ``mlflow.pytorch.log_model``: MLflow 3 exports ``pt2``
+programs that fix the batch size to the input example's.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 
 import mr2unet
 from mr2unet.checkpoint import load_model, read_checkpoint
+from mr2unet.inference import DEFAULT_THRESHOLD, check_threshold, defect_mask, defect_probability
 from mr2unet.transforms import to_input
+
+MODEL_CODE = Path(__file__).with_name("model_code.py")
+OUTPUTS = ("mask", "probabilities")
+DEFAULT_PARAMS: dict[str, Any] = {"output": "mask", "threshold": DEFAULT_THRESHOLD}
+BATCH_SIZE = 16  # images per forward pass: bounds the memory a large request needs
+
+
+def _bad_request(message: str) -> MlflowException:
+    # INVALID_PARAMETER_VALUE: `mlflow models serve` answers 400, not 500
+    return MlflowException.invalid_parameter_value(message)
 
 
 class SegmentationModel(mlflow.pyfunc.PythonModel):
-    """pyfunc: uint8 images ``(N, S, S, 3)`` -> uint8 defect masks ``(N, S, S)``."""
+    """uint8 images ``(N, S, S, 3)`` -> uint8 masks or float32 probabilities ``(N, S, S)``."""
 
     def load_context(self, context: Any) -> None:
-        self.model, self.payload = load_model(context.artifacts["checkpoint"])
+        self.model, payload = load_model(context.artifacts["checkpoint"])
+        self.image_size = int(payload["image_size"])
 
     # No type hints on predict: MLflow would try to derive a schema from them.
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        images = np.asarray(model_input, dtype=np.uint8)
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected uint8 images (N, H, W, 3), got shape {images.shape}")
+        options = {**DEFAULT_PARAMS, **(params or {})}
+        if options["output"] not in OUTPUTS:
+            raise _bad_request(f"params.output must be one of {', '.join(OUTPUTS)}, "
+                               f"got {options['output']!r}")
+        try:
+            threshold = check_threshold(options["threshold"])
+        except (TypeError, ValueError) as exc:
+            raise _bad_request(f"params.threshold: {exc}") from None
+        images = np.asarray(model_input)
+        s = self.image_size
+        if images.ndim != 4 or images.shape[1:] != (s, s, 3) or images.dtype != np.uint8:
+            raise _bad_request(f"expected uint8 RGB images of shape (N, {s}, {s}, 3), got "
+                               f"{images.dtype} {images.shape}: resize them to {s}x{s} first")
+        outputs = []
         with torch.inference_mode():
-            logits = self.model(to_input(torch.from_numpy(images)))
-        return logits.argmax(1).to(torch.uint8).numpy()
+            for start in range(0, len(images), BATCH_SIZE):
+                batch = torch.from_numpy(np.ascontiguousarray(images[start:start + BATCH_SIZE]))
+                logits = self.model(to_input(batch))
+                outputs.append(defect_mask(logits, threshold) if options["output"] == "mask"
+                               else defect_probability(logits))
+        if not outputs:
+            dtype = np.uint8 if options["output"] == "mask" else np.float32
+            return np.zeros((0, s, s), dtype)
+        return torch.cat(outputs).numpy()
 
 
 def _requirements() -> list[str]:
@@ -45,17 +91,34 @@ def _requirements() -> list[str]:
     return [f"{n}=={version(n).split('+')[0]}" for n in names]
 
 
+def _package_source(dest: Path) -> Path:
+    """A copy of the ``mr2unet`` package without ``__pycache__``: source only."""
+    target = dest / "mr2unet"
+    shutil.copytree(Path(mr2unet.__file__).parent, target,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo"))
+    return target
+
+
+def signature(image_size: int) -> Any:
+    """Tensor in/out schema (uint8 ``(-1, S, S, 3)`` -> ``(-1, S, S)``) and the params."""
+    example = np.zeros((1, image_size, image_size, 3), dtype=np.uint8)
+    return mlflow.models.infer_signature(
+        example, np.zeros((1, image_size, image_size), np.uint8), params=DEFAULT_PARAMS)
+
+
 def log_segmentation_model(checkpoint: Path) -> Any:
-    """Log ``checkpoint`` as a pyfunc model named ``model`` in the active run."""
+    """Log ``checkpoint`` as a pyfunc model named ``model`` in the active run (as code)."""
     size = int(read_checkpoint(checkpoint)["image_size"])
-    example = np.zeros((2, size, size, 3), dtype=np.uint8)
-    signature = mlflow.models.infer_signature(example, np.zeros((2, size, size), np.uint8))
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=SegmentationModel(),
-        artifacts={"checkpoint": str(checkpoint)},
-        code_paths=[str(Path(mr2unet.__file__).parent)],
-        signature=signature,
-        input_example=example,
-        pip_requirements=_requirements(),
-    )
+    example = np.zeros((1, size, size, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory(prefix="mr2unet-code-") as tmp, warnings.catch_warnings():
+        # MLflow suggests type hints on predict; its tensor signature is given explicitly.
+        warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={"checkpoint": str(checkpoint)},
+            code_paths=[str(_package_source(Path(tmp)))],
+            signature=signature(size),
+            input_example=example,
+            pip_requirements=_requirements(),
+        )

@@ -1,0 +1,182 @@
+"""``mlflow models serve`` of the champion on 127.0.0.1: the masks of ``mr2unet predict``.
+
+The request is built as docs/deploy.md says: each image resized to the model's input size
+like ``prepare`` (PIL bilinear, reducing_gap=3), ``{"inputs": <uint8 N x S x S x 3>}``;
+the answer's masks, resized back with nearest neighbour, must equal the PNGs that
+``mr2unet predict --model models:/mr2unet-best@champion`` writes for the same images.
+The server runs in its own process group and is stopped in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_export import briefly_trained
+
+from mr2unet.checkpoint import save_model
+from mr2unet.cli import main
+from mr2unet.data.prepare import resize_image
+
+mlflow = pytest.importorskip("mlflow")
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+SIZE = 64
+BOTTLES = ("bottle/test/broken_large/000.png", "bottle/test/contamination/001.png",
+           "bottle/test/good/000.png")
+START_TIMEOUT_S = 180
+REQUEST_TIMEOUT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def model_server(model_uri: str, env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """``mlflow models serve --env-manager local`` on 127.0.0.1; yields its base URL."""
+    port = free_port()
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except (OSError, urllib.error.URLError):
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, \
+                f"model server did not start:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+
+
+def post(url: str, body: dict[str, Any]) -> tuple[int, Any, float]:
+    """POST JSON to ``url``; (HTTP status, decoded answer, seconds)."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as answer:
+            status, text = answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        status, text = error.code, error.read()
+    return status, json.loads(text), time.perf_counter() - start
+
+
+@pytest.fixture
+def champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A SQLite registry in ``tmp_path`` whose ``mr2unet-best@champion`` is a unet;
+    returns its tracking URI."""
+    from mr2unet.tracking.pyfunc import log_segmentation_model
+    from mr2unet.tracking.registry import set_aliases
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    checkpoint = tmp_path / "unet.pt"
+    save_model(checkpoint, briefly_trained("unet"), "unet", {"base_width": 8}, SIZE)
+    client = mlflow.MlflowClient(uri, uri)
+    experiment = client.create_experiment("serve", (tmp_path / "mlruns").as_uri())
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment) as run:
+            info = log_segmentation_model(checkpoint)
+        version = mlflow.register_model(info.model_uri, "mr2unet-unet")
+    finally:
+        mlflow.set_tracking_uri(None)
+    set_aliases({"unet": {"tracking": True, "tracking_uri": uri, "run_id": run.info.run_id,
+                          "registered_model": "mr2unet-unet",
+                          "model_version": str(version.version)}}, {"unet": 0.5}, "mr2unet-")
+    return uri
+
+
+def test_the_served_champion_answers_like_mr2unet_predict(champion: str, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)).save(images / "odd.png")
+    Image.fromarray(rng.integers(0, 256, (48, 160, 3), dtype=np.uint8)).save(images / "wide.png")
+    tar = Path(__file__).resolve().parents[2] / "shared/data/mvtec_ad_bottle_test.tar.xz"
+    if tar.is_file():  # the real sample where it exists; the rest of the test runs anyway
+        with tarfile.open(tar) as archive:
+            for name in BOTTLES:
+                (images / name.replace("/", "_")).write_bytes(archive.extractfile(name).read())
+    paths = sorted(images.iterdir())
+
+    assert main(["predict", "--model", "models:/mr2unet-best@champion", str(images),
+                 "--out", str(tmp_path / "predicted"), "--tracking-uri", champion]) == 0
+
+    # The request of docs/deploy.md
+    pixels = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    batch = np.stack([resize_image(Image.fromarray(rgb), SIZE) for rgb in pixels])
+    # The server starts `uvicorn` by name: the venv's bin/ must be on PATH (as when activated)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": champion,
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    with model_server("models:/mr2unet-best@champion", env, tmp_path / "serve.log") as url:
+        status, answer, seconds = post(f"{url}/invocations", {"inputs": batch.tolist()})
+        assert status == 200, answer
+        masks = np.asarray(answer["predictions"], dtype=np.uint8)
+        _, again, warm_seconds = post(f"{url}/invocations", {"inputs": batch.tolist()})
+        status_p, probs, _ = post(f"{url}/invocations", {
+            "inputs": batch.tolist(), "params": {"output": "probabilities", "threshold": 0.5}})
+        bad_status, bad, _ = post(f"{url}/invocations",
+                                  {"inputs": batch.tolist(), "params": {"output": "logits"}})
+        if shutil.which("curl"):  # the copy-pasteable example of docs/deploy.md
+            (tmp_path / "request.json").write_text(json.dumps({"inputs": batch[:1].tolist()}))
+            curl = subprocess.run(
+                ["curl", "-s", "-X", "POST", f"{url}/invocations", "-H",
+                 "Content-Type: application/json", "--data", f"@{tmp_path / 'request.json'}"],
+                capture_output=True, text=True, timeout=REQUEST_TIMEOUT_S, check=True)
+            assert np.array_equal(json.loads(curl.stdout)["predictions"], masks[:1])
+    print(f"serving round trip of {len(paths)} images: {seconds * 1000:.0f} ms "
+          f"(first request), {warm_seconds * 1000:.0f} ms (second)")
+
+    assert masks.shape == (len(paths), SIZE, SIZE)
+    assert 0 < masks.mean() < 1  # neither all defect nor all good: a comparison that can fail
+    assert again == answer
+    for path, rgb, mask in zip(paths, pixels, masks, strict=True):
+        full = np.asarray(Image.fromarray(mask * np.uint8(255)).resize(
+            (rgb.shape[1], rgb.shape[0]), Image.Resampling.NEAREST))
+        written = np.asarray(Image.open(tmp_path / "predicted" / f"{path.stem}_mask.png"))
+        assert np.array_equal(full, written), path.name
+
+    assert status_p == 200
+    p = np.asarray(probs["predictions"], dtype=np.float32)
+    assert p.shape == masks.shape and p.min() >= 0 and p.max() <= 1
+    assert np.array_equal((p > 0.5).astype(np.uint8), masks)
+    assert bad_status == 400 and "output" in json.dumps(bad)
