@@ -7,7 +7,8 @@ The size table: parameters and forward FLOPs of the full-size networks (``base_w
 64, 3 -> 2 channels) for one 3x128x128 image, beside the counts of public reference
 implementations.  FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``
 (convolutions and matrix products; a multiply-add is 2 FLOPs, so MACs = FLOPs / 2;
-BN, ReLU, pooling and up-sampling are not counted).
+BN, ReLU, pooling and up-sampling are not counted), with the functions of
+``mr2unet.cost`` that `evaluate` uses for the report's cost table.
 
 The timing table (``--timing``): one training step (forward, cross-entropy, backward) on
 a batch of 8 images of 128x128 at ``base_width`` 8, the best of ``--repeats`` timed steps
@@ -30,8 +31,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
+from mr2unet.cost import count_parameters, forward_flops
 from mr2unet.models import MODEL_NAMES, build_model
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "models.md"
@@ -52,18 +53,6 @@ REFERENCE = {
                 "U-Net's widths 64-1024 instead of 1.67 x 32-512, and a recurrent 3x3 "
                 "kernel per unit (6.1 M of ours)"),
 }
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def forward_flops(model: torch.nn.Module, size: int) -> int:
-    """FLOPs of one forward pass of a ``3 x size x size`` image (eval mode)."""
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model.eval()(torch.zeros(1, 3, size, size))
-    return counter.get_total_flops()
 
 
 def size_table(size: int = 128) -> str:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mr2unet.tracking.experiments import (
     collect,
     group_by_config,
+    read_output,
+    seed_averaged,
     spread,
     spread_markdown,
     write_spread,
@@ -22,17 +26,45 @@ def git(repo: Path, *args: str) -> str:
                           text=True).stdout.strip()
 
 
+def cache_output(repo: Path, path: str, text: str) -> dict[str, str]:
+    """Put ``text`` in the DVC 3 cache as `dvc exp run` does; its dvc.lock ``outs`` entry."""
+    md5 = hashlib.md5(text.encode()).hexdigest()
+    cached = repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(text)
+    return {"path": path, "hash": "md5", "md5": md5}
+
+
+def per_image_csv(iou: list[float], categories: list[str]) -> str:
+    rows = [f"img{i}.png,{c},hole,0,0,0,{v:.6f},{2 * v / (1 + v):.6f}"
+            for i, (v, c) in enumerate(zip(iou, categories, strict=True))]
+    return "source,category,defect_type,tp,fp,fn,iou,dice\n" + "\n".join(rows) + "\n"
+
+
 def make_experiment(repo: Path, seed: int, iou: dict[str, float], lr: float = 0.001,
-                    name: str | None = None) -> None:
-    """Commit params + metrics on a detached branch and point refs/exps/... at it."""
-    (repo / "params.yaml").write_text(
-        f"profile: demo\ntrain: {{seed: 0, lr: 0.1}}\n"
-        f"profiles: {{demo: {{train: {{seed: {seed}, lr: {lr}}}}}}}\n")
+                    name: str | None = None,
+                    per_image: dict[str, tuple[list[float], list[str]]] | None = None) -> None:
+    """Commit params + metrics on a detached branch and point refs/exps/... at it.
+
+    ``per_image``: model -> (per-image IOU, categories), stored like `evaluate` and DVC do
+    (data/eval/<model>.csv in the cache, its md5 in the committed dvc.lock); every model
+    named there also gets the metrics ``iou`` (else only U-Net).
+    """
+    (repo / "params.yaml").write_text(f"train: {{seed: {seed}, lr: {lr}}}\n")
     (repo / "metrics").mkdir(exist_ok=True)
+    (repo / ".gitignore").write_text("/.dvc/cache\n")
     per_cat = {c: {"iou": v, "dice": 2 * v / (1 + v)} for c, v in iou.items()}
     mean = {k: sum(p[k] for p in per_cat.values()) / len(per_cat) for k in ("iou", "dice")}
-    (repo / "metrics" / "unet.json").write_text(json.dumps({"mean": mean,
-                                                            "per_category": per_cat}))
+    stages = {}
+    for model in per_image or {"unet": None}:
+        (repo / "metrics" / f"{model}.json").write_text(json.dumps({"mean": mean,
+                                                                    "per_category": per_cat}))
+        if per_image:
+            path = f"data/eval/{model}.csv"
+            stages[f"evaluate@{model}"] = {"outs": [
+                cache_output(repo, path, per_image_csv(*per_image[model]))]}
+    if stages:
+        (repo / "dvc.lock").write_text(json.dumps({"schema": "2.0", "stages": stages}))
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", f"seed {seed}")
     git(repo, "update-ref", f"refs/exps/ab/cdef/{name or f'exp-{seed}'}", "HEAD")
@@ -82,7 +114,101 @@ def test_experiments_are_grouped_by_their_other_params(repo: Path) -> None:
     assert "## train.lr=0.01: 2 experiments (seeds 0, 1)" in text
 
 
+def test_experiments_of_the_older_params_layout_get_their_profile(repo: Path) -> None:
+    # Before profiles/: `profile:` + a `profiles:` block in params.yaml.
+    (repo / "params.yaml").write_text("profile: demo\ntrain: {seed: 0, lr: 0.1}\n"
+                                      "profiles: {demo: {train: {seed: 7, lr: 0.001}}}\n")
+    git(repo, "commit", "-qam", "old layout")
+    git(repo, "update-ref", "refs/exps/ab/cdef/old-7", "HEAD")
+    scores = collect(repo)
+    assert sorted(s.seed for s in scores) == [0, 1, 2, 7]
+    assert list(group_by_config(scores)) == [""]  # lr 0.001 like the others: one group
+
+
 def test_write_spread_reports_nothing_without_experiments(tmp_path: Path) -> None:
     git(tmp_path, "init", "-q")
     assert write_spread(tmp_path, tmp_path / "out.md") == 0
     assert not (tmp_path / "out.md").exists()
+
+
+# 8 test images in 2 categories; the baseline per seed, and a symmetric per-image noise.
+CATEGORIES = ["bottle", "grid"] * 4
+BASE = np.linspace(0.2, 0.55, 8)
+NOISE = np.array([0.01, -0.01, 0.02, -0.02, 0.03, -0.03, 0.04, -0.04])
+
+
+def _sweep(repo: Path, shift: float, seeds: tuple[int, ...] = (0, 1, 2)) -> None:
+    """Experiments with U-Net and MR2U-Net; per seed U-Net = BASE + seed / 100 and
+    MR2U-Net = U-Net + shift + (-1)^seed NOISE, so the seed average of the difference is
+    ``shift + NOISE / 3`` for 3 seeds."""
+    for seed in seeds:
+        unet = BASE + seed / 100
+        mr2 = unet + shift + (-1) ** seed * NOISE
+        make_experiment(repo, seed, {"bottle": 0.5 + seed / 10, "grid": 0.2},
+                        name=f"pair-{seed}",
+                        per_image={"unet": (unet.tolist(), CATEGORIES),
+                                   "mr2unet": (mr2.tolist(), CATEGORIES)})
+
+
+def test_per_image_scores_are_read_from_the_dvc_cache(tmp_path: Path) -> None:
+    git(tmp_path, "init", "-q")
+    _sweep(tmp_path, 0.1, seeds=(0,))
+    ref = "refs/exps/ab/cdef/pair-0"
+    text = read_output(tmp_path, ref, "data/eval/unet.csv")
+    assert text == per_image_csv(BASE.tolist(), CATEGORIES)
+    assert read_output(tmp_path, ref, "data/eval/resunet.csv") is None  # not in dvc.lock
+    scores = {s.model: s for s in collect(tmp_path)}
+    assert scores["mr2unet"].per_image is not None
+    np.testing.assert_allclose(scores["mr2unet"].per_image.scores["iou"],
+                               BASE + 0.1 + NOISE, atol=1e-6)
+
+
+def test_seed_averaged_paired_comparison(tmp_path: Path) -> None:
+    git(tmp_path, "init", "-q")
+    _sweep(tmp_path, 0.1)
+    scores = collect(tmp_path)
+    averaged, used, note = seed_averaged(scores)
+    assert len(used) == 6 and "averaged over 3 experiment(s) (seeds 0, 1, 2)" in note
+    np.testing.assert_allclose(averaged["unet"].scores["iou"], BASE + 0.01, atol=1e-6)
+    np.testing.assert_allclose(averaged["mr2unet"].scores["iou"] - averaged["unet"].scores["iou"],
+                               0.1 + NOISE / 3, atol=2e-6)
+    text = spread_markdown(scores)
+    # Table 1 over seeds beside the paper: bottle U-Net 0.5976, MR2U-Net 0.6547.
+    assert "| bottle | 0.6000 ± 0.1000 | 0.5976 | +0.0024 | 0.6000 ± 0.1000 | 0.6547 | " \
+        "-0.0547 |" in text
+    assert "| mean | 0.4000 ± 0.0500 | – | – |" in text  # 2 categories: no paper mean
+    assert "### Are the differences significant? (per-image scores averaged over seeds)" in text
+    # 8 positive differences: exact Wilcoxon p = 2 / 2^8
+    assert "| MR2U-Net vs U-Net | IOU | 8 | +0.100 | [" in text
+    assert "Wilcoxon p = 0.008, significant at 0.05; better on 8, worse on 0" in text
+    write_spread(tmp_path, tmp_path / "reports/seed_spread.md")
+    data = json.loads((tmp_path / "reports/seed_spread_pairwise.json").read_text())
+    overall = data[""]["comparisons"][0]
+    assert (overall["first"], overall["second"], overall["scope"]) == ("mr2unet", "unet", "all")
+    assert overall["p_value"] == 2 / 2**8 and overall["significant"] is True
+    assert data[""]["seeds"] == [0, 1, 2] and data[""]["seed_averaged"] is True
+
+
+def test_no_shift_over_seeds_is_not_significant(tmp_path: Path) -> None:
+    git(tmp_path, "init", "-q")
+    _sweep(tmp_path, 0.0)
+    text = spread_markdown(collect(tmp_path))
+    assert "| MR2U-Net vs U-Net | IOU | 8 | +0.000 | [-" in text
+    assert "not significant at 0.05" in text
+
+
+def test_experiments_without_cached_scores_are_left_out(tmp_path: Path) -> None:
+    git(tmp_path, "init", "-q")
+    _sweep(tmp_path, 0.1)
+    lock = json.loads(git(tmp_path, "show", "refs/exps/ab/cdef/pair-2:dvc.lock"))
+    md5 = lock["stages"]["evaluate@unet"]["outs"][0]["md5"]
+    (tmp_path / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).unlink()  # e.g. after `dvc gc`
+    averaged, used, note = seed_averaged(collect(tmp_path))
+    assert {s.seed for s in used} == {0, 1}
+    assert "Left out, per-image scores not found (`dvc pull`?): pair-2." in note
+    np.testing.assert_allclose(averaged["unet"].scores["iou"], BASE + 0.005, atol=1e-6)
+
+
+def test_spread_says_when_there_is_nothing_to_compare(repo: Path) -> None:
+    text = spread_markdown(collect(repo))  # U-Net only, no per-image scores
+    assert "Fewer than two models: nothing to compare." in text
