@@ -8,8 +8,9 @@ base_width 8) it measures training images/s of
 
 * ``ours``: :func:`mr2unet.train.train` - the split as one uint8 tensor on the device,
   on-device batching, bf16 autocast + channels_last on CUDA (and ``--compile``);
-* ``baseline``: a plain loop - PNG files decoded by a ``DataLoader`` every epoch, fp32,
-  no channels_last, no compile - on the same model, data and batch size,
+* ``baseline``: a plain loop (:func:`plain_images_per_second`) - PNG files decoded by a
+  ``DataLoader`` every epoch, fp32, no channels_last, no compile - on the same model, data
+  and batch size (``benchmarks/gpu_check.py`` reuses it as its ``plain`` loop),
 
 and prints the ratio.  From our full-size epoch time it projects the paper's protocol:
 4 models x 200 epochs x 1006 training images.  Needs only torch, numpy and pillow.
@@ -71,9 +72,14 @@ def write_pngs(split: PreparedSplit, root: Path) -> None:
         Image.fromarray(split.masks[i] * 255).save(root / f"{i:03d}_mask.png")
 
 
-def baseline_images_per_second(cfg: TrainConfig, root: Path, n: int, epochs: int) -> float:
-    """A plain fp32 loop over a DataLoader of PNGs; the first epoch is warm-up."""
+def plain_images_per_second(cfg: TrainConfig, root: Path, n: int, epochs: int) -> float:
+    """A plain fp32 loop over a DataLoader of PNGs (:func:`write_pngs`); the first epoch is
+    warm-up, then ``epochs`` timed ones.  Only the model, batch size, lr and seed of ``cfg``
+    are used."""
     device = resolve_device(cfg.device)
+    # PyTorch's defaults, whatever an earlier run in this process switched on.
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.deterministic = torch.backends.cudnn.benchmark = False
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, **cfg.model_kwargs()).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -94,11 +100,16 @@ def baseline_images_per_second(cfg: TrainConfig, root: Path, n: int, epochs: int
     return n * epochs / timed
 
 
+def steady_images_per_second(history: list[dict[str, float]], n: int, warmup: int = 1) -> float:
+    """Training images/s of the epochs after the first ``warmup`` ones (their history)."""
+    seconds = sum(row["seconds"] for row in history[warmup:])
+    return n * (len(history) - warmup) / seconds
+
+
 def ours_images_per_second(cfg: TrainConfig, split: PreparedSplit, epochs: int) -> float:
     """Our loop; per-epoch times come from its history (first epoch is warm-up)."""
     result = train(dataclasses.replace(cfg, epochs=epochs + 1), split, progress=False)
-    seconds = sum(row["seconds"] for row in result.history[1:])
-    return len(split) * epochs / seconds
+    return steady_images_per_second(result.history, len(split))
 
 
 def main() -> None:
@@ -136,7 +147,7 @@ def main() -> None:
                                   base_width=WIDTHS[size], device=args.device,
                                   compile=args.compile, deterministic=False)
                 ours = ours_images_per_second(cfg, split, args.epochs)
-                base = baseline_images_per_second(cfg, Path(tmp), n, args.epochs)
+                base = plain_images_per_second(cfg, Path(tmp), n, args.epochs)
                 print(f"{model:<15} {size:<5} {ours:>11.1f} {base:>15.1f} {ours / base:>5.2f}x",
                       flush=True)
                 if size == "full":

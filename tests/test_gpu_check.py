@@ -1,0 +1,160 @@
+"""benchmarks/gpu_check.py: the GPU check's --smoke run on the CPU, its projections, and the
+speed levers it measures (mr2unet.train: adam_impl, cuda_graphs, compile modes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mr2unet.errors import UserError
+from mr2unet.params import load_params
+from mr2unet.train import TrainConfig, compile_mode, make_optimizer, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import CFG, states_equal, tiny_split  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run_writes_every_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    gpu_check = load_script()
+    assert gpu_check.main(["--smoke", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert data["phases_done"] == ["a", "b", "c", "d"]
+    assert isinstance(data["device"], str) and data["torch"] == torch.__version__
+    assert isinstance(data["full_protocol_minutes"], float) and data["full_protocol_minutes"] > 0
+    assert data["full_protocol_measured"] is False  # the smoke window is far too short
+    assert data["full_protocol"]["enough_steady_epochs"] is True
+    (arch,) = data["models"]
+    speed = data["throughput"][arch]
+    for key in ("ours", "fastest", "plain"):
+        assert isinstance(speed[key], float) and speed[key] > 0, key
+    assert speed["errors"] == {}
+    assert set(speed["modes"]) == {"ours", "plain", *gpu_check.MODES}
+    assert speed["fastest"] == max(v for k, v in speed["modes"].items() if k != "plain")
+    a = data["correctness"][arch]
+    assert a["finite"] and a["falling"] and len(a["loss"]) == 2
+    # On the CPU a resumed run is bit-identical to an uninterrupted one.
+    assert a["resumed_from_epoch"] == 1
+    assert a["resume_identical"] and a["resume_max_abs_diff"] == 0.0
+    assert a["repeat_identical"] and a["nondeterministic_ops"] == []
+    assert a["predict"] == {"device": "cpu", "written": 3, "failed": 0}
+    assert a["cuda_cpu_agreement"] == 1.0 and a["agreement_ok"]
+    bottle = data["bottle"][arch]
+    assert bottle["seeds"] == [0, 1] and len(bottle["per_seed"]) == 2
+    for key in ("iou_mean", "iou_std", "dice_mean", "dice_std"):
+        assert isinstance(bottle[key], float) and 0 <= bottle[key] <= 1, key
+    assert bottle["paper_iou"] == 0.5976 and "15" in data["bottle_note"]
+    assert bottle["protocol_complete"] is False and data["bottle_epochs"] >= 1
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[-1].startswith("paper protocol (4 x 200 epochs x 1006 images)")
+    assert table[-2].startswith(arch)
+    assert (tmp_path / "gpu_check.log").read_text().count("phase") >= 4
+
+
+def test_protocol_time_measured_or_projected() -> None:
+    gpu_check = load_script()
+    runs = {"a": {"finished": True, "epoch_seconds": [3.0, 1.0, 1.0], "epoch_ends": [13, 14, 15]},
+            "b": {"finished": True, "epoch_seconds": [2.0, 2.0, 2.0], "epoch_ends": [12, 14, 16]}}
+    measured = gpu_check.protocol_time(runs, launched=10.0, epochs=3, alone={}, images=4)
+    assert measured == {"measured": True, "seconds": 6.0, "strategy": "concurrent"}
+    runs["b"]["finished"] = False
+    projected = gpu_check.protocol_time(runs, launched=10.0, epochs=201,
+                                        alone={"a": 4.0, "b": 2.0}, images=4)
+    # concurrent: a = 3 + 200 * 1, b = 2 + 200 * 2; sequential: 201 * (1 + 2)
+    assert projected["concurrent_projection_s"] == 402.0
+    assert projected["sequential_projection_s"] == 603.0
+    assert (projected["measured"], projected["seconds"], projected["strategy"]) == (
+        False, 402.0, "concurrent")
+
+
+def test_bottle_epochs_fit_the_time_left() -> None:
+    plan = load_script().plan_bottle_epochs
+    # 2 networks at 100 and 50 images/s, 3 runs of 50 images: 4.5 s per epoch alone.
+    assert plan({"a": 100.0, "b": 50.0}, None, 3, 50, seconds=900, full=200) == 200
+    assert plan({"a": 100.0, "b": 50.0}, None, 3, 50, seconds=450, full=200) == 100
+    assert plan({"a": 100.0, "b": 50.0}, 1.5, 3, 50, seconds=450, full=200) == 150
+    assert plan({"a": 100.0, "b": 50.0}, 1.0, 3, 50, seconds=1, full=200) == 1
+    assert plan({}, None, 3, 50, seconds=1, full=200) == 200  # no speeds: the deadline decides
+
+
+# ------------------------------------------------------------- the levers in train.py
+
+
+def test_speed_levers_default_to_the_committed_loop() -> None:
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    cfg = TrainConfig.from_params(params, "unet")
+    assert (cfg.compile, cfg.adam_impl, cfg.cuda_graphs, cfg.deterministic) == (
+        False, "auto", False, True)
+    fast = dataclasses.replace(cfg, compile="reduce-overhead", adam_impl="fused",
+                               cuda_graphs=True)
+    assert fast.fingerprint() == cfg.fingerprint()  # how to run, not what: resumes either way
+
+
+def test_cuda_graphs_are_a_no_op_on_the_cpu() -> None:
+    split = tiny_split()
+    plain = train(CFG, split, progress=False)
+    graphed = train(dataclasses.replace(CFG, cuda_graphs=True), split, progress=False)
+    assert states_equal(plain.model, graphed.model)
+
+
+def test_fused_and_foreach_adam_take_the_same_step() -> None:
+    from mr2unet.models import build_model
+
+    x = torch.rand(2, 3, 32, 32)
+    stepped = {}
+    for impl in ("auto", "foreach", "fused"):
+        torch.manual_seed(0)
+        model = build_model("unet", base_width=4)
+        optimizer = make_optimizer(model, dataclasses.replace(CFG, adam_impl=impl))
+        for _ in range(2):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+        stepped[impl] = model.state_dict()
+    for impl in ("foreach", "fused"):
+        for name, value in stepped["auto"].items():
+            # Two steps move a weight by up to 2 lr (weights whose gradient is near 0 by an
+            # amount the rounding decides); the implementations agree to a tenth of lr.
+            assert torch.allclose(value.float(), stepped[impl][name].float(),
+                                  atol=0.1 * CFG.lr), name
+    torch.manual_seed(0)
+    initial = build_model("unet", base_width=4).state_dict()
+    assert any(not torch.equal(initial[k], v) for k, v in stepped["fused"].items())
+    with pytest.raises(UserError, match="adam_impl"):
+        train(dataclasses.replace(CFG, adam_impl="sgd"), tiny_split(), progress=False)
+
+
+def test_compile_modes(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert [compile_mode(v) for v in (False, True, "reduce-overhead")] == [
+        None, "default", "reduce-overhead"]
+    with pytest.raises(UserError, match="train.compile"):
+        compile_mode("fastest")
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode: seen.append(mode) or model)
+    train(dataclasses.replace(CFG, epochs=1, compile="reduce-overhead"), tiny_split(),
+          progress=False)
+    assert seen == ["reduce-overhead"]
+
+
+def test_fast_mode_switches_determinism_off_again() -> None:
+    train(dataclasses.replace(CFG, epochs=1), tiny_split(), progress=False)
+    assert torch.are_deterministic_algorithms_enabled()
+    train(dataclasses.replace(CFG, epochs=1, deterministic=False), tiny_split(), progress=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark = False
