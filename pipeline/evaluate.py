@@ -1,9 +1,12 @@
 """Stage `evaluate@<model>`: score a trained model on the test split.
 
-Outputs: metrics/<model>.json (mean + per-category IOU/Dice, DVC metrics),
-metrics/pooled/<model>.json (pooled scores, image and empty-prediction counts),
-data/eval/<model>.csv (per image), data/eval/<model>_pred.npz (predicted masks, for the
-report).  With tracking on, the metrics also go to the model's MLflow run and version.
+Outputs: metrics/<model>.json (mean + per-category IOU/Dice, pixel AUROC/AP; DVC
+metrics), metrics/pooled/<model>.json (pooled scores, image and empty-prediction counts,
+oracle IOU, parameters and GFLOPs), metrics/timing/<model>.json (latency, training time:
+measurements, not compared between runs), data/eval/<model>.csv (per image),
+data/eval/<model>_pred.npz (predicted masks, for the report), data/eval/<model>_prob.npz
+(8-bit defect probabilities).  With tracking on, the metrics also go to the model's MLflow
+run and version.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ def main(params: dict[str, Any], arch: str) -> None:
         log_evaluation(run_info, flat_metrics(primary))
     else:
         log.info("tracking off for %s: test metrics not logged to MLflow", arch)
-    print(f"{arch}: mean IOU {primary['mean']['iou']:.4f}, Dice {primary['mean']['dice']:.4f} "
-          f"over {len(primary['per_category'])} categories -> metrics/{arch}.json")
+    mean = primary["mean"]
+    ranking = "".join(f", {name} {mean[key]:.4f}" for key, name in
+                      (("pixel_auroc", "pixel AUROC"), ("pixel_ap", "AP")) if key in mean)
+    print(f"{arch}: mean IOU {primary['mean']['iou']:.4f}, Dice {primary['mean']['dice']:.4f}"
+          f"{ranking} over {len(primary['per_category'])} categories -> metrics/{arch}.json")
 
 
 if __name__ == "__main__":

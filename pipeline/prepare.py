@@ -21,6 +21,7 @@ def main(params: dict[str, Any]) -> None:
         image_size=params["prepare"]["image_size"],
         mask_threshold=params["prepare"]["mask_threshold"],
         keep_thin_defects=params["prepare"]["keep_thin_defects"],
+        resize=params["prepare"]["resize"],
         test_fraction=params["split"]["test_fraction"],
         seed=params["split"]["seed"],
     )
@@ -28,7 +29,7 @@ def main(params: dict[str, Any]) -> None:
     summary = prepare(RAW, PREPARED, cfg, categories=data["categories"] or None,
                       check=data["check_counts"] and data["source"] != "synthetic")
     print(f"prepared {summary['images']} images: {summary['train']} train / "
-          f"{summary['test']} test at {cfg.image_size} px, "
+          f"{summary['test']} test at {cfg.image_size} px ({cfg.resize}), "
           f"{sum(summary['bytes'].values()) / 1e6:.1f} MB in {PREPARED}/")
 
 

@@ -14,7 +14,7 @@ from _common import run_stage_cli
 
 from mr2unet.evaluate import ModelFiles
 from mr2unet.provenance import read_run_info
-from mr2unet.report import LABELS, load_report, write_report
+from mr2unet.report import LABELS, collapsed_models, load_report, rankable_iou, write_report
 
 log = logging.getLogger("report")
 
@@ -23,18 +23,31 @@ def main(params: dict[str, Any]) -> None:
     inputs = load_report(params)
     tracking = params["tracking"]
     runs = {m: read_run_info(ModelFiles(m).run_info) for m in inputs.models}
-    mean_iou = {m: inputs.metrics[m]["mean"]["iou"] for m in inputs.models}
+    # A collapsed network (mr2unet.collapse) is neither ranked nor given an alias.
+    mean_iou = rankable_iou(inputs)
+    collapsed = collapsed_models(inputs)
+    for note in collapsed.values():
+        log.warning(note)
     if tracking["enabled"] and any(r.get("tracking") for r in runs.values()):
-        from mr2unet.tracking.registry import set_aliases
+        from mr2unet.tracking.registry import attach_onnx, set_aliases
 
         inputs.registry = set_aliases(runs, mean_iou, tracking["registry_prefix"],
                                       tracking["champion_alias"], tracking["challenger_alias"])
+        # The champion's logged model carries model.onnx (docs/deploy.md)
+        onnx_note = attach_onnx(inputs.registry, runs, tracking["champion_alias"],
+                                {m: ModelFiles(m).checkpoint for m in inputs.models},
+                                inputs.split.images)
+        if onnx_note:
+            print(onnx_note)
     else:
         log.info("tracking off: registry aliases not set")
     write_report(inputs, Path("reports"))
     for place, m in enumerate(sorted(mean_iou, key=lambda m: (-mean_iou[m], m)), 1):
         print(f"{place}. {LABELS[m]}: mean IOU {mean_iou[m]:.4f}, "
               f"Dice {inputs.metrics[m]['mean']['dice']:.4f}")
+    for m in collapsed:
+        print(f"not ranked (collapsed): {LABELS[m]}: mean IOU "
+              f"{inputs.metrics[m]['mean']['iou']:.4f}")
     for assignment in inputs.registry:
         print(f"{assignment.uri} -> {assignment.arch} (version {assignment.version})")
     print("report: reports/report.html, reports/report.md")

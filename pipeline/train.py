@@ -4,7 +4,8 @@
     torchrun --nproc-per-node N pipeline/train.py <model>   (DistributedDataParallel)
 
 Outputs: data/models/<model>.pt (weights + architecture), data/models/<model>.run.json
-(MLflow run and registered version), metrics/history/<model>.csv (DVC plots).
+(MLflow run and registered version; training seconds and device), metrics/history/<model>.csv
+(DVC plots).
 Resume state lives in data/checkpoints/<model>/ until the run finishes.
 """
 
@@ -19,6 +20,7 @@ from _common import run_model_stage
 
 from mr2unet.data.prepared import load_split
 from mr2unet.errors import UserError
+from mr2unet.params import MODEL_NAMES
 from mr2unet.train import (
     TrainConfig,
     history_metrics,
@@ -32,9 +34,9 @@ TRAIN_SPLIT = Path("data/prepared/train.npz")
 
 
 def main(params: dict[str, Any], arch: str) -> None:
-    if arch not in params["train"]["models"]:
-        raise UserError(f"{arch!r} is not in params.yaml `train.models` "
-                        f"({', '.join(params['train']['models'])}).")
+    if arch not in MODEL_NAMES:  # dvc.yaml passes one of train.models (validated)
+        raise UserError(f"unknown architecture {arch!r}; expected one of "
+                        f"{', '.join(MODEL_NAMES)}.")
     cfg = TrainConfig.from_params(params, arch)
     split = load_split(TRAIN_SPLIT)
     checkpoint_dir = Path("data/checkpoints") / arch
@@ -70,19 +72,27 @@ def main(params: dict[str, Any], arch: str) -> None:
     history_path = Path("metrics/history") / f"{arch}.csv"
     save_trained_model(model_path, result, cfg, image_size=params["prepare"]["image_size"],
                        meta={"git_commit": git_commit(), "device": result.device,
-                             "torch_version": str(torch.__version__)})
+                             "torch_version": str(torch.__version__),
+                             "resize": params["prepare"]["resize"]})
     write_history(history_path, result.history)
     info: dict[str, Any] = {"tracking": False}
     if tracker:
         tracker.log_metrics({**history_metrics(result.history),
                              "train_seconds": result.seconds})
+        # Filter with `tags.collapsed = 'true'`; the history's `collapsed` column per epoch.
+        tracker.set_tags({"collapsed": "true" if result.collapsed else "false"})
         info = tracker.finish(model_path, history_path, TRAIN_SPLIT,
                               system={"device": result.device})
+    # Wall-clock training time for the report's cost table (metrics/timing/<model>.json via
+    # evaluate): a measurement, so it lives here and not in the byte-compared metrics.
+    info.update(train_seconds=round(result.seconds, 1), train_device=result.device)
     write_run_info(Path("data/models") / f"{arch}.run.json", info)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     print(f"{arch}: {len(result.history)} epochs in {result.seconds:.1f}s on {result.device}; "
           f"final loss {result.history[-1]['loss']:.4f}, train IOU "
-          f"{result.history[-1]['train_iou']:.4f} -> {model_path}")
+          f"{result.history[-1]['train_iou']:.4f} -> {model_path}"
+          + (f" (COLLAPSED to {result.collapsed}: see the warning above)"
+             if result.collapsed else ""))
 
 
 if __name__ == "__main__":

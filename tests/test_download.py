@@ -192,7 +192,6 @@ def test_verify_checks_size_then_hash(tmp_path: Path) -> None:
 
 def _stage(tmp_path: Path, data: dict) -> subprocess.CompletedProcess:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["profile"] = "paper"
     params["data"].update(data)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return subprocess.run([sys.executable, str(REPO / "pipeline" / "download.py"),

@@ -17,17 +17,23 @@ import torch
 from torch import nn
 
 from mr2unet.checkpoint import save_model
+from mr2unet.cost import count_parameters, forward_flops, measure_latency, model_cost
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.errors import UserError
 from mr2unet.evaluate import (
     TEST_SPLIT,
     ModelFiles,
+    dequantise,
     evaluate,
     flat_metrics,
+    predict_maps,
     predict_masks,
+    quantise,
+    read_probabilities,
     run_evaluation,
     summarise,
 )
+from mr2unet.metrics import IGNORE_LABEL
 from mr2unet.models import build_model
 from mr2unet.params import load_params
 
@@ -125,6 +131,85 @@ def test_batch_size_does_not_change_predictions() -> None:
     assert a.shape == (6, SIZE, SIZE) and np.array_equal(a, b)
 
 
+def test_threshold_half_is_exactly_the_argmax_and_probabilities_are_kept() -> None:
+    images = fake_split().images
+    model = build_model("unet", base_width=4).eval()
+    masks, probs = predict_maps(model, images, torch.device("cpu"), 4, progress=False)
+    with torch.inference_mode():
+        from mr2unet.transforms import to_input
+
+        logits = model(to_input(torch.from_numpy(images)))
+    assert np.array_equal(masks, logits.argmax(1).to(torch.uint8).numpy())
+    assert np.allclose(probs, logits.softmax(1)[:, 1].numpy(), atol=1e-6)
+    assert np.array_equal(predict_masks(model, images, torch.device("cpu"), 6, False, 0.5),
+                          masks)
+    stricter = predict_masks(model, images, torch.device("cpu"), 6, False, 0.9)
+    assert np.array_equal(stricter, (probs > 0.9).astype(np.uint8))
+    tie = evaluate(ConstantLogits(0.0, 0.0), fake_split(), torch.device("cpu"), progress=False)
+    assert not tie.predictions.any()  # equal logits: background, as argmax picks class 0
+    assert (tie.probabilities == 128).all()  # round(127.5) -> 128 (half to even)
+
+
+class ConstantLogits(nn.Module):
+    """Stand-in network: the same two logits for every pixel."""
+
+    def __init__(self, background: float, defect: float) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([background, defect]), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.view(1, 2, 1, 1).expand(x.shape[0], 2, *x.shape[2:])
+
+
+def test_probabilities_round_trip_within_half_a_level() -> None:
+    p = np.concatenate([np.linspace(0, 1, 100_001, dtype=np.float32),
+                        np.random.default_rng(0).random(10_000, dtype=np.float32)])
+    levels = quantise(p)
+    assert levels.dtype == np.uint8
+    assert np.abs(dequantise(levels) - p).max() <= 1 / 510 + 1e-7
+    assert quantise(np.array([0.0, 1.0, 0.5, 1 / 510 - 1e-6])).tolist() == [0, 255, 128, 0]
+
+
+def test_threshold_free_scores_by_hand() -> None:
+    """One 1x8 image per category; the hand-computed values are in tests/test_metrics.py."""
+    levels = np.array([[[200, 100, 150, 50, 50, 255, 0, 0]],
+                       [[10, 20, 30, 40, 50, 60, 70, 80]]], np.uint8)
+    masks = np.array([[[1, 1, 0, 0, 0, IGNORE_LABEL, IGNORE_LABEL, IGNORE_LABEL]],
+                      [[0, 0, 0, 0, 0, 0, 0, IGNORE_LABEL]]], np.uint8)
+    cats = np.array(["a", "clean"])
+    counts = np.array([[1, 1, 1], [0, 1, 0]])
+    primary, pooled = summarise(counts, cats, 1.0, levels, masks)
+    assert primary["per_category"]["a"] == {"iou": 0.333333, "dice": 0.5, "pixel_auroc": 0.833333,
+                                            "pixel_ap": 0.833333}
+    assert primary["per_category"]["clean"] == {"iou": 0.0, "dice": 0.0}  # no AUROC: 1 class
+    assert primary["mean"] == {"iou": 0.166667, "dice": 0.25,
+                               "pixel_auroc": 0.833333, "pixel_ap": 0.833333}
+    assert pooled["single_class_categories"] == ["clean"]
+    assert pooled["oracle"]["per_category"] == {
+        "a": {"iou": 0.666667, "dice": 0.8, "threshold": 0.2}}
+    assert pooled["oracle"]["mean"] == {"iou": 0.666667, "dice": 0.8}
+    # All 12 scored pixels: defects at 200 and 100; normals at 150, 50, 50 and 10..70.
+    # Pairs ranked right: 200 beats all 10 normals, 100 all but 150: AUROC = 19/20.
+    assert pooled["all_images"]["pixel_auroc"] == 0.95
+    assert pooled["per_category"]["a"]["scored_pixels"] == 5
+    assert pooled["per_category"]["clean"] == {
+        "iou": 0.0, "dice": 0.0, "images": 1, "empty_predictions": 0,
+        "empty_ground_truth": 1, "scored_pixels": 7, "defect_pixels": 0}
+    json.dumps(primary, allow_nan=False)  # no NaN: valid JSON for DVC
+    json.dumps(pooled, allow_nan=False)
+
+
+def test_model_cost_and_latency() -> None:
+    conv = nn.Conv2d(3, 2, 1)  # 2 outputs x 3 inputs x 16 pixels multiply-adds, 2 FLOPs each
+    assert count_parameters(conv) == 8 and forward_flops(conv, 4) == 2 * 3 * 2 * 16
+    assert model_cost(conv, 4) == {"parameters": 8, "gflops": 0.0, "input_size": 4}
+    latency = measure_latency(conv, 4, batch=3, warmup=1, max_runs=4, budget_s=10.0)
+    assert latency.runs == 4 and latency.warmup == 1 and latency.batch == 3
+    assert latency.per_image_ms == pytest.approx(latency.median_ms / 3, abs=1e-3)
+    # The budget stops the runs early, but never before the first timed one.
+    assert measure_latency(conv, 4, batch=1, max_runs=100, budget_s=0.0).runs == 1
+
+
 def test_summary_schema_and_values() -> None:
     counts = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 2], [0, 0, 0]])
     cats = np.array(["a", "a", "b", "b"])
@@ -161,10 +246,13 @@ def test_stage_outputs_exact_scores_and_stable_files(tmp_path: Path) -> None:
     assert json.loads(files.metrics.read_text()) == primary
     for category, areas in AREAS.items():
         expected = np.mean([_all_defect(a) for a in areas], axis=0)
+        # One probability for every pixel: AUROC 1/2, AP = the share of defect pixels.
         assert primary["per_category"][category] == pytest.approx(
-            {"iou": expected[0], "dice": expected[1]}, abs=1e-6)
+            {"iou": expected[0], "dice": expected[1], "pixel_auroc": 0.5,
+             "pixel_ap": sum(areas) / (3 * SIZE**2)}, abs=1e-6)
     assert primary["mean"]["iou"] == pytest.approx(
         np.mean([primary["per_category"][c]["iou"] for c in AREAS]), abs=1e-6)
+    assert list(primary["mean"]) == ["iou", "dice", "pixel_auroc", "pixel_ap"]
 
     pooled = json.loads(files.pooled.read_text())
     assert pooled["per_category"]["weave"]["iou"] == pytest.approx(137 / (3 * SIZE**2), abs=1e-6)
@@ -176,14 +264,40 @@ def test_stage_outputs_exact_scores_and_stable_files(tmp_path: Path) -> None:
     assert (table["fn"] == 0).all()
     with np.load(files.predictions) as data:
         assert data["predictions"].shape == (6, SIZE, SIZE) and data["predictions"].all()
+    levels = read_probabilities(files.probabilities)
+    assert levels.dtype == np.uint8 and levels.shape == (6, SIZE, SIZE)
+    assert (levels == round(255 / (1 + np.exp(-1)))).all()  # softmax([0, 1])[1] = 0.731
+    # Every pixel at one level: the oracle's best threshold marks them all.
+    assert pooled["oracle"]["per_category"]["weave"] == {
+        "iou": pooled["per_category"]["weave"]["iou"],
+        "dice": pooled["per_category"]["weave"]["dice"], "threshold": 0.0}
+    assert pooled["oracle"]["note"].startswith("oracle:")
+    assert pooled["per_category"]["bottle"]["scored_pixels"] == 3 * SIZE**2
+    assert pooled["per_category"]["bottle"]["defect_pixels"] == sum(AREAS["bottle"])
+    assert pooled["single_class_categories"] == []
+    unet = constant_model("unet", True)
+    assert pooled["cost"] == {"parameters": count_parameters(unet),
+                              "gflops": round(forward_flops(unet, SIZE) / 1e9, 6),
+                              "input_size": SIZE}
+    timing = json.loads(files.timing.read_text())
+    assert timing["device"] == "cpu" and timing["input_size"] == SIZE
+    for batch in (1, 32):
+        latency = timing["latency"][f"batch_{batch}"]
+        assert latency["batch"] == batch and latency["runs"] >= 1 and latency["median_ms"] > 0
+        assert latency["per_image_ms"] == pytest.approx(latency["median_ms"] / batch, abs=1e-3)
+    assert "train_seconds" not in timing  # the fake project's run.json has none
 
     before = {p: p.read_bytes() for p in (files.metrics, files.pooled, files.per_image,
-                                          files.predictions)}
+                                          files.predictions, files.probabilities)}
     run_evaluation(params, "unet", tmp_path)
     assert all(p.read_bytes() == data for p, data in before.items())  # byte-stable
 
+    (tmp_path / "data/models/mr2unet.run.json").write_text(
+        json.dumps({"tracking": False, "train_seconds": 12.5, "train_device": "cpu"}))
     empty = run_evaluation(params, "mr2unet", tmp_path)  # predicts nothing at all
-    assert empty["mean"] == {"iou": 0.0, "dice": 0.0}
+    assert {k: empty["mean"][k] for k in ("iou", "dice")} == {"iou": 0.0, "dice": 0.0}
+    timing = json.loads(ModelFiles("mr2unet", tmp_path).timing.read_text())
+    assert timing["train_seconds"] == 12.5 and timing["train_device"] == "cpu"
     empty_pooled = json.loads(ModelFiles("mr2unet", tmp_path).pooled.read_text())
     assert empty_pooled["empty_predictions"] == 6
     assert empty_pooled["per_category"]["weave"]["empty_predictions"] == 3

@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import postgres_cluster
 
 from mr2unet import profiles
 
@@ -242,36 +242,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def postgres_cluster() -> Iterator[str]:
-    """A throw-away PostgreSQL cluster on 127.0.0.1; yields its SQLAlchemy URI.
-
-    Uses the server binaries of the machine (Debian's ``postgresql`` package); PostgreSQL
-    refuses to run as root, so as root the cluster runs as the ``postgres`` user.
-    """
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    if not (initdb and pg_ctl):
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: "
-                    "apt-get install postgresql")
-    pytest.importorskip("psycopg")
-    as_user: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="mr2unet-pg-"))
-    if os.geteuid() == 0:
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres", "postgres")
-    data, port = root / "data", _free_port()
-    try:
-        run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "mlflow",
-             "--no-sync"], root)
-        run([*as_user, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "start", "-o",
-             f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"], root)
-        yield f"postgresql://mlflow@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
-                       cwd=root, capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager

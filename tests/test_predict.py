@@ -11,12 +11,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_evaluate import RedThreshold
 
 from mr2unet.checkpoint import save_model
 from mr2unet.cli import main
-from mr2unet.deploy.predict import LoadedModel, find_images, predict_images, read_rgb
+from mr2unet.deploy.predict import (
+    LoadedModel,
+    colour_map,
+    find_images,
+    load_predictor,
+    predict_images,
+    read_rgb,
+)
 from mr2unet.models import build_model
 
 BIN = Path(sys.executable).parent
@@ -82,6 +90,117 @@ def test_masks_come_back_at_the_original_size(tmp_path: Path) -> None:
     assert tinted[0, 69].tolist() == [0, 0, 0]  # untouched
 
 
+@pytest.mark.parametrize("resize", ["squash", "pad"])
+def test_non_square_masks_keep_size_aspect_and_place(tmp_path: Path, resize: str) -> None:
+    """A 200x50 image with a red (defect) rectangle at x 120-160, y 10-30, and a red strip
+    along its top edge: the mask comes back 200x50 with the defect where the input has
+    it, in both modes. In pad mode the replicated red edge fills the padding above, where
+    the network calls it a defect; cropping the padding off keeps it out of the mask."""
+    image = np.zeros((50, 200, 3), np.uint8)
+    image[10:30, 120:160, 0] = 255
+    image[0:4, :, 0] = 255
+    Image.fromarray(image).save(tmp_path / "long.png")
+    model = LoadedModel(RedThreshold(), image_size=64, source="test", resize=resize)
+    predict_images(model, [tmp_path / "long.png"], tmp_path / "out")
+    mask = np.asarray(Image.open(tmp_path / "out" / "long_mask.png")) > 0
+    truth = image[..., 0] > 0
+    assert mask.shape == (50, 200)
+    iou = (mask & truth).sum() / (mask | truth).sum()
+    assert iou > 0.75, iou  # a model pixel is 3.125 source pixels wide
+    near = np.zeros_like(truth)  # the defects grown by the model's pixel size (3.125 px)
+    near[0:8, :] = near[6:34, 116:164] = True
+    assert not mask[~near].any()
+
+
+def test_resize_mode_travels_with_the_model_file(tmp_path: Path) -> None:
+    net = build_model("unet", base_width=4)
+    save_model(tmp_path / "pad.pt", net, "unet", {"base_width": 4}, 64, resize="pad")
+    save_model(tmp_path / "meta.pt", net, "unet", {"base_width": 4}, 64, meta={"resize": "pad"})
+    save_model(tmp_path / "plain.pt", net, "unet", {"base_width": 4}, 64)
+    payload = torch.load(tmp_path / "plain.pt", weights_only=True)
+    del payload["resize"]  # a model file from before the field existed
+    torch.save(payload, tmp_path / "old.pt")
+    modes = {name: load_predictor(str(tmp_path / f"{name}.pt")).resize
+             for name in ("pad", "meta", "plain", "old")}
+    assert modes == {"pad": "pad", "meta": "pad", "plain": "squash", "old": "squash"}
+    Image.fromarray(np.zeros((30, 90, 3), np.uint8)).save(tmp_path / "wide.png")
+    assert main(["predict", "--model", str(tmp_path / "pad.pt"), str(tmp_path / "wide.png"),
+                 "--out", str(tmp_path / "out"), "--device", "cpu", "--probabilities"]) == 0
+    for name in ("mask", "overlay", "prob", "heatmap"):
+        assert Image.open(tmp_path / "out" / f"wide_{name}.png").size == (90, 30), name
+
+
+def _argmax_mask(model: LoadedModel, path: Path) -> np.ndarray:
+    """The mask as `predict` wrote it before --threshold: argmax, resized back (nearest)."""
+    from mr2unet.data.prepare import resize_image
+    from mr2unet.transforms import to_input
+
+    img = read_rgb(path)
+    small = resize_image(img, model.image_size)
+    with torch.inference_mode():
+        logits = model.module(to_input(torch.from_numpy(small[None].copy())))
+    mask = logits.argmax(1)[0].to(torch.uint8).numpy() * np.uint8(255)
+    return np.asarray(Image.fromarray(mask).resize(img.size, Image.Resampling.NEAREST))
+
+
+def test_threshold_half_writes_exactly_the_argmax_masks(tmp_path: Path) -> None:
+    from mr2unet.data.prepare import resize_image
+    from mr2unet.transforms import to_input
+
+    rng = np.random.default_rng(3)
+    for n, (h, w) in enumerate([(90, 70), (64, 64), (41, 130)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+            tmp_path / f"img{n}.png")
+    # A random network whose head is shifted so that about half of the pixels are defects:
+    # the logit differences are then tiny (~1e-3), a hard case for "exactly the argmax".
+    torch.manual_seed(0)
+    net = build_model("unet", base_width=4).eval()
+    small = np.stack([resize_image(read_rgb(tmp_path / f"img{n}.png"), 64) for n in range(3)])
+    with torch.no_grad():
+        logits = net(to_input(torch.from_numpy(small)))
+        net.head.bias[1] -= (logits[:, 1] - logits[:, 0]).median()
+    checkpoint = tmp_path / "unet.pt"
+    save_model(checkpoint, net, "unet", {"base_width": 4}, 64)
+    model = load_predictor(str(checkpoint))
+    for args in ([], ["--threshold", "0.5"]):
+        out = tmp_path / f"out{len(args)}"
+        assert main(["predict", "--model", str(checkpoint), *map(str, sorted(
+            tmp_path.glob("img*.png"))), "--out", str(out), "--device", "cpu", *args]) == 0
+        for n in range(3):
+            written = np.asarray(Image.open(out / f"img{n}_mask.png"))
+            expected = _argmax_mask(model, tmp_path / f"img{n}.png")
+            assert np.array_equal(written, expected), (args, n)
+            assert 0 < (written > 0).sum() < written.size  # neither empty nor full
+
+
+def test_probability_maps_heatmaps_and_threshold(tmp_path: Path) -> None:
+    image = np.zeros((90, 70, 3), np.uint8)
+    image[:, :35, 0] = 255  # RedThreshold: logit difference +0.5 on the left, -0.5 right
+    Image.fromarray(image).save(tmp_path / "half.png")
+    model = LoadedModel(RedThreshold(), image_size=32, source="test")
+    left, right = 1 / (1 + np.exp(-0.5)), 1 / (1 + np.exp(0.5))  # 0.622, 0.378
+    for threshold, left_is_defect in ((0.6, True), (0.65, False)):
+        out = tmp_path / f"t{threshold}"
+        predict_images(model, [tmp_path / "half.png"], out, threshold=threshold,
+                       probabilities=True)
+        mask = np.asarray(Image.open(out / "half_mask.png"))
+        assert (mask[:, :33] == (255 if left_is_defect else 0)).all()
+        assert (mask[:, 38:] == 0).all()
+        prob = Image.open(out / "half_prob.png")
+        assert prob.mode == "L" and prob.size == (70, 90)
+        levels = np.asarray(prob)
+        assert (levels[:, :30] == round(255 * left)).all()  # 159
+        assert (levels[:, 40:] == round(255 * right)).all()  # 96
+        assert np.abs(np.diff(levels.astype(int), axis=1)).max() < 63  # bilinear: no jump
+        heat = np.asarray(Image.open(out / "half_heatmap.png"))
+        assert heat.shape == (90, 70, 3)
+        # The right half is black: the heatmap there is half the colour of level 96.
+        assert heat[0, 69].tolist() == np.round(colour_map(np.array([96]))[0] / 2).tolist()
+    plain = tmp_path / "plain"
+    predict_images(model, [tmp_path / "half.png"], plain)
+    assert sorted(p.name for p in plain.iterdir()) == ["half_mask.png", "half_overlay.png"]
+
+
 def test_output_names_keep_folders_and_never_collide(tmp_path: Path) -> None:
     for rel in ("d/a/000.png", "d/b/000.png", "d/b/000.jpg", "x/img.png", "y/img.png"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +228,13 @@ def test_usage_errors_exit_2(checkpoint: Path, tmp_path: Path,
     assert main(["predict", "--model", str(checkpoint), str(tmp_path / "x.png"),
                  "--out", str(tmp_path / "o"), "--device", "gpu0"]) == 2
     assert "--device gpu0: not a usable device" in capsys.readouterr().err
+    for bad in ("1.5", "0", "1", "nan", "half"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["predict", "--model", str(checkpoint), str(tmp_path / "x.png"),
+                  "--out", str(tmp_path / "o"), "--threshold", bad])
+        assert exit_info.value.code == 2
+        assert "--threshold: must be a number strictly between 0 and 1" in \
+            capsys.readouterr().err, bad
     assert not (tmp_path / "none.db").exists()
 
 
@@ -116,7 +242,7 @@ def test_help_documents_the_command() -> None:
     result = subprocess.run([str(BIN / "mr2unet"), "predict", "--help"], capture_output=True,
                             text=True, check=True)
     for text in ("--model", "IMAGE_OR_DIR", "--out", "--batch-size", "models:/", "_mask.png",
-                 "exit codes"):
+                 "exit codes", "--threshold", "--probabilities", "_prob.png", "_heatmap.png"):
         assert text in result.stdout, text
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -18,8 +19,10 @@ from mr2unet.data.mvtec import PAPER_COUNTS, Sample, check_counts, scan, validat
 from mr2unet.data.prepare import (
     MANIFEST_COLUMNS,
     PrepareConfig,
+    crop_padding,
     defect_pixels,
     n_test_images,
+    pad_box,
     prepare,
     resize_image,
     resize_mask,
@@ -27,6 +30,7 @@ from mr2unet.data.prepare import (
 )
 from mr2unet.data.prepared import load_split
 from mr2unet.errors import UserError
+from mr2unet.metrics import IGNORE_LABEL
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_COUNTS = REPO.parent / "shared" / "paper" / "abnormal_counts.csv"
@@ -235,8 +239,7 @@ def _run_stage(script: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_stages_with_a_local_directory(synthetic_raw: Path, tmp_path: Path) -> None:
     """`source: directory`: validated, hard-linked into data/raw, then prepared."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["profile"] = "paper"
+    params = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())
     params["data"].update(source="directory", directory=str(synthetic_raw),
                           categories=["bolt", "weave"])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -258,3 +261,165 @@ def test_stages_with_a_local_directory(synthetic_raw: Path, tmp_path: Path) -> N
     again = _run_stage("download.py", tmp_path)
     assert again.returncode == 2 and "must lie outside data/raw" in again.stderr
     assert (raw / image).is_file()
+
+
+# ------------------------------------------------------------ non-square images (resize)
+
+# (defect type, (width, height), defect rectangle x0, y0, x1, y1 (end exclusive), mode)
+NON_SQUARE = [
+    ("dent", (200, 50), (120, 10, 160, 30), "RGB"),
+    ("dent", (50, 200), (10, 20, 30, 60), "L"),
+    ("dent", (123, 77), (5, 40, 25, 70), "RGB"),
+    ("line", (240, 60), (30, 28, 200, 30), "RGB"),  # 2 px high: thin once scaled down
+    ("line", (96, 96), (40, 40, 60, 50), "L"),
+]
+
+
+def write_non_square_tree(root: Path) -> Path:
+    """An MVTec tree, category ``long``: noisy grey images with one bright rectangle each."""
+    rng = np.random.default_rng(5)
+    for i, (defect, (w, h), (x0, y0, x1, y1), mode) in enumerate(NON_SQUARE):
+        image = rng.integers(90, 130, (h, w, 3)).astype(np.uint8)
+        image[y0:y1, x0:x1] = 230
+        mask = np.zeros((h, w), np.uint8)
+        mask[y0:y1, x0:x1] = 255
+        for sub, array, name in (("test", image, f"{i:03d}.png"),
+                                 ("ground_truth", mask, f"{i:03d}_mask.png")):
+            path = root / "long" / sub / defect / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img = Image.fromarray(array)
+            (img.convert(mode) if sub == "test" else img).save(path)
+    return root
+
+
+@pytest.fixture(scope="module")
+def non_square_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_non_square_tree(tmp_path_factory.mktemp("non_square"))
+
+
+def _arrays_digest(out: Path) -> str:
+    digest = hashlib.sha256()
+    for name in ("train", "test"):
+        with np.load(out / f"{name}.npz") as data:
+            digest.update(data["images"].tobytes())
+            digest.update(data["masks"].tobytes())
+    digest.update((out / "manifest.csv").read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize(("size", "digest"), [
+    (64, "30ece971e4482c808e5fe6d5e1d49e93d3c73aa06bac4ed7df0e11df036dc65f"),
+    (32, "81e67dc8fe266dd73c6ebc74288e2d9c83d5926033903fcb7f4667d48a244928"),
+])
+def test_squash_is_unchanged(non_square_raw: Path, tmp_path: Path, size: int,
+                             digest: str) -> None:
+    """`resize: squash` (the default) gives the arrays and manifest of the code before
+    `pad` existed (digests recorded with it, numpy/Pillow of requirements.lock)."""
+    prepare(non_square_raw, tmp_path, PrepareConfig(image_size=size, test_fraction=0.4),
+            check=False)
+    assert _arrays_digest(tmp_path) == digest
+
+
+@pytest.mark.parametrize(("width", "height", "size", "box"), [
+    (200, 50, 64, (0, 24, 64, 16)),
+    (50, 200, 64, (24, 0, 16, 64)),
+    (123, 77, 64, (0, 12, 64, 40)),  # 77 * 64 / 123 = 40.07
+    (96, 96, 64, (0, 0, 64, 64)),
+    (1000, 3, 16, (0, 7, 16, 1)),  # never less than 1 px
+    (130, 129, 64, (0, 0, 64, 64)),  # 63.5 rounds to 64: no padding at all
+    (65, 64, 64, (0, 0, 64, 63)),  # 63.02: one row of padding, below
+])
+def test_pad_box(width: int, height: int, size: int, box: tuple[int, ...]) -> None:
+    assert pad_box(width, height, size) == box
+
+
+def test_pad_mode_200x50_defect_and_padding() -> None:
+    """A 200x50 image with a defect at x 120-160, y 10-30: scaled by 64/200 = 0.32 into a
+    64x16 band at rows 24-39; the defect covers at least half of content rows 3-9 (x 38-50),
+    except the corner pixel (row 9, column 38: 0.44); the padding is 255 in the mask and
+    the replicated edge rows in the image."""
+    image = np.full((50, 200, 3), 100, np.uint8)
+    image[10:30, 120:160] = 230
+    image[0, :, 1] = 7   # a marker on the top row...
+    image[49, :, 2] = 9  # ...and on the bottom row
+    mask = np.zeros((50, 200), np.uint8)
+    mask[10:30, 120:160] = 255
+    padded, kept = resize_mask(Image.fromarray(mask), 64, 0.5, True, mode="pad")
+    expected = np.full((64, 64), IGNORE_LABEL, np.uint8)
+    expected[24:40] = 0
+    expected[24 + 3:24 + 10, 38:51] = 1
+    expected[24 + 9, 38] = 0
+    assert not kept and np.array_equal(padded, expected)
+    squashed, _ = resize_mask(Image.fromarray(mask), 64, 0.5, True)
+    assert set(np.unique(squashed)) == {0, 1} and squashed[13:38, 38:51].all()
+
+    small = resize_image(Image.fromarray(image), 64, "pad")
+    assert small.shape == (64, 64, 3) and small.dtype == np.uint8
+    band = np.asarray(Image.fromarray(image).resize((64, 16), Image.Resampling.BILINEAR,
+                                                    reducing_gap=3.0))
+    assert np.array_equal(small[24:40], band)
+    assert (small[:24] == band[0]).all() and (small[40:] == band[-1]).all()  # edge replicas
+    assert np.array_equal(crop_padding(small, 200, 50, "pad"), band)
+    assert crop_padding(small, 200, 50, "squash") is small
+
+
+def test_square_images_are_the_same_in_both_modes() -> None:
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    mask = Image.fromarray((rng.random((96, 96)) > 0.9).astype(np.uint8) * 255)
+    assert np.array_equal(resize_image(img, 32, "pad"), resize_image(img, 32))
+    assert np.array_equal(resize_mask(mask, 32, 0.5, True, "pad")[0],
+                          resize_mask(mask, 32, 0.5, True)[0])
+
+
+def test_pad_mode_prepare(non_square_raw: Path, tmp_path: Path) -> None:
+    """Every prepared mask: 255 exactly outside the image's box, its defect inside where
+    the source has it; the manifest keeps the original sizes."""
+    summary = prepare(non_square_raw, tmp_path, PrepareConfig(image_size=64, test_fraction=0.4,
+                                                              resize="pad"), check=False)
+    assert summary["resize"] == "pad" and summary["empty_masks"] == 0
+    manifest = pd.read_csv(tmp_path / "manifest.csv")
+    assert list(manifest.columns) == MANIFEST_COLUMNS
+    sizes = {f"long/test/{d}/{i:03d}.png": (w, h) for i, (d, (w, h), _, _) in
+             enumerate(NON_SQUARE)}
+    assert {row.image: (row.width, row.height) for row in manifest.itertuples()} == sizes
+    rects = {f"long/test/{d}/{i:03d}.png": r for i, (d, _, r, _) in enumerate(NON_SQUARE)}
+    for name in ("train", "test"):
+        split = load_split(tmp_path / f"{name}.npz")
+        for source, mask in zip(split.sources, split.masks, strict=True):
+            width, height = sizes[source]
+            left, top, w, h = pad_box(width, height, 64)
+            inside = np.zeros((64, 64), bool)
+            inside[top:top + h, left:left + w] = True
+            assert ((mask == IGNORE_LABEL) == ~inside).all(), source
+            assert set(np.unique(mask[inside])) == {0, 1}, source
+            # The defect, mapped back to the source's coordinates, is the rectangle.
+            x0, y0, x1, y1 = rects[source]
+            ys, xs = np.nonzero(mask == 1)
+            scale = 64 / max(width, height)
+            assert abs((xs.min() - left) / scale - x0) <= 1 / scale
+            assert abs((xs.max() + 1 - left) / scale - x1) <= 1 / scale
+            assert abs((ys.min() - top) / scale - y0) <= 1 / scale
+            assert abs((ys.max() + 1 - top) / scale - y1) <= 1 / scale
+
+
+def test_thin_defect_is_kept_in_pad_mode(non_square_raw: Path) -> None:
+    """The 2-px line of a 240x60 image at 32 px: scale 2/15, so it covers at most 27 % of
+    a pixel and would vanish; with keep_thin_defects its row is kept, inside the band."""
+    line = Image.open(non_square_raw / "long/ground_truth/line/003_mask.png")
+    gone, flag = resize_mask(line, 32, 0.5, keep_thin=False, mode="pad")
+    assert not flag and not (gone == 1).any() and (gone == IGNORE_LABEL).sum() == 32 * 24
+    mask, flag = resize_mask(line, 32, 0.5, keep_thin=True, mode="pad")
+    left, top, w, h = pad_box(240, 60, 32)
+    assert (left, top, w, h) == (0, 12, 32, 8) and flag
+    rows = np.nonzero((mask == 1).any(axis=1))[0]
+    assert rows.tolist() == [12 + 3]  # source rows 28-30 lie in content row 3 (22.5-30)
+    assert (mask[15, 5:26] == 1).all()  # the line's course: x 30-200 -> 4-26.7
+    # In squash mode the line keeps 32/60 of its height: no rescue needed.
+    squashed, flag = resize_mask(line, 32, 0.5, keep_thin=True)
+    assert not flag and (squashed == 1).any()
+
+
+def test_unknown_resize_mode_is_refused() -> None:
+    with pytest.raises(UserError, match="resize mode 'crop'"):
+        PrepareConfig(resize="crop")

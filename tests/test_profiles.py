@@ -77,7 +77,8 @@ def test_a_typo_in_a_profile_is_named_and_nothing_written(project: Path) -> None
                                         r"did you mean `train.epochs`\?"):
         profiles.apply("typo", project / "params.yaml", project)
     (project / "profiles/bad.yaml").write_text("train:\n  epochs: -1\n")
-    with pytest.raises(UserError, match="`train.epochs` is -1"):
+    with pytest.raises(UserError, match=r"profiles/bad.yaml over profiles/paper.yaml: "
+                                        r"params.yaml: `train.epochs` is -1"):
         profiles.apply("bad", project / "params.yaml", project)
     assert (project / "params.yaml").read_text() == before
 

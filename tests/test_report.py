@@ -17,13 +17,16 @@ from PIL import Image
 from test_evaluate import REPO, constant_model, fake_project, stage_params
 
 from mr2unet.checkpoint import save_model
+from mr2unet.errors import UserError
 from mr2unet.evaluate import run_evaluation
 from mr2unet.models import build_model
 from mr2unet.report import (
+    cost_table,
     load_report,
     paper_categories,
     paper_table,
     pick_samples,
+    ranking_table,
     table1,
     write_report,
 )
@@ -83,10 +86,40 @@ def reported(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         {"unet": constant_model("unet", True),
                          "mr2unet": constant_model("mr2unet", False)})
     params = stage_params(["unet", "mr2unet"])
+    (root / "data/models/unet.run.json").write_text(  # as pipeline/train.py writes it
+        json.dumps({"tracking": False, "train_seconds": 150.0, "train_device": "cpu"}))
     for arch in ("unet", "mr2unet"):
         run_evaluation(params, arch, root)
     write_report(load_report(params, root), root / "reports")
     return root
+
+
+def test_threshold_free_scores_and_model_cost(reported: Path) -> None:
+    from mr2unet.cost import count_parameters
+
+    md = (reported / "reports/report.md").read_text()
+    assert "## Pixel AUROC and AP (threshold-free)" in md and "## Summary: model cost" in md
+    inputs = load_report(stage_params(["unet", "mr2unet"]), reported)
+    header, rows = ranking_table(inputs)
+    assert header == ["category", "U-Net AUROC", "U-Net AP", "U-Net oracle IOU",
+                      "MR2U-Net AUROC", "MR2U-Net AP", "MR2U-Net oracle IOU"]
+    # One probability for every pixel: AUROC 1/2; AP = the share of defect pixels = the
+    # oracle's IOU (its best mask marks every pixel), for both networks (a tie: bold).
+    weave = 137 / (3 * 32 * 32)
+    assert [c.text for c in rows[1]] == ["weave", *["0.5000", f"{weave:.4f}",
+                                                    f"{weave:.4f}"] * 2]
+    assert rows[-1][0] == Cell("Mean", True) and all(c.bold for c in rows[-1][1:])
+    header, rows = cost_table(inputs)
+    assert header[:5] == ["model", "parameters", "input", "GFLOPs / image", "training time"]
+    unet, mr2unet = ([c.text for c in row] for row in rows)
+    assert unet[:6] == ["U-Net", f"{count_parameters(constant_model('unet', True)):,}",
+                        "32×32", f"{inputs.pooled['unet']['cost']['gflops']:.3f}",
+                        "2.5 min", f"cpu, {inputs.timing['unet']['cpu_threads']} thread"
+                        + ("s" if inputs.timing["unet"]["cpu_threads"] > 1 else "")]
+    assert re.fullmatch(r"\d+\.\d\d \(n=\d+\)", unet[6]) and "(n=" in unet[7]
+    assert mr2unet[4] == "–"  # no training time recorded
+    summary = md[md.index("## Summary"):md.index("## Summary: model cost")]
+    assert "pixel AUROC | pixel AP |" in summary and "| 0.5000 |" in summary
 
 
 def test_report_files(reported: Path) -> None:
@@ -116,6 +149,50 @@ def test_html_is_self_contained(reported: Path) -> None:
     assert "<b>0.6547</b>" in page  # the paper's better bottle IOU of the pair (MR2U-Net's)
     assert "Tracking is off" in page
     assert "abc123" in page  # training commit from the checkpoint's provenance
+
+
+def test_report_says_whether_the_differences_are_significant(reported: Path) -> None:
+    from test_evaluate import AREAS, SIZE
+
+    data = json.loads((reported / "reports/pairwise.json").read_text())
+    assert data["models"] == ["unet", "mr2unet"] and data["images"] == 6
+    overall = [c for c in data["comparisons"] if c["scope"] == "all"]
+    assert [(c["first"], c["second"], c["metric"]) for c in overall] == [
+        ("mr2unet", "unet", "iou"), ("mr2unet", "unet", "dice")]
+    iou = overall[0]
+    # U-Net predicts every pixel a defect (IOU = area / 32^2), MR2U-Net none (IOU 0).
+    areas = [a for values in AREAS.values() for a in values]
+    assert iou["mean_diff"] == round(-sum(areas) / SIZE**2 / 6, 6)
+    assert (iou["better"], iou["worse"], iou["tied"]) == (0, 6, 0)
+    # 6 distinct differences, all negative: exact p = 2 / 2^6; one pair, so Holm = raw.
+    assert iou["p_value"] == iou["p_holm"] == 2 / 64 and iou["significant"] is True
+    assert iou["ci_low"] < iou["mean_diff"] < iou["ci_high"] < 0
+    bottle = next(c for c in data["comparisons"] if c["scope"] == "bottle")
+    assert bottle["n"] == 3 and bottle["p_value"] == 2 / 8 and bottle["significant"] is False
+    md = (reported / "reports/report.md").read_text()
+    assert "## Are the differences significant?" in md
+    assert "- MR2U-Net vs U-Net: -0.036 IOU, 95 % CI [" in md
+    assert "Wilcoxon p = 0.031, significant at 0.05; better on 0, worse on 6" in md
+    assert "| MR2U-Net vs U-Net | IOU | 6 | -0.036 |" in md
+    page = (reported / "reports/report.html").read_text()
+    assert "<h2>Are the differences significant?</h2>" in page
+    assert "<li>MR2U-Net vs U-Net: -0.036 IOU" in page
+
+
+def test_report_refuses_per_image_scores_of_other_images(reported: Path, tmp_path: Path
+                                                         ) -> None:
+    import shutil
+
+    root = tmp_path / "project"
+    shutil.copytree(reported, root)
+    csv_path = root / "data/eval/unet.csv"
+    header, *rows = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join([header, *reversed(rows)]) + "\n")
+    with pytest.raises(UserError, match="per-image scores of unet are not those of"):
+        load_report(stage_params(["unet", "mr2unet"]), root)
+    csv_path.unlink()
+    with pytest.raises(UserError, match="run `dvc repro evaluate@unet` first"):
+        load_report(stage_params(["unet", "mr2unet"]), root)
 
 
 def test_report_is_deterministic_but_for_its_time(reported: Path) -> None:
@@ -211,3 +288,75 @@ def test_champion_and_challenger_aliases(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_tracking_off_sets_no_alias() -> None:
     assert set_aliases({"unet": {"tracking": False}}, {"unet": 0.5}, "mr2unet-") == []
+
+
+# ------------------------------------------------------------------------------ collapse
+
+
+@pytest.fixture(scope="module")
+def collapsed_project(tmp_path_factory: pytest.TempPathFactory
+                      ) -> tuple[Path, dict[str, Any]]:
+    """U-Net predicts all defect; MR2U-Net finds image 1's defect exactly and nothing on the
+    other 5: the better mean IOU (1/6 against ~0.04), but empty on 5 of 6 images."""
+    from test_evaluate import AREAS, fake_split
+
+    from mr2unet.evaluate import Evaluation, ModelFiles, write_outputs
+
+    root = fake_project(tmp_path_factory.mktemp("collapsed"),
+                        {"unet": constant_model("unet", True),
+                         "mr2unet": constant_model("mr2unet", False)})
+    params = stage_params(["unet", "mr2unet"])
+    run_evaluation(params, "unet", root)
+    split = fake_split()
+    areas = [a for values in AREAS.values() for a in values]
+    counts = np.array([[64, 0, 0] if i == 1 else [0, 0, a] for i, a in enumerate(areas)])
+    predictions = np.zeros_like(split.masks)
+    predictions[1] = split.masks[1]
+    write_outputs(ModelFiles("mr2unet", root), split, Evaluation(counts, predictions), 1.0)
+    return root, params
+
+
+def test_a_collapsed_network_is_reported_and_not_ranked(
+        collapsed_project: tuple[Path, dict[str, Any]]) -> None:
+    from mr2unet.report import collapsed_models, rankable_iou
+
+    collapsed_project, params = collapsed_project
+
+    pooled = json.loads((collapsed_project / "metrics/pooled/mr2unet.json").read_text())
+    assert (pooled["collapsed"], pooled["missed_images"], pooled["defective_images"]) == (
+        True, 5, 6)
+    assert json.loads((collapsed_project / "metrics/pooled/unet.json").read_text())[
+        "collapsed"] is False
+    inputs = load_report(params, collapsed_project)
+    assert inputs.metrics["mr2unet"]["mean"]["iou"] == pytest.approx(1 / 6, abs=1e-6)
+    assert list(collapsed_models(inputs)) == ["mr2unet"]
+    assert rankable_iou(inputs) == {"unet": inputs.metrics["unet"]["mean"]["iou"]}
+    write_report(inputs, collapsed_project / "reports")
+    md = (collapsed_project / "reports/report.md").read_text()
+    assert ("**Warning: MR2U-Net predicts no defect on 5 of 6 defective test images: "
+            "not a valid ranking.") in md
+    assert "| MR2U-Net (collapsed) | 0.1667 |" in md  # not bold: not the best
+    assert "not a valid ranking" in (collapsed_project / "reports/report.html").read_text()
+
+
+def test_a_collapsed_network_gets_no_alias(collapsed_project: tuple[Path, dict[str, Any]],
+                                           tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    from mr2unet.report import rankable_iou
+
+    collapsed_project, params = collapsed_project
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri, uri)
+    experiment = client.create_experiment("t", str(tmp_path / "artifacts"))
+    runs = {arch: _register(client, uri, arch, collapsed_project / f"data/models/{arch}.pt",
+                            experiment) for arch in ("unet", "mr2unet")}
+    inputs = load_report(params, collapsed_project)
+    assignments = set_aliases(runs, rankable_iou(inputs), "mr2unet-")
+    assert {(a.alias, a.arch) for a in assignments} == {("champion", "unet")}
+    assert client.get_registered_model("mr2unet-mr2unet").aliases == {}
+    # Without the exclusion, the collapsed network's better mean IOU would win.
+    all_iou = {m: inputs.metrics[m]["mean"]["iou"] for m in inputs.models}
+    assert rank_models(all_iou)[0] == "mr2unet"

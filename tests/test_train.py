@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
 import torch
 
+from mr2unet.collapse import COLLAPSE_EPOCHS, collapse_streak, epoch_collapse, report_sentence
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.errors import UserError
 from mr2unet.train import (
     TrainConfig,
     augment_batch,
     epoch_lr,
+    save_trained_model,
     segmentation_loss,
     train,
     write_history,
@@ -161,6 +164,111 @@ def test_ce_dice_adds_the_dice_term() -> None:
     assert both.item() > ce.item() + 0.3
 
 
+def test_auto_class_weights_are_resolved_recorded_and_fingerprinted(tmp_path) -> None:
+    split = tiny_split()
+    cfg = dataclasses.replace(CFG, loss="weighted_ce_dice", epochs=1)
+    f1 = float((split.masks == 1).mean())
+    resolved = cfg.with_class_weights(split.masks)
+    assert resolved.class_weights == [pytest.approx(1 / (2 * (1 - f1)), rel=1e-5),
+                                      pytest.approx(1 / (2 * f1), rel=1e-5)]
+    assert resolved.fingerprint() != cfg.fingerprint()
+    assert CFG.with_class_weights(split.masks) is CFG  # plain ce: nothing to resolve
+    result = train(cfg, split, progress=False)
+    assert result.config == resolved
+    save_trained_model(tmp_path / "m.pt", result, cfg, 32, {})
+    meta = torch.load(tmp_path / "m.pt", weights_only=False)["meta"]
+    assert meta["config"]["class_weights"] == resolved.class_weights
+    assert meta["collapsed"] is None
+
+
+# ----------------------------------------------------------------------------- collapse
+
+
+def rare_split(n: int = 8, size: int = 32) -> PreparedSplit:
+    """Noise with one defect pixel per image (0.1 % of the pixels)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        y, x = rng.integers(0, size, 2)
+        masks[i, y, x] = 1
+    return PreparedSplit(images, masks, np.array(["a"] * n), np.array(["d"] * n),
+                         np.array([f"{i}.png" for i in range(n)]))
+
+
+def _rows(pred: list[float], true: float = 0.03) -> list[dict[str, float]]:
+    return [{"epoch": e + 1, "pred_defect_fraction": p, "true_defect_fraction": true}
+            for e, p in enumerate(pred)]
+
+
+def test_collapse_detector_on_constructed_histories() -> None:
+    assert epoch_collapse(0.0, 0.03) == "background"
+    assert epoch_collapse(0.0014, 0.03) == "background"  # < 5 % of the true share
+    assert epoch_collapse(0.0016, 0.03) is None
+    assert epoch_collapse(0.999, 0.03) == "defect"
+    assert epoch_collapse(0.0, 0.0) is None  # nothing to find, nothing found
+    n = COLLAPSE_EPOCHS
+    assert collapse_streak(_rows([0.2] + [0.0] * n)) == "background"
+    assert collapse_streak(_rows([0.0] * (n - 1))) is None  # too short a streak
+    assert collapse_streak(_rows([0.0] * n + [0.02])) is None  # recovered
+    assert collapse_streak(_rows([0.0] * (n - 1) + [1.0])) is None  # two kinds
+    assert collapse_streak(_rows([1.0] * n)) == "defect"
+    assert collapse_streak([{"epoch": e, "loss": 1.0} for e in range(n)]) is None  # old CSV
+
+
+def test_a_collapsed_run_says_so(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    """Rare defects, plain CE and a high learning rate: the network predicts no defect."""
+    cfg = dataclasses.replace(CFG, epochs=12, lr=5e-2, seed=0)
+    logged: list[dict] = []
+    with caplog.at_level(logging.WARNING, logger="mr2unet.train"):
+        result = train(cfg, rare_split(), on_epoch_end=logged.append, progress=False)
+    warnings = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
+    assert len(warnings) == 2  # once when it happens, once at the end
+    assert "unet has collapsed: for 10 epochs in a row (up to epoch 11)" in warnings[0]
+    assert "no defect anywhere" in warnings[0] and "train.loss: weighted_ce_dice" in warnings[0]
+    assert result.collapsed == "background"
+    assert [r["collapsed"] for r in result.history] == [0] * 10 + [1, 1]
+    assert all(r["pred_defect_fraction"] == 0 for r in result.history[1:])
+    assert result.history[0]["true_defect_fraction"] == pytest.approx(1 / 1024)
+    assert logged[-1]["collapsed"] == 1.0  # what MLflow receives per epoch
+    path = tmp_path / "h.csv"
+    write_history(path, result.history)
+    lines = path.read_text().splitlines()
+    assert lines[0].endswith(",pred_defect_fraction,true_defect_fraction,collapsed")
+    assert lines[-1].endswith(",0,0.000976562,1")
+    assert report_sentence("U-Net", {}, result.history) is not None
+
+
+def test_a_collapsed_run_is_marked_in_mlflow(tmp_path, monkeypatch) -> None:
+    """Per-epoch metrics through `on_epoch_end`, and the run's `collapsed` tag."""
+    mlflow = pytest.importorskip("mlflow")
+    from mr2unet.tracking.runs import TrainingTracker
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    params = {"data": {}, "split": {}, "prepare": {},
+              "train": {"models": ["unet"], "model_options": {}},
+              "tracking": {"uri": uri, "experiment": "t", "registry_prefix": "t-"}}
+    tracker = TrainingTracker(params, "unet", root=tmp_path)
+    run_id = tracker.start("train@unet")
+    result = train(dataclasses.replace(CFG, epochs=12, lr=5e-2, seed=0), rare_split(),
+                   on_epoch_end=tracker.log_epoch, progress=False)
+    tracker.set_tags({"collapsed": "true" if result.collapsed else "false"})
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(run_id).data.tags["collapsed"] == "true"
+    assert [m.value for m in client.get_metric_history(run_id, "collapsed")] == [0] * 10 + [1, 1]
+    assert client.get_metric_history(run_id, "pred_defect_fraction")[-1].value == 0
+
+
+def test_a_learning_run_is_not_flagged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="mr2unet.train"):
+        result = train(dataclasses.replace(CFG, epochs=6, lr=1e-2), tiny_split(),
+                       progress=False)
+    assert result.collapsed is None and not caplog.records
+    assert all(r["collapsed"] == 0 for r in result.history)
+    assert 0.02 < result.history[-1]["pred_defect_fraction"] < 0.2
+
+
 def test_config_from_params_and_fingerprint() -> None:
     params = {"train": {"epochs": 5, "batch_size": 2, "lr": 0.01, "base_width": 8,
                         "device": "cpu", "models": ["mr2unet"],
@@ -181,6 +289,12 @@ def test_missing_cuda_is_a_clear_error() -> None:
 
 def test_history_csv_has_no_timings(tmp_path) -> None:
     path = tmp_path / "h.csv"
-    write_history(path, [{"epoch": 1, "loss": 0.5, "train_iou": 0.25, "train_dice": 0.4,
-                          "lr": 1e-4, "seconds": 3.2, "images_per_second": 10.0}])
+    row = {"epoch": 1, "loss": 0.5, "train_iou": 0.25, "train_dice": 0.4, "lr": 1e-4,
+           "seconds": 3.2, "images_per_second": 10.0}
+    write_history(path, [row])
     assert path.read_text() == "epoch,loss,train_iou,train_dice,lr\n1,0.5,0.25,0.4,0.0001\n"
+    write_history(path, [{**row, "pred_defect_fraction": 0.0125, "true_defect_fraction": 0.03,
+                          "collapsed": 0.0}])
+    assert path.read_text() == ("epoch,loss,train_iou,train_dice,lr,pred_defect_fraction,"
+                                "true_defect_fraction,collapsed\n1,0.5,0.25,0.4,0.0001,0.0125,"
+                                "0.03,0\n")

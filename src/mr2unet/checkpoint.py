@@ -3,10 +3,12 @@
 A checkpoint is a ``torch.save`` dict::
 
     {"format": 1, "arch": "mr2unet", "model_kwargs": {...build_model kwargs...},
-     "state_dict": {...}, "image_size": 128, "meta": {...provenance...}}
+     "state_dict": {...}, "image_size": 128, "resize": "squash", "meta": {...provenance...}}
 
-It holds only tensors and plain Python values, so ``torch.load(weights_only=True)``
-reads it.
+``resize`` is how images were made square for the network (``prepare.resize``: ``squash``
+or ``pad``); `predict` resizes the same way. Files written before it existed have none,
+which means ``squash`` (:func:`resize_mode`). It holds only tensors and plain Python
+values, so ``torch.load(weights_only=True)`` reads it.
 """
 
 from __future__ import annotations
@@ -29,8 +31,12 @@ def save_model(
     model_kwargs: dict[str, Any],
     image_size: int,
     meta: dict[str, Any] | None = None,
+    resize: str | None = None,
 ) -> None:
-    """Write ``model``'s weights (moved to CPU, float32) with its architecture."""
+    """Write ``model``'s weights (moved to CPU, float32) with its architecture.
+
+    ``resize`` (``squash``/``pad``) defaults to ``meta["resize"]``, else ``squash``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").clone() for k, v in unwrap(model).state_dict().items()}
@@ -40,6 +46,7 @@ def save_model(
         "model_kwargs": dict(model_kwargs),
         "state_dict": state,
         "image_size": int(image_size),
+        "resize": str(resize or (meta or {}).get("resize") or "squash"),
         "meta": dict(meta or {}),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -59,6 +66,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or "arch" not in payload or "state_dict" not in payload:
         raise UserError(f"{path} is not an mr2unet model file (no `arch`/`state_dict`).")
     return payload
+
+
+def resize_mode(payload: dict[str, Any]) -> str:
+    """``squash`` or ``pad``: how the checkpoint's network saw its images (old files:
+    ``squash``)."""
+    return str(payload.get("resize") or "squash")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

@@ -6,7 +6,14 @@ values (how the paper's Mean row is computed).  Pooled scores (TP/FP/FN summed o
 category's images), image counts and empty-prediction counts go to
 ``metrics/pooled/<model>.json``; per-image scores to ``data/eval/<model>.csv`` and the
 predicted masks to ``data/eval/<model>_pred.npz`` (read by the report).
-docs/evaluation.md explains the choices.
+
+Threshold-free scores: the defect probability of every test pixel is kept, 8-bit
+quantised (``round(255 p)``, error at most 1/510), in ``data/eval/<model>_prob.npz``;
+the pixel AUROC and average precision per category (computed from those stored values)
+join IOU and Dice in ``metrics/<model>.json``, and the oracle IOU at the best single
+threshold goes to the pooled file.  The network's cost (parameters, GFLOPs) goes to the
+pooled file too; its latencies and training time, which vary between runs, to
+``metrics/timing/<model>.json``.  docs/evaluation.md explains the choices.
 """
 
 from __future__ import annotations
@@ -23,14 +30,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from mr2unet.collapse import defective_images, evaluation_collapsed, missed_images
 from mr2unet.data.prepared import PreparedSplit, load_split
 from mr2unet.errors import UserError
+from mr2unet.inference import DEFAULT_THRESHOLD, defect_mask, defect_probability
 from mr2unet.metrics import (
     confusion_counts,
     dice_from_counts,
     iou_from_counts,
     mean_scores,
+    oracle_threshold,
+    pixel_auroc_ap,
     pooled_scores,
+    scored_pixels,
 )
 from mr2unet.transforms import to_input
 
@@ -39,6 +51,11 @@ log = logging.getLogger(__name__)
 # Six decimals: far below any real difference, and byte-stable files for `dvc metrics diff`.
 DECIMALS = 6
 TEST_SPLIT = Path("data/prepared/test.npz")
+# Stored probabilities: uint8 round(p * PROB_LEVELS); |dequantise(quantise(p)) - p| <= 1/510.
+PROB_LEVELS = 255
+ORACLE_NOTE = ("oracle: the IOU / Dice at the single threshold that maximises the pooled IOU "
+               "of the very pixels it is scored on (mask = stored 8-bit probability / 255 >= "
+               "threshold); an upper bound for any fixed threshold, not a test score")
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,14 @@ class ModelFiles:
     def predictions(self) -> Path:
         return self.root / "data" / "eval" / f"{self.arch}_pred.npz"
 
+    @property
+    def probabilities(self) -> Path:
+        return self.root / "data" / "eval" / f"{self.arch}_prob.npz"
+
+    @property
+    def timing(self) -> Path:
+        return self.root / "metrics" / "timing" / f"{self.arch}.json"
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -83,6 +108,23 @@ class Evaluation:
 
     counts: np.ndarray  # int64 (N, 3): TP, FP, FN of the defect class
     predictions: np.ndarray  # uint8 (N, S, S), 1 = defect
+    probabilities: np.ndarray | None = None  # uint8 (N, S, S): quantise(defect probability)
+
+
+# ----------------------------------------------------------------- compact probabilities
+
+
+def quantise(probability: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Probabilities in [0, 1] -> uint8 ``round(255 p)`` (error at most 1/510)."""
+    if isinstance(probability, torch.Tensor):
+        probability = probability.detach().cpu().numpy()
+    p = np.clip(np.asarray(probability, dtype=np.float32), 0.0, 1.0)
+    return np.rint(p * np.float32(PROB_LEVELS)).astype(np.uint8)  # half to even
+
+
+def dequantise(levels: np.ndarray) -> np.ndarray:
+    """uint8 levels -> float32 probabilities ``levels / 255``."""
+    return np.asarray(levels, dtype=np.float32) / PROB_LEVELS
 
 
 # ------------------------------------------------------------------------- inference
@@ -95,26 +137,43 @@ def _require_images(count: int) -> None:
 
 
 @torch.inference_mode()
-def predict_masks(model: nn.Module, images: np.ndarray, device: torch.device,
-                  batch_size: int = 32, progress: bool = True) -> np.ndarray:
-    """uint8 ``(N, S, S, 3)`` -> uint8 ``(N, S, S)`` argmax masks (1 = defect)."""
+def predict_maps(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 32,
+            progress: bool = True, threshold: float = DEFAULT_THRESHOLD
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 ``(N, S, S, 3)`` -> (uint8 masks, float32 defect probabilities), ``(N, S, S)``.
+
+    The mask is 1 where the defect probability exceeds ``threshold``; at the default 0.5
+    it is exactly the argmax of the two logits (:func:`mr2unet.inference.defect_mask`).
+    """
     model.eval().to(device)
-    out = []
+    masks, probs = [], []
     for start in tqdm(range(0, len(images), batch_size), desc="predict", unit="batch",
                       disable=not progress):
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
         logits = model(to_input(batch.to(device)))
-        out.append(logits.argmax(1).to(torch.uint8).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, *images.shape[1:3]), np.uint8)
+        masks.append(defect_mask(logits, threshold).cpu())
+        probs.append(defect_probability(logits).cpu())
+    if not masks:
+        empty = np.zeros((0, *images.shape[1:3]))
+        return empty.astype(np.uint8), empty.astype(np.float32)
+    return torch.cat(masks).numpy(), torch.cat(probs).numpy()
+
+
+def predict_masks(model: nn.Module, images: np.ndarray, device: torch.device,
+                  batch_size: int = 32, progress: bool = True,
+                  threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """uint8 ``(N, S, S, 3)`` -> uint8 ``(N, S, S)`` masks (1 = defect; 0.5 = argmax)."""
+    return predict_maps(model, images, device, batch_size, progress, threshold)[0]
 
 
 def evaluate(model: nn.Module, split: PreparedSplit, device: torch.device,
              batch_size: int = 32, progress: bool = True) -> Evaluation:
-    """Predict every image of ``split`` and count TP/FP/FN against its mask."""
+    """Predict every image of ``split``, count TP/FP/FN against its mask, keep the
+    quantised defect probabilities."""
     _require_images(len(split))
-    preds = predict_masks(model, split.images, device, batch_size, progress)
+    preds, probs = predict_maps(model, split.images, device, batch_size, progress)
     counts = confusion_counts(torch.from_numpy(preds), torch.from_numpy(split.masks)).numpy()
-    return Evaluation(counts=counts, predictions=preds)
+    return Evaluation(counts=counts, predictions=preds, probabilities=quantise(probs))
 
 
 # -------------------------------------------------------------------------- summaries
@@ -124,9 +183,16 @@ def _round(scores: dict[str, float]) -> dict[str, float]:
     return {k: round(float(v), DECIMALS) for k, v in scores.items()}
 
 
-def _mean_of(per_category: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Plain (unweighted) mean of the categories' IOU and Dice."""
-    return {k: float(np.mean([v[k] for v in per_category.values()])) for k in ("iou", "dice")}
+def _mean_of(per_category: dict[str, dict[str, Any]], keys: tuple[str, ...] = ("iou", "dice")
+             ) -> dict[str, float]:
+    """Plain (unweighted) mean of the categories' scores; a key no category has is left out
+    (the pixel AUROC / AP of a category whose ground truth holds a single class)."""
+    out = {}
+    for k in keys:
+        values = [v[k] for v in per_category.values() if v and k in v]
+        if values:
+            out[k] = float(np.mean(values))
+    return out
 
 
 def empty_counts(counts: np.ndarray) -> dict[str, int]:
@@ -136,7 +202,61 @@ def empty_counts(counts: np.ndarray) -> dict[str, int]:
             "empty_ground_truth": int(((counts[:, 0] + counts[:, 2]) == 0).sum())}
 
 
-def summarise(counts: np.ndarray, categories: np.ndarray, empty_score: float = 1.0
+def collapse_summary(counts: np.ndarray) -> dict[str, Any]:
+    """``collapsed``: empty predictions on more than half of the defective test images.
+
+    With ``missed_images`` (defective images predicted empty) and ``defective_images``;
+    a collapsed network's scores are those of an empty mask (mr2unet.collapse).
+    """
+    return {"collapsed": evaluation_collapsed(counts), "missed_images": missed_images(counts),
+            "defective_images": defective_images(counts)}
+
+
+RANKING_KEYS = ("pixel_auroc", "pixel_ap")
+
+
+def threshold_free(levels: np.ndarray, masks: np.ndarray, categories: np.ndarray
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Scores of the stored 8-bit probabilities ``levels`` against the test ``masks``.
+
+    Returns (ranking, pooled additions).  ``ranking``: ``{"mean": {"pixel_auroc",
+    "pixel_ap"}, "per_category": {c: {"pixel_auroc", "pixel_ap"}}}``, each category's
+    pixels pooled, ``mean`` the plain mean over the categories where they are defined (a
+    category whose scored pixels are all normal or all defect has neither; it is listed
+    in ``single_class_categories``).  Pooled additions: the same over ``all_images``, the
+    pixels scored per category, and the ``oracle`` block.  Padding pixels
+    (``IGNORE_LABEL``) are left out of everything.
+    """
+    levels, masks = np.asarray(levels), np.asarray(masks)
+    categories = np.asarray(categories)
+    names = sorted(set(categories.tolist()))
+    ranking: dict[str, dict[str, float]] = {}
+    oracle: dict[str, dict[str, float]] = {}
+    pixels: dict[str, dict[str, int]] = {}
+    for c in names:
+        scores, labels = scored_pixels(levels[categories == c], masks[categories == c])
+        ranking[c] = _round(pixel_auroc_ap(scores, labels) or {})
+        found = oracle_threshold(scores, labels, PROB_LEVELS)
+        if found:
+            oracle[c] = _round(found)
+        pixels[c] = {"scored_pixels": int(labels.size), "defect_pixels": int(labels.sum())}
+    scores, labels = scored_pixels(levels, masks)
+    everywhere = pixel_auroc_ap(scores, labels) or {}
+    oracle_all = oracle_threshold(scores, labels, PROB_LEVELS)
+    primary = {"mean": _round(_mean_of(ranking, RANKING_KEYS)), "per_category": ranking}
+    pooled = {
+        "all_images": _round(everywhere),
+        "single_class_categories": [c for c in names if not ranking[c]],
+        "per_category": pixels,
+        "oracle": {"note": ORACLE_NOTE, "mean": _round(_mean_of(oracle)),
+                   "all_images": _round(oracle_all) if oracle_all else {},
+                   "per_category": oracle},
+    }
+    return primary, pooled
+
+
+def summarise(counts: np.ndarray, categories: np.ndarray, empty_score: float = 1.0,
+              levels: np.ndarray | None = None, masks: np.ndarray | None = None
               ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(primary metrics, pooled scores and counts) from per-image ``(N, 3)`` counts.
 
@@ -144,6 +264,10 @@ def summarise(counts: np.ndarray, categories: np.ndarray, empty_score: float = 1
     each category the mean of its images' scores, ``mean`` the plain mean of categories.
     Pooled: the same layout with TP/FP/FN summed per category, plus image counts,
     empty-prediction counts and ``all_images`` (pooled over every test image).
+
+    With the quantised probabilities ``levels`` and the ground-truth ``masks`` (both
+    ``(N, S, S)``), :func:`threshold_free` adds ``pixel_auroc`` and ``pixel_ap`` next to
+    IOU and Dice, and pixel counts and the ``oracle`` block to the pooled scores.
     """
     counts, categories = np.asarray(counts).reshape(-1, 3), np.asarray(categories)
     _require_images(len(counts))
@@ -157,11 +281,23 @@ def summarise(counts: np.ndarray, categories: np.ndarray, empty_score: float = 1
         "all_images": _round(pooled_scores(counts, empty_score)),
         "images": int(len(counts)),
         **empty_counts(counts),
+        **collapse_summary(counts),
         "per_category": {
             c: {**_round(pooled_raw[c]), "images": int((categories == c).sum()),
                 **empty_counts(counts[categories == c])}
             for c in names},
     }
+    if levels is not None:
+        if masks is None:
+            raise ValueError("summarise: levels need the ground-truth masks")
+        ranking, extra = threshold_free(levels, masks, categories)
+        primary["mean"].update(ranking["mean"])
+        for c in names:
+            primary["per_category"][c].update(ranking["per_category"][c])
+            pooled["per_category"][c].update(extra["per_category"][c])
+        pooled["all_images"].update(extra["all_images"])
+        pooled["single_class_categories"] = extra["single_class_categories"]
+        pooled["oracle"] = extra["oracle"]
     return primary, pooled
 
 
@@ -194,9 +330,15 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def write_outputs(files: ModelFiles, split: PreparedSplit, result: Evaluation,
-                  empty_score: float) -> dict[str, Any]:
-    """Write the four evaluation files of one model; return the primary metrics."""
-    primary, pooled = summarise(result.counts, split.categories, empty_score)
+                  empty_score: float, cost: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the evaluation files of one model; return the primary metrics.
+
+    ``cost`` (:func:`mr2unet.cost.model_cost`) goes into the pooled file as ``cost``.
+    """
+    primary, pooled = summarise(result.counts, split.categories, empty_score,
+                                result.probabilities, split.masks)
+    if cost is not None:
+        pooled["cost"] = cost
     write_json(files.metrics, primary)
     write_json(files.pooled, pooled)
     files.per_image.parent.mkdir(parents=True, exist_ok=True)
@@ -205,7 +347,41 @@ def write_outputs(files: ModelFiles, split: PreparedSplit, result: Evaluation,
     # np.savez writes fixed zip timestamps: equal masks give byte-identical files.
     with files.predictions.open("wb") as fh:
         np.savez_compressed(fh, predictions=result.predictions)
+    if result.probabilities is not None:
+        with files.probabilities.open("wb") as fh:
+            np.savez_compressed(fh, probabilities=result.probabilities)
     return primary
+
+
+def read_probabilities(path: Path) -> np.ndarray:
+    """The uint8 ``(N, S, S)`` levels of ``data/eval/<model>_prob.npz``; divide by 255
+    (:func:`dequantise`) for probabilities."""
+    with np.load(path) as data:
+        return data["probabilities"]
+
+
+def timing_record(model: nn.Module, size: int, device: torch.device,
+                  run_info: dict[str, Any]) -> dict[str, Any]:
+    """``metrics/timing/<model>.json``: inference latencies and the training time.
+
+    Measurements, different on every run: kept out of the files CI compares byte for byte.
+    """
+    import platform
+
+    from mr2unet.cost import latencies
+
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine())
+    record: dict[str, Any] = {
+        "device": str(device), "device_name": name,
+        "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "input_size": int(size), "precision": "fp32",
+        "latency": latencies(model, size),
+    }
+    for key in ("train_seconds", "train_device"):
+        if key in run_info:
+            record[key] = run_info[key]
+    return record
 
 
 def check_image_size(payload: dict[str, Any], split: PreparedSplit, path: Path) -> None:
@@ -234,4 +410,14 @@ def run_evaluation(params: dict[str, Any], arch: str, root: Path = Path(".")
     check_image_size(payload, split, files.checkpoint)
     log.info("evaluating %s on %d test images (%s)", arch, len(split), device)
     result = evaluate(model, split, device, cfg["batch_size"])
-    return write_outputs(files, split, result, cfg["empty_score"])
+    from mr2unet.cost import model_cost
+    from mr2unet.provenance import read_run_info
+
+    size = int(split.images.shape[1])
+    primary = write_outputs(files, split, result, cfg["empty_score"], model_cost(model, size))
+    timing = timing_record(model, size, device, read_run_info(files.run_info))
+    write_json(files.timing, timing)
+    log.info("%s latency at %dpx on %s: %s ms/image (batch 1), %s ms/image (batch 32)", arch,
+             size, device, timing["latency"]["batch_1"]["per_image_ms"],
+             timing["latency"]["batch_32"]["per_image_ms"])
+    return primary

@@ -19,11 +19,17 @@ IGNORE_LABEL = 255
 
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image (TP, FP, FN) of binary masks ``(N, H, W)`` -> int64 ``(N, 3)``."""
+    """Per-image (TP, FP, FN) of binary masks ``(N, H, W)`` -> int64 ``(N, 3)``.
+
+    Pixels whose ``target`` is :data:`IGNORE_LABEL` (padding) count nowhere, whatever
+    ``pred`` says there.
+    """
     if pred.shape != target.shape:
         raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
-    p = pred.reshape(pred.shape[0], -1).bool()
-    t = target.reshape(target.shape[0], -1).bool()
+    target = target.reshape(target.shape[0], -1)
+    valid = target != IGNORE_LABEL
+    p = pred.reshape(pred.shape[0], -1).bool() & valid
+    t = target.bool() & valid
     tp = (p & t).sum(1)
     fp = (p & ~t).sum(1)
     fn = (~p & t).sum(1)
@@ -72,3 +78,65 @@ def pooled_scores(counts: np.ndarray, empty_score: float = 1.0) -> dict[str, flo
         "iou": float(iou_from_counts(total, empty_score)),
         "dice": float(dice_from_counts(total, empty_score)),
     }
+
+
+# ------------------------------------------------------------- threshold-free scores
+#
+# From the defect probability of every pixel, without choosing a threshold: the pixel
+# AUROC and average precision that the MVTec AD literature reports (anomalib, PatchCore),
+# and the IOU at the best single threshold, chosen on the very pixels it is scored on
+# (an oracle: an upper bound for any fixed threshold, not a test score).
+
+
+def scored_pixels(scores: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat ``(scores, labels)`` of the pixels that count: padding (IGNORE_LABEL) is left out.
+
+    ``labels`` is boolean, True for defect pixels (any mask value other than 0 and 255).
+    """
+    scores, masks = np.asarray(scores), np.asarray(masks)
+    if scores.shape != masks.shape:
+        raise ValueError(f"scores shape {scores.shape} != masks shape {masks.shape}")
+    valid = masks != IGNORE_LABEL
+    return scores[valid], masks[valid] != 0
+
+
+def pixel_auroc_ap(scores: np.ndarray, labels: np.ndarray) -> dict[str, float] | None:
+    """Pixel AUROC and average precision of ``scores`` against boolean ``labels``.
+
+    scikit-learn's ``roc_auc_score`` (ties count one half) and ``average_precision_score``
+    (``sum_n (R_n - R_{n-1}) P_n`` over the distinct scores, no interpolation).  ``None``
+    when ``labels`` holds a single class: both are undefined then.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    labels = np.asarray(labels, dtype=bool).ravel()
+    scores = np.asarray(scores).ravel()
+    if labels.all() or not labels.any():
+        return None
+    return {"pixel_auroc": float(roc_auc_score(labels, scores)),
+            "pixel_ap": float(average_precision_score(labels, scores))}
+
+
+def oracle_threshold(levels: np.ndarray, labels: np.ndarray, top: int = 255
+                     ) -> dict[str, float] | None:
+    """Pooled IOU and Dice at the threshold that maximises the IOU of these very pixels.
+
+    ``levels`` are integer scores in ``0..top`` (the 8-bit quantised probability); the
+    mask at level ``k`` is ``levels >= k``, and ``threshold`` is ``k / top``.  Dice is a
+    monotonic function of IOU (``2 J / (1 + J)``), so the same threshold maximises both.
+    Of equal IOUs the lowest threshold wins.  ``None`` when there is no defect pixel.
+    """
+    levels = np.asarray(levels).ravel().astype(np.int64)
+    labels = np.asarray(labels, dtype=bool).ravel()
+    if not labels.any():
+        return None
+    if levels.size and (levels.min() < 0 or levels.max() > top):
+        raise ValueError(f"levels must lie in 0..{top}")
+    # tp[k], fp[k]: defect / normal pixels at level >= k.
+    tp = np.cumsum(np.bincount(levels[labels], minlength=top + 1)[::-1])[::-1]
+    fp = np.cumsum(np.bincount(levels[~labels], minlength=top + 1)[::-1])[::-1]
+    fn = labels.sum() - tp
+    iou = tp / (tp + fp + fn)
+    k = int(np.argmax(iou))
+    return {"iou": float(iou[k]), "dice": float(2 * tp[k] / (2 * tp[k] + fp[k] + fn[k])),
+            "threshold": k / top}

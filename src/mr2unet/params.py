@@ -1,7 +1,9 @@
-"""Reading ``params.yaml``: the selected profile applied, then validated.
+"""Reading ``params.yaml``: the values that run, validated.
 
 Every stage calls :func:`load_params` so that a bad value fails before any work,
-with one message that names the offending key.
+with one message that names the offending key.  ``params.yaml`` holds the effective
+values (DVC's convention); named sets of values live in ``profiles/`` and are written
+into it by ``mr2unet profile NAME`` (:mod:`mr2unet.profiles`).
 """
 
 from __future__ import annotations
@@ -19,23 +21,33 @@ from mr2unet.workspace import project_path
 
 MODEL_NAMES = ("unet", "resunet", "attention_unet", "mr2unet")
 SOURCES = ("synthetic", "url", "archive", "directory")
-# The keys each section may hold; a key outside these (a typo such as `train.epoch`, in the
-# base values or in a profile) would otherwise be ignored without a word.
+# `train.compile`: false, true (= default) or one of torch.compile's modes.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+ADAM_IMPLS = ("auto", "foreach", "fused")
+# `train.loss`: a pixel term, a region term, or `<pixel>_<region>` (mr2unet.losses).
+PIXEL_LOSSES = ("ce", "weighted_ce", "focal")
+REGION_LOSSES = ("dice", "tversky")
+LOSSES = (*PIXEL_LOSSES, *REGION_LOSSES,
+          *(f"{p}_{r}" for p in PIXEL_LOSSES for r in REGION_LOSSES))
+# The keys each section may hold; a key outside these (a typo such as `train.epoch`, in
+# params.yaml or in a profile) would otherwise be ignored without a word.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "data": ("source", "url", "sha256", "size_bytes", "archive", "directory", "categories",
              "check_counts", "download_dir", "timeout_s"),
     "synthetic": ("seed", "images_per_defect"),
     "split": ("test_fraction", "seed"),
-    "prepare": ("image_size", "mask_threshold", "keep_thin_defects"),
+    "prepare": ("image_size", "mask_threshold", "keep_thin_defects", "resize"),
     "train": ("models", "epochs", "batch_size", "lr", "lr_schedule", "weight_decay", "loss",
-              "dice_weight", "augment", "seed", "device", "precision", "channels_last",
-              "cpu_threads", "compile", "deterministic", "checkpoint_every", "log_every",
+              "dice_weight", "class_weights", "focal_gamma", "tversky_alpha", "tversky_beta",
+              "augment", "seed", "device", "precision", "channels_last",
+              "cpu_threads", "compile", "adam_impl", "cuda_graphs", "deterministic",
+              "checkpoint_every", "log_every",
               "base_width", "model_options"),
     "evaluate": ("batch_size", "empty_score", "report_samples"),
     "tracking": ("enabled", "uri", "experiment", "registry_prefix", "champion_alias",
                  "challenger_alias"),
 }
-TOP_LEVEL = ("profile", *KNOWN_KEYS)
+TOP_LEVEL = tuple(KNOWN_KEYS)
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -49,21 +61,8 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def apply_profile(raw: dict[str, Any]) -> dict[str, Any]:
-    """Apply ``profiles[profile]`` on top of the base values."""
-    profile = raw.get("profile", "paper")
-    profiles = raw.get("profiles") or {}
-    if profile not in profiles:
-        raise UserError(
-            f"params.yaml: profile: {profile!r} is not defined under `profiles:` "
-            f"(defined: {', '.join(sorted(profiles)) or 'none'})."
-        )
-    base = {k: v for k, v in raw.items() if k != "profiles"}
-    return deep_merge(base, profiles[profile] or {})
-
-
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Load, apply the selected profile and validate ``params.yaml``."""
+    """Load and validate ``params.yaml``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found: run the stages from the repository root.")
@@ -71,10 +70,15 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML: {exc}") from None
-    params = apply_profile(raw)
-    check_known_keys(params, where=f"{path} (profile {raw.get('profile', 'paper')!r} applied)")
-    validate(params)
-    return params
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} must be a mapping of sections (data:, train:, ...).")
+    if "profiles" in raw or "profile" in raw:
+        raise UserError(f"{path} has a `profile:`/`profiles:` key from an older layout: profiles "
+                        "now live in profiles/<name>.yaml; run `mr2unet profile paper` (or "
+                        "`git checkout params.yaml`) to rewrite it.")
+    check_known_keys(raw, where=str(path))
+    validate(raw)
+    return raw
 
 
 def _unknown(keys: list[str], known: tuple[str, ...], prefix: str) -> str | None:
@@ -143,6 +147,34 @@ def _choice(params: dict[str, Any], key: str, choices: tuple[Any, ...]) -> None:
            "one of " + ", ".join(map(str, choices)))
 
 
+def _check_loss_knobs(params: dict[str, Any]) -> None:
+    """The numbers of the losses (mr2unet.losses); `class_weights` only where it is used."""
+    weights = _get(params, "train.class_weights")
+    _check(weights == "auto" or (isinstance(weights, list) and len(weights) == 2
+                                 and all(_is_number(w) and w > 0 for w in weights)),
+           "train.class_weights", weights,
+           "auto (from the training masks) or a list of two positive numbers [w0, w1]")
+    for key in ("train.dice_weight", "train.focal_gamma", "train.tversky_alpha",
+                "train.tversky_beta"):
+        value = _get(params, key)
+        _check(_is_number(value) and value >= 0, key, value, "a number >= 0")
+    alpha, beta = params["train"]["tversky_alpha"], params["train"]["tversky_beta"]
+    _check(alpha + beta > 0, "train.tversky_alpha", alpha,
+           "a number >= 0 with tversky_alpha + tversky_beta > 0")
+
+
+def _check_speed_levers(params: dict[str, Any]) -> None:
+    """`train.compile`, `adam_impl`, `cuda_graphs`, `deterministic` (docs/training.md)."""
+    _choice(params, "train.compile", (False, True, *COMPILE_MODES))
+    _choice(params, "train.adam_impl", ADAM_IMPLS)
+    _choice(params, "train.cuda_graphs", (False, True))
+    _choice(params, "train.deterministic", (True, False))
+    compile_setting = params["train"]["compile"]
+    _check(not (params["train"]["cuda_graphs"] and compile_setting is not False),
+           "train.cuda_graphs", True, f"false while train.compile is {compile_setting!r} "
+           "(pick one: compile's reduce-overhead mode captures CUDA graphs itself)")
+
+
 def validate(params: dict[str, Any]) -> None:
     """Raise :class:`UserError` naming the first key whose value cannot work."""
     _choice(params, "data.source", SOURCES)
@@ -173,6 +205,7 @@ def validate(params: dict[str, Any]) -> None:
     size = _get(params, "prepare.image_size")
     _check(isinstance(size, int) and size >= 16 and size % 16 == 0, "prepare.image_size",
            size, "a multiple of 16 (the networks down-sample four times)")
+    _choice(params, "prepare.resize", ("squash", "pad"))
     threshold = _get(params, "prepare.mask_threshold")
     _check(isinstance(threshold, int | float) and 0 < threshold <= 1, "prepare.mask_threshold",
            threshold, "a number in (0, 1]")
@@ -190,10 +223,12 @@ def validate(params: dict[str, Any]) -> None:
     threads = _get(params, "train.cpu_threads")
     _check(threads is None or (_is_int(threads) and threads > 0),
            "train.cpu_threads", threads, "null (one per core) or a positive integer")
-    _choice(params, "train.loss", ("ce", "ce_dice"))
+    _choice(params, "train.loss", LOSSES)
+    _check_loss_knobs(params)
     _choice(params, "train.augment", ("none", "flips", "flips_rot90"))
     _choice(params, "train.precision", ("auto", "bf16", "fp16", "fp32"))
     _choice(params, "train.channels_last", ("auto", True, False))
+    _check_speed_levers(params)
     device = _get(params, "train.device")
     _check(isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device)
            is not None, "train.device", device, "auto, cpu, cuda, cuda:N or mps")
@@ -203,16 +238,3 @@ def validate(params: dict[str, Any]) -> None:
     options = _get(params, "train.model_options")
     _check(isinstance(options, dict) and set(options) <= set(MODEL_NAMES),
            "train.model_options", options, "a mapping keyed by model name")
-
-
-def set_profile(path: str | Path, profile: str) -> None:
-    """Rewrite only the ``profile:`` line of ``params.yaml`` (comments kept)."""
-    path = Path(path)
-    text = path.read_text()
-    raw = yaml.safe_load(text) or {}
-    if profile not in (raw.get("profiles") or {}):
-        raise UserError(f"unknown profile {profile!r}; defined: {sorted(raw.get('profiles', {}))}")
-    new, count = re.subn(r"(?m)^profile:.*$", f"profile: {profile}", text, count=1)
-    if count != 1:
-        raise UserError(f"{path} has no top-level `profile:` line to set.")
-    path.write_text(new)

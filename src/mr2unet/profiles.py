@@ -121,7 +121,12 @@ def apply(name: str, params_path: Path = Path("params.yaml"), root: Path = Path(
 
     text = render(name, root)
     values = yaml.safe_load(text)
-    check_known_keys(values, where=f"profile {name!r}")
-    validate(values)
+    where = f"profiles/{name}.yaml" if name == BASE else f"profiles/{name}.yaml over " \
+        f"profiles/{BASE}.yaml"
+    check_known_keys(values, where=where)
+    try:
+        validate(values)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc} Nothing was written to {params_path}.") from None
     params_path.write_text(text)
     return text

@@ -6,7 +6,9 @@
 - ``report.html``: one self-contained page (figures inline: SVG charts, base64 PNG grids);
 - ``report.md`` with its figures in ``figures/`` (SVG and PNG files);
 - ``category_scores.csv`` (model, category, iou, dice) and, for ``dvc plots``, the same
-  per model in ``category_scores/<model>.csv``.
+  per model in ``category_scores/<model>.csv``;
+- ``pairwise.json``: every pair of models compared on the same test images (mean
+  difference, bootstrap CI, Wilcoxon and Holm p-values; :mod:`mr2unet.report_stats`).
 
 Everything except the provenance's time stamp is a function of the inputs.
 """
@@ -14,7 +16,6 @@ Everything except the provenance's time stamp is a function of the inputs.
 from __future__ import annotations
 
 import csv
-import hashlib
 import html
 import io
 import json
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mr2unet import collapse, report_stats
 from mr2unet.data.prepared import PreparedSplit, load_split
 from mr2unet.errors import UserError
 from mr2unet.evaluate import TEST_SPLIT, ModelFiles
@@ -84,6 +86,8 @@ class ReportInputs:
     samples_per_category: int = 2
     provenance: dict[str, str] = field(default_factory=dict)
     registry: list[Any] = field(default_factory=list)  # registry.AliasAssignment
+    timing: dict[str, dict[str, Any]] = field(default_factory=dict)  # metrics/timing/
+    per_image: dict[str, report_stats.PerImage] = field(default_factory=dict)  # data/eval/
 
     @property
     def models(self) -> list[str]:
@@ -125,7 +129,11 @@ def load_inputs(models: list[str], root: Path = Path("."), samples_per_category:
         if predictions[m].shape != split.masks.shape:
             raise UserError(f"{files.predictions} does not match {root / TEST_SPLIT}: "
                             f"run `dvc repro evaluate@{m}` again.")
-    return ReportInputs(metrics, pooled, histories, split, predictions, samples_per_category)
+    per_image = {m: report_stats.read_per_image(ModelFiles(m, root).per_image, f"evaluate@{m}")
+                 for m in models}
+    report_stats.check_aligned(per_image, split.sources, str(root / TEST_SPLIT))
+    return ReportInputs(metrics, pooled, histories, split, predictions, samples_per_category,
+                        per_image=per_image)
 
 
 # ------------------------------------------------------------------------------ tables
@@ -186,19 +194,127 @@ def summary_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
     paper = paper_table()
     comparable = set(inputs.categories) == paper_categories()
     header = ["model", "mean IOU", "mean Dice", "paper IOU", "paper Dice", "pooled IOU",
-              "pooled Dice", "test images", "empty predictions"]
-    best = _best([inputs.metrics[m]["mean"]["iou"] for m in inputs.models])
+              "pooled Dice", "test images", "empty predictions", "pixel AUROC", "pixel AP"]
+    collapsed = collapsed_models(inputs)
+    best = _best(list(rankable_iou(inputs).values()))  # a collapsed network is not "best"
     rows = []
     for m in inputs.models:
         mean, pooled = inputs.metrics[m]["mean"], inputs.pooled[m]
         ref = paper.get((m, "mean")) if comparable else None
-        rows.append([Cell(LABELS[m]), Cell(_fmt(mean["iou"]), round(mean["iou"], 4) == best),
+        label = LABELS[m] + (" (collapsed)" if m in collapsed else "")
+        rows.append([Cell(label), Cell(_fmt(mean["iou"]), round(mean["iou"], 4) == best),
                      Cell(_fmt(mean["dice"])), Cell(_fmt(ref["iou"] if ref else None)),
                      Cell(_fmt(ref["dice"] if ref else None)),
                      Cell(_fmt(pooled["all_images"]["iou"])),
                      Cell(_fmt(pooled["all_images"]["dice"])), Cell(str(pooled["images"])),
-                     Cell(str(pooled["empty_predictions"]))])
+                     Cell(str(pooled["empty_predictions"])),
+                     Cell(_fmt(mean.get("pixel_auroc"))), Cell(_fmt(mean.get("pixel_ap")))])
     return header, rows
+
+
+def collapsed_models(inputs: ReportInputs) -> dict[str, str]:
+    """Model -> the report's sentence, for each network that collapsed (mr2unet.collapse).
+
+    Collapsed: empty test predictions on more than half of the defective test images
+    (``metrics/pooled/<model>.json: collapsed``) or a training run that ended collapsed
+    (the history's ``collapsed`` column).  Such a network is not ranked nor champion.
+    """
+    notes = {m: collapse.report_sentence(LABELS[m], inputs.pooled[m],
+                                         inputs.histories.get(m, []))
+             for m in inputs.models}
+    return {m: note for m, note in notes.items() if note}
+
+
+def rankable_iou(inputs: ReportInputs) -> dict[str, float]:
+    """Mean test IOU of the models that may be ranked (and be champion): not collapsed."""
+    collapsed = collapsed_models(inputs)
+    return {m: inputs.metrics[m]["mean"]["iou"] for m in inputs.models if m not in collapsed}
+
+
+RANKING_NOTE = (
+    "Threshold-free scores of the defect probability, each category's test pixels pooled "
+    "(padding excluded): pixel AUROC and average precision (scikit-learn, from the stored "
+    "8-bit probabilities), as the MVTec AD literature reports them; Mean: plain mean of the "
+    "categories. Unlike that literature (unsupervised: trained on defect-free images only, "
+    "typically at 224-256 px, tested on normal and defective images) our networks are "
+    "trained on defective images with their masks, at the prepared size (128 px in the "
+    "paper's protocol), and tested on defective images only. Oracle IOU: pooled IOU at "
+    "the single threshold that is best on these very pixels (an upper bound, not a test "
+    "score). Bold: best per row and score.")
+
+
+def ranking_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
+    """Per category and Mean: each model's pixel AUROC, AP and oracle IOU."""
+    keys = (("pixel_auroc", "AUROC"), ("pixel_ap", "AP"), ("oracle", "oracle IOU"))
+    header = ["category"] + [f"{LABELS[m]} {name}" for m in inputs.models for _, name in keys]
+    rows = []
+    for category in [*inputs.categories, "mean"]:
+        values: dict[tuple[str, str], float | None] = {}
+        for m in inputs.models:
+            scores = inputs.metrics[m]["mean"] if category == "mean" else \
+                inputs.metrics[m]["per_category"].get(category, {})
+            oracle = inputs.pooled[m].get("oracle", {})
+            oracle = oracle.get("mean", {}) if category == "mean" else \
+                oracle.get("per_category", {}).get(category, {})
+            for key, _ in keys:
+                values[(m, key)] = oracle.get("iou") if key == "oracle" else scores.get(key)
+        best = {key: _best([values[(m, key)] for m in inputs.models]) for key, _ in keys}
+        row = [Cell("Mean" if category == "mean" else category, bold=category == "mean")]
+        for m in inputs.models:
+            for key, _ in keys:
+                v = values[(m, key)]
+                row.append(Cell(_fmt(v), v is not None and round(v, 4) == best[key]))
+        rows.append(row)
+    return header, rows
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return MISSING
+    return f"{seconds:.1f} s" if seconds < 120 else \
+        f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _latency(timing: dict[str, Any], batch: int) -> str:
+    found = timing.get("latency", {}).get(f"batch_{batch}")
+    return f"{found['per_image_ms']:.2f} (n={found['runs']})" if found else MISSING
+
+
+COST_NOTE = (
+    "Parameters and GFLOPs (forward pass of one image at the size the network was trained "
+    "at; torch.utils.flop_counter: convolutions and matrix products, a multiply-add = 2 "
+    "FLOPs) come from metrics/pooled/<model>.json and are exact. Training time (wall clock "
+    "of the train stage) and latency (ms per image: median wall time of forward pass + "
+    "softmax on a batch of 1 or 32 images already on the device, fp32, after warm-up runs; "
+    "n = timed runs) come from metrics/timing/<model>.json: measurements, they vary "
+    "between runs and machines.")
+
+
+def cost_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
+    """One row per model: parameters, GFLOPs, training time, latency at batch 1 and 32."""
+    header = ["model", "parameters", "input", "GFLOPs / image", "training time",
+              "timing device", "ms / image (batch 1)", "ms / image (batch 32)"]
+    rows = []
+    for m in inputs.models:
+        cost, timing = inputs.pooled[m].get("cost", {}), inputs.timing.get(m, {})
+        size = cost.get("input_size")
+        device = timing.get("device")
+        threads = timing.get("cpu_threads")
+        if device == "cpu" and threads:
+            device = f"cpu, {threads} thread{'s' if threads > 1 else ''}"
+        rows.append([Cell(LABELS[m]),
+                     Cell(f"{cost['parameters']:,}" if "parameters" in cost else MISSING),
+                     Cell(f"{size}×{size}" if size else MISSING),
+                     Cell(f"{cost['gflops']:.3f}" if "gflops" in cost else MISSING),
+                     Cell(_duration(timing.get("train_seconds"))), Cell(device or MISSING),
+                     Cell(_latency(timing, 1)), Cell(_latency(timing, 32))])
+    return header, rows
+
+
+def read_timings(models: list[str], root: Path = Path(".")) -> dict[str, dict[str, Any]]:
+    """``metrics/timing/<model>.json`` of each model that has one (absent: shown as –)."""
+    paths = {m: ModelFiles(m, root).timing for m in models}
+    return {m: json.loads(p.read_text()) for m, p in paths.items() if p.is_file()}
 
 
 def registry_table(assignments: list[Any]) -> tuple[list[str], list[list[Cell]]]:
@@ -350,16 +466,29 @@ def write_report(inputs: ReportInputs, out: Path) -> None:
         grids[category] = (png_bytes(grid), [str(inputs.split.sources[i]) for i in rows])
         (figures / f"samples_{_safe(category)}.png").write_bytes(grids[category][0])
 
+    comparisons = report_stats.pairwise(inputs.per_image)
+    report_stats.write_json(out / "pairwise.json",
+                            report_stats.pairwise_json(comparisons, inputs.per_image))
     tables = {"summary": summary_table(inputs), "iou": table1(inputs.metrics, "iou"),
               "dice": table1(inputs.metrics, "dice"), "registry": registry_table(inputs.registry)}
     no_registry = "Tracking is off: no registry aliases were set."
+    warnings = list(collapsed_models(inputs).values())
     sections: list[tuple[str, str, str]] = [  # (title, markdown, html)
         ("Provenance", markdown_table(["", ""], _prov_rows(inputs)),
          html_table(["", ""], _prov_rows(inputs))),
-        ("Summary", markdown_table(*tables["summary"]), html_table(*tables["summary"])),
+        ("Summary", "".join(f"**Warning: {n}**\n\n" for n in warnings)
+         + markdown_table(*tables["summary"]),
+         "".join(f"<p><b>Warning: {html.escape(n)}</b></p>" for n in warnings)
+         + html_table(*tables["summary"])),
+        ("Summary: model cost", f"{COST_NOTE}\n\n" + markdown_table(*cost_table(inputs)),
+         f"<p>{COST_NOTE}</p>" + html_table(*cost_table(inputs))),
         ("Table 1: IOU", f"{NOTE}\n\n" + markdown_table(*tables["iou"]),
          f"<p>{NOTE}</p>" + html_table(*tables["iou"])),
         ("Table 1: Dice", markdown_table(*tables["dice"]), html_table(*tables["dice"])),
+        ("Pixel AUROC and AP (threshold-free)",
+         f"{RANKING_NOTE}\n\n" + markdown_table(*ranking_table(inputs)),
+         f"<p>{RANKING_NOTE}</p>" + html_table(*ranking_table(inputs))),
+        (report_stats.TITLE, *report_stats.section(comparisons, LABELS)),
         ("Model registry", markdown_table(*tables["registry"]) if inputs.registry
          else no_registry, html_table(*tables["registry"]) if inputs.registry
          else f"<p>{no_registry}</p>"),
@@ -392,13 +521,14 @@ def _prov_rows(inputs: ReportInputs) -> list[list[Cell]]:
 def provenance(params: dict[str, Any], inputs: ReportInputs, root: Path) -> dict[str, str]:
     """Where the numbers come from: commit, params, data, training devices, versions."""
     from mr2unet.checkpoint import read_checkpoint
+    from mr2unet.profiles import applied as applied_profile
     from mr2unet.provenance import git_commit, torch_version
 
     prov = {
         "git commit": git_commit(root),
-        "params sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-        .hexdigest()[:16],
-        "profile": str(params["profile"]),
+        # The profile params.yaml was written from (its first-line note; no stage depends
+        # on it, so after hand edits it may say more than the values do).
+        "profile": applied_profile(root / "params.yaml"),
         "data source": str(params["data"]["source"]),
         "test images": f"{len(inputs.split)} in {len(inputs.categories)} categories",
     }
@@ -418,4 +548,5 @@ def load_report(params: dict[str, Any], root: Path = Path(".")) -> ReportInputs:
     """Everything the report shows except the registry (the stage script adds that)."""
     inputs = load_inputs(params["train"]["models"], root, params["evaluate"]["report_samples"])
     inputs.provenance = provenance(params, inputs, root)
+    inputs.timing = read_timings(inputs.models, root)
     return inputs

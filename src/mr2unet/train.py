@@ -21,19 +21,22 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mr2unet.checkpoint import save_model, unwrap
+from mr2unet.collapse import collapse_streak, training_warning
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.errors import UserError
-from mr2unet.metrics import confusion_counts, scores_from_counts
+from mr2unet.losses import LossConfig, SegmentationLoss, balanced_class_weights, split_loss_name
+from mr2unet.losses import segmentation_loss as _loss
+from mr2unet.metrics import IGNORE_LABEL, confusion_counts, scores_from_counts
 from mr2unet.models import build_model
+from mr2unet.params import ADAM_IMPLS, COMPILE_MODES
 from mr2unet.transforms import to_input
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,9 @@ log = logging.getLogger(__name__)
 CHANNELS_LAST_DEVICES = ("cuda", "cpu")
 
 EpochCallback = Callable[[dict[str, float]], None]
+# TrainConfig fields that change how fast a run goes, not what it computes (beyond the
+# last bits of floating-point rounding): kept out of the fingerprint, like the device.
+SPEED_LEVERS = ("compile", "adam_impl", "cuda_graphs")
 
 
 @dataclass(frozen=True)
@@ -56,12 +62,19 @@ class TrainConfig:
     weight_decay: float = 0.0
     loss: str = "ce"
     dice_weight: float = 1.0
+    # Used by the weighted_ce losses: "auto" (from the training masks, see
+    # mr2unet.losses.balanced_class_weights) or [w0, w1].  train() records the resolved values.
+    class_weights: str | list[float] | tuple[float, ...] | None = "auto"
+    focal_gamma: float = 2.0
+    tversky_alpha: float = 0.3
+    tversky_beta: float = 0.7
     augment: str = "none"
     seed: int = 0
     base_width: int = 64
     model_options: dict[str, Any] = field(default_factory=dict)
     # How to run it. Precision, memory layout and thread count still change the last bits
-    # of the result, so only device, compile and the two cadences stay out of fingerprint().
+    # of the result, so only device, the speed levers (compile, adam_impl, cuda_graphs) and
+    # the two cadences stay out of fingerprint().
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool | str = "auto"
@@ -69,7 +82,13 @@ class TrainConfig:
     # thread count changes how CPU kernels split their sums, hence the last bits of the
     # result: pin it for results that do not depend on the machine's core count.
     cpu_threads: int | None = None
-    compile: bool = False
+    # Speed levers (docs/training.md, "Fast mode"); the defaults are the loop as it always ran.
+    # compile: false | true (= default) | default | reduce-overhead | max-autotune | ...
+    compile: bool | str = False
+    # Adam's implementation: auto (PyTorch's choice) | foreach | fused
+    adam_impl: str = "auto"
+    # CUDA only: replay each full batch's forward and backward as one CUDA graph.
+    cuda_graphs: bool = False
     deterministic: bool = True
     checkpoint_every: int = 10
     log_every: int = 10
@@ -85,10 +104,25 @@ class TrainConfig:
     def model_kwargs(self) -> dict[str, Any]:
         return {"base_width": self.base_width, **self.model_options}
 
+    def uses_class_weights(self) -> bool:
+        return split_loss_name(self.loss)[0] == "weighted_ce"
+
+    def with_class_weights(self, masks: Any) -> TrainConfig:
+        """This config with ``class_weights: auto`` resolved from the training ``masks``."""
+        if self.class_weights == "auto" and self.uses_class_weights():
+            return replace(self, class_weights=balanced_class_weights(masks))
+        return self
+
+    def loss_config(self) -> LossConfig:
+        weights = self.class_weights if self.uses_class_weights() else None
+        return LossConfig(self.loss, self.dice_weight,
+                          tuple(weights) if isinstance(weights, list | tuple) else weights,
+                          self.focal_gamma, self.tversky_alpha, self.tversky_beta)
+
     def fingerprint(self) -> str:
         """Hash of the fields that change the result: a checkpoint only resumes a twin."""
         keep = {k: v for k, v in asdict(self).items()
-                if k not in ("checkpoint_every", "log_every", "device", "compile")}
+                if k not in ("checkpoint_every", "log_every", "device", *SPEED_LEVERS)}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -99,6 +133,13 @@ class TrainResult:
     device: str
     seconds: float
     resumed_from_epoch: int
+    # The config as trained: `class_weights: auto` replaced by the values it resolved to.
+    config: TrainConfig | None = None
+
+    @property
+    def collapsed(self) -> str | None:
+        """``"background"``/``"defect"`` when the run ended collapsed (mr2unet.collapse)."""
+        return collapse_streak(self.history)
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -144,8 +185,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def configure_determinism(enabled: bool, device: torch.device) -> None:
-    """Deterministic kernels; on CUDA also cuDNN/cuBLAS settings (see docs/training.md)."""
+    """Deterministic kernels; on CUDA also cuDNN/cuBLAS settings (see docs/training.md).
+
+    ``enabled=False`` is the fast mode: cuDNN autotuning on, and any deterministic setting
+    an earlier run of the same process made switched off again.
+    """
     if not enabled:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
         torch.backends.cudnn.benchmark = True
         return
     if device.type == "cuda":
@@ -157,6 +204,91 @@ def configure_determinism(enabled: bool, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
         torch.use_deterministic_algorithms(True)
+
+
+def compile_mode(setting: bool | str) -> str | None:
+    """``train.compile`` as a ``torch.compile`` mode, or None for no compilation."""
+    if setting is False or setting is None:
+        return None
+    if setting is True:
+        return "default"
+    if setting not in COMPILE_MODES:
+        raise UserError(f"unknown train.compile {setting!r}; expected false, true or one of "
+                        f"{', '.join(COMPILE_MODES)}")
+    return str(setting)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over ``model``'s parameters; ``adam_impl`` picks PyTorch's implementation.
+
+    ``auto`` leaves the choice to PyTorch (the loop as it always ran); ``foreach`` and
+    ``fused`` (a few fused kernels per step: fewer launches on CUDA) compute the same
+    update, up to the rounding of the last bits.
+    """
+    if cfg.adam_impl not in ADAM_IMPLS:
+        raise UserError(f"unknown train.adam_impl {cfg.adam_impl!r}; expected "
+                        f"{', '.join(ADAM_IMPLS)}")
+    extra = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[cfg.adam_impl]
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            **extra)
+
+
+class _Forward(nn.Module):
+    """A shell around the network whose ``forward`` CUDA-graphing may replace."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.net = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CudaGraphedForward(nn.Module):
+    """``model``'s forward and backward replayed as CUDA graphs for full batches.
+
+    A step at batch size 8 and 128 px launches hundreds of small kernels (MR2U-Net:
+    thousands), so the GPU waits on the CPU; a graph replays them all with one launch.
+    The graphs are captured (``torch.cuda.make_graphed_callables``) at the first batch
+    they see, whose shape they then require; a batch of another shape (the epoch's last,
+    partial batch) runs the network eagerly.  The capture's warm-up passes update
+    BatchNorm's running statistics, so those buffers are restored afterwards: the
+    weights follow the same trajectory as without graphs.  Autocast's weight cache is
+    off around graphed calls (the graphs need it off; the casts give the same values).
+    The loss, the optimiser step and the metrics stay eager.  ``module`` is the network,
+    so :func:`mr2unet.checkpoint.unwrap` finds it.
+    """
+
+    def __init__(self, model: nn.Module, amp_dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.module = model
+        self.amp_dtype = amp_dtype
+        self.shape: tuple[int, ...] | None = None
+        self.graphed: nn.Module | None = None
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp_dtype is not None,
+                              cache_enabled=False)
+
+    def capture(self, sample: torch.Tensor) -> None:
+        saved = [b.detach().clone() for b in self.module.buffers()]
+        with self._autocast():
+            self.graphed = torch.cuda.make_graphed_callables(
+                _Forward(self.module), (sample,), allow_unused_input=True)
+        with torch.no_grad():
+            for buffer, value in zip(self.module.buffers(), saved, strict=True):
+                buffer.copy_(value)
+        self.shape = tuple(sample.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.module.training or not torch.is_grad_enabled():
+            return self.module(x)
+        if self.graphed is None:
+            self.capture(x)
+        if tuple(x.shape) != self.shape:
+            return self.module(x)
+        with self._autocast():
+            return self.graphed(x)
 
 
 # ------------------------------------------------------------------------ the batch ops
@@ -190,20 +322,9 @@ def augment_batch(
     return images, m.squeeze(1)
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice of the defect class, over the whole batch (smoothed by ``eps``)."""
-    prob = logits.float().softmax(1)[:, 1]
-    target = target.float()
-    inter = (prob * target).sum()
-    return 1 - (2 * inter + eps) / (prob.sum() + target.sum() + eps)
-
-
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """The paper's 2-class softmax cross-entropy, optionally plus a weighted soft Dice."""
-    loss = F.cross_entropy(logits.float(), target)
-    if cfg.loss == "ce_dice":
-        loss = loss + cfg.dice_weight * soft_dice_loss(logits, target)
-    return loss
+    """``cfg.loss`` of ``logits`` against ``target`` (mr2unet.losses; weights resolved)."""
+    return _loss(logits, target, cfg.loss_config())
 
 
 # --------------------------------------------------------------------- checkpointing
@@ -282,6 +403,10 @@ def train(
     set_cpu_threads(cfg.cpu_threads)
     if len(split) == 0:
         raise UserError("the training split is empty: check data.categories and prepare.")
+    cfg = cfg.with_class_weights(split.masks)
+    if cfg.uses_class_weights():
+        log.info("%s: class weights (background, defect) %s", cfg.arch, cfg.class_weights)
+    criterion = SegmentationLoss(cfg.loss_config()).to(device)
 
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg.arch, **cfg.model_kwargs()).to(device)
@@ -289,7 +414,7 @@ def train(
         cfg.channels_last == "auto" and device.type in CHANNELS_LAST_DEVICES)
     if use_channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
 
@@ -309,9 +434,12 @@ def train(
     if world > 1:
         step_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        step_model = torch.compile(step_model)
+    mode = compile_mode(cfg.compile)
+    if mode is not None:
+        step_model = torch.compile(step_model, mode=mode)
     amp_dtype = autocast_dtype(cfg.precision, device)
+    if cfg.cuda_graphs and device.type == "cuda" and world == 1 and mode is None:
+        step_model = CudaGraphedForward(model, amp_dtype)
 
     images = torch.from_numpy(split.images).to(device)  # uint8 (N, H, W, 3), ~50 MB at full size
     masks = torch.from_numpy(split.masks).to(device).long()
@@ -319,6 +447,7 @@ def train(
     steps_per_epoch = -(-len(range(rank, n, world)) // cfg.batch_size)
 
     t0 = time.perf_counter()
+    warned = False
     bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs,
                desc=f"train {cfg.arch}", unit="epoch", disable=not progress or rank != 0)
     for epoch in bar:
@@ -328,7 +457,8 @@ def train(
         epoch_start = time.perf_counter()
         order = torch.randperm(n, generator=shuffle_gen)[rank::world].to(device)
         loss_sum = torch.zeros((), device=device)
-        counts = torch.zeros(3, device=device, dtype=torch.float64)  # summed per-image IOU, Dice, n
+        # Summed per-image IOU, Dice, n; predicted and true defect pixels, valid pixels.
+        counts = torch.zeros(6, device=device, dtype=torch.float64)
         for step in range(steps_per_epoch):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             x = to_input(images[idx])
@@ -338,14 +468,18 @@ def train(
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = step_model(x)
-            loss = segmentation_loss(logits, y, cfg)
+            loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             with torch.no_grad():
                 loss_sum += loss.detach() * idx.numel()
-                iou, dice = scores_from_counts(confusion_counts(logits.argmax(1), y))
-                counts += torch.stack([iou.sum(), dice.sum(), iou.new_tensor(idx.numel())])
+                pred = logits.argmax(1)
+                iou, dice = scores_from_counts(confusion_counts(pred, y))
+                valid = y != IGNORE_LABEL
+                counts += torch.stack([iou.sum(), dice.sum(), iou.new_tensor(idx.numel()),
+                                       ((pred == 1) & valid).sum().double(),
+                                       (y == 1).sum().double(), valid.sum().double()])
             if progress and rank == 0 and (step + 1) % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", step=f"{step + 1}/{steps_per_epoch}")
         totals = _all_reduce(torch.cat([loss_sum.double().view(1), counts])).cpu().tolist()
@@ -357,10 +491,18 @@ def train(
             "train_iou": totals[1] / seen,
             "train_dice": totals[2] / seen,
             "lr": optimizer.param_groups[0]["lr"],
+            # Collapse check (mr2unet.collapse): the share of valid pixels predicted defect.
+            "pred_defect_fraction": totals[4] / max(totals[6], 1.0),
+            "true_defect_fraction": totals[5] / max(totals[6], 1.0),
             "seconds": seconds,
             "images_per_second": seen / seconds,
         }
+        kind = collapse_streak([*history, row])
+        row["collapsed"] = float(kind is not None)
         history.append(row)
+        if kind is not None and not warned and rank == 0:
+            log.warning(training_warning(cfg.arch, kind, row))
+            warned = True
         bar.set_postfix(loss=f"{row['loss']:.4f}", iou=f"{row['train_iou']:.3f}",
                         img_s=f"{row['images_per_second']:.0f}")
         if on_epoch_end is not None and rank == 0:
@@ -378,8 +520,14 @@ def train(
                 "history": history,
             })
     bar.close()
+    if warned and rank == 0:
+        if collapse_streak(history):
+            log.warning("%s ended collapsed (history column `collapsed` = 1)", cfg.arch)
+        else:
+            log.info("%s recovered from the collapse by epoch %d", cfg.arch, len(history))
     return TrainResult(model=unwrap(model), history=history, device=str(device),
-                       seconds=time.perf_counter() - t0, resumed_from_epoch=start_epoch)
+                       seconds=time.perf_counter() - t0, resumed_from_epoch=start_epoch,
+                       config=cfg)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -392,6 +540,10 @@ def history_metrics(history: list[dict[str, float]]) -> dict[str, float]:
     return {f"final_{k}": float(v) for k, v in last.items() if k not in skip}
 
 
+# History columns of the collapse check (mr2unet.collapse); `collapsed` is 0 or 1.
+HISTORY_COLLAPSE_COLUMNS = ("pred_defect_fraction", "true_defect_fraction", "collapsed")
+
+
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
     """Per-epoch history as CSV (a DVC plots file); timings are kept out of it.
 
@@ -399,16 +551,20 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
     reproducibility check; they go to the MLflow run instead.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = ["epoch", "loss", "train_iou", "train_dice", "lr"]
+    columns = ["epoch", "loss", "train_iou", "train_dice", "lr", *(
+        c for c in HISTORY_COLLAPSE_COLUMNS if history and all(c in r for r in history))]
     lines = [",".join(columns)]
     for row in history:
         lines.append(",".join(
-            str(int(row[c])) if c == "epoch" else f"{row[c]:.6g}" for c in columns))
+            str(int(row[c])) if c in ("epoch", "collapsed") else f"{row[c]:.6g}"
+            for c in columns))
     path.write_text("\n".join(lines) + "\n")
 
 
 def save_trained_model(path: Path, result: TrainResult, cfg: TrainConfig, image_size: int,
                        meta: dict[str, Any]) -> None:
     """The stage's model file: weights + architecture + provenance (no timings)."""
+    cfg = result.config or cfg  # with the class weights it resolved
     save_model(path, result.model, cfg.arch, cfg.model_kwargs(), image_size,
-               meta={"epochs": cfg.epochs, "seed": cfg.seed, "config": asdict(cfg), **meta})
+               meta={"epochs": cfg.epochs, "seed": cfg.seed, "config": asdict(cfg),
+                     "collapsed": result.collapsed, **meta})

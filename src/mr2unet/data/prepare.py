@@ -10,6 +10,25 @@ thin to reach the threshold anywhere (a 2-px scratch in a 1024-px image covers 2
 ``mask_threshold`` times its highest coverage instead, so it keeps the defect's
 best-covered pixels and every defective image keeps a non-empty mask. How often that
 happened is logged and written to ``summary.json``.
+
+``resize`` says how a non-square image becomes a square ``image_size``:
+
+``squash`` (the paper's protocol; MVTec AD is square) resizes width and height
+    independently, so a 1:4 image is stretched four-fold across and thin defects along the
+    long side are squashed;
+``pad`` scales the long side to ``image_size`` (keeping the aspect ratio; each side
+    rounded, at least 1 px), then pads the short side to a square, **centred**, with
+    **edge replication** (:func:`pad_box`). The padding's mask pixels are
+    :data:`~mr2unet.metrics.IGNORE_LABEL` (255), so the loss and every metric leave them
+    out. Centred, because flips and 90-degree rotations (``train.augment``) then keep the
+    padding where test images have it (one pixel aside), and a network sees the content
+    where it sees MVTec's; edge replication rather than zeros, because a black band would
+    put a strong artificial edge along every content border, which the network would have
+    to learn is not a defect (the loss ignores the padding, not the real pixels next to
+    it), while replicated edges continue the surface.
+
+Masks are area-resampled to the content size in both modes, so ``mask_threshold`` and
+``keep_thin_defects`` mean the same thing; a square image gives the same arrays in both.
 """
 
 from __future__ import annotations
@@ -36,9 +55,11 @@ from mr2unet.data.mvtec import (
 )
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.errors import UserError
+from mr2unet.metrics import IGNORE_LABEL
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
+RESIZE_MODES = ("squash", "pad")
 MANIFEST_COLUMNS = ["category", "defect_type", "image", "mask", "split", "width", "height"]
 
 
@@ -51,6 +72,15 @@ class PrepareConfig:
     keep_thin_defects: bool = True
     test_fraction: float = 0.2
     seed: int = 42
+    resize: str = "squash"
+
+    def __post_init__(self) -> None:
+        check_resize_mode(self.resize)
+
+
+def check_resize_mode(mode: str) -> None:
+    if mode not in RESIZE_MODES:
+        raise UserError(f"resize mode {mode!r}: expected one of {', '.join(RESIZE_MODES)}.")
 
 
 @dataclass(frozen=True)
@@ -98,10 +128,52 @@ def read_image(path: Path) -> Image.Image:
     return img
 
 
-def resize_image(img: Image.Image, size: int) -> np.ndarray:
-    """Any mode -> uint8 RGB ``(size, size, 3)`` (grayscale replicated to 3 channels)."""
+def pad_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """``(left, top, content_width, content_height)`` of a ``width x height`` image in
+    ``pad`` mode: the long side becomes ``size``, the short one keeps the aspect ratio
+    (rounded, at least 1 px), and the content is centred (the odd pixel of padding goes
+    right / below)."""
+    scale = size / max(width, height)
+    w = min(size, max(1, round(width * scale)))
+    h = min(size, max(1, round(height * scale)))
+    return (size - w) // 2, (size - h) // 2, w, h
+
+
+def content_size(width: int, height: int, size: int, mode: str) -> tuple[int, int]:
+    """The ``(width, height)`` an image is resized to before any padding."""
+    return (size, size) if mode == "squash" else pad_box(width, height, size)[2:]
+
+
+def _pad(array: np.ndarray, size: int, value: int | None) -> np.ndarray:
+    """Centre ``array`` (``(h, w[, c])``) on a ``size`` square: edges replicated, or
+    ``value`` when given."""
+    h, w = array.shape[:2]
+    left, top = (size - w) // 2, (size - h) // 2
+    widths = [(top, size - h - top), (left, size - w - left)] + [(0, 0)] * (array.ndim - 2)
+    if value is None:
+        return np.pad(array, widths, mode="edge")
+    return np.pad(array, widths, mode="constant", constant_values=value)
+
+
+def resize_image(img: Image.Image, size: int, mode: str = "squash") -> np.ndarray:
+    """Any mode -> uint8 RGB ``(size, size, 3)`` (grayscale replicated to 3 channels).
+
+    ``mode`` is ``squash`` (stretch to the square) or ``pad`` (keep the aspect ratio, pad
+    centred with replicated edges; see the module docstring).
+    """
     rgb = img.convert("RGB")
-    return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0))
+    small = np.asarray(rgb.resize(content_size(*img.size, size, mode),
+                                  Image.Resampling.BILINEAR, reducing_gap=3.0))
+    return small if mode == "squash" else _pad(small, size, None)
+
+
+def crop_padding(array: np.ndarray, width: int, height: int, mode: str) -> np.ndarray:
+    """The part of a square ``(S, S, ...)`` model-size array that shows a ``width x height``
+    image: all of it in ``squash`` mode, the content without the padding in ``pad`` mode."""
+    if mode == "squash":
+        return array
+    left, top, w, h = pad_box(width, height, array.shape[0])
+    return array[top:top + h, left:left + w]
 
 
 def defect_pixels(img: Image.Image) -> np.ndarray:
@@ -116,16 +188,22 @@ def defect_pixels(img: Image.Image) -> np.ndarray:
     return values.any(axis=2)
 
 
-def resize_mask(img: Image.Image, size: int, threshold: float, keep_thin: bool
-                ) -> tuple[np.ndarray, bool]:
-    """Binary ``(size, size)`` uint8 mask by area coverage; (mask, thin defect kept)."""
+def resize_mask(img: Image.Image, size: int, threshold: float, keep_thin: bool,
+                mode: str = "squash") -> tuple[np.ndarray, bool]:
+    """Binary ``(size, size)`` uint8 mask by area coverage; (mask, thin defect kept).
+
+    In ``pad`` mode the coverage is taken at the content size and the padding is
+    :data:`~mr2unet.metrics.IGNORE_LABEL`.
+    """
     binary = Image.fromarray(defect_pixels(img).astype(np.float32))  # mode F: exact fractions
-    coverage = np.asarray(binary.resize((size, size), Image.Resampling.BOX))
+    coverage = np.asarray(binary.resize(content_size(*img.size, size, mode),
+                                        Image.Resampling.BOX))
     mask = coverage >= threshold
     kept = bool(keep_thin and not mask.any() and coverage.max() > 0)
     if kept:
         mask = coverage >= threshold * coverage.max()
-    return mask.astype(np.uint8), kept
+    mask = mask.astype(np.uint8)
+    return (mask if mode == "squash" else _pad(mask, size, IGNORE_LABEL)), kept
 
 
 def prepare_sample(raw: Path, sample: Sample, cfg: PrepareConfig) -> PreparedImage:
@@ -137,11 +215,11 @@ def prepare_sample(raw: Path, sample: Sample, cfg: PrepareConfig) -> PreparedIma
                         f"but its image is {img.size[0]}x{img.size[1]}; the dataset copy is "
                         f"damaged: extract it again.")
     mask, kept = resize_mask(mask_img, cfg.image_size, cfg.mask_threshold,
-                             cfg.keep_thin_defects)
+                             cfg.keep_thin_defects, cfg.resize)
     if kept:
         log.info("thin defect kept in %s (it would vanish at %d px)", sample.mask,
                  cfg.image_size)
-    return PreparedImage(resize_image(img, cfg.image_size), mask, kept, *img.size)
+    return PreparedImage(resize_image(img, cfg.image_size, cfg.resize), mask, kept, *img.size)
 
 
 def count_check(counts: dict[str, int], check: bool) -> str:
@@ -181,7 +259,7 @@ def _save_splits(out: Path, manifest: pd.DataFrame, prepared: list[PreparedImage
 def _summary(out: Path, cfg: PrepareConfig, manifest: pd.DataFrame,
              prepared: list[PreparedImage], count_status: str) -> dict[str, Any]:
     manifest = manifest.assign(kept=[p.thin_defect_kept for p in prepared],
-                               empty=[not p.mask.any() for p in prepared])
+                               empty=[not (p.mask == 1).any() for p in prepared])
     per_category = {
         str(category): {**{name: int((group["split"] == name).sum()) for name in SPLITS},
                         "thin_defects_kept": int(group["kept"].sum())}
@@ -193,6 +271,7 @@ def _summary(out: Path, cfg: PrepareConfig, manifest: pd.DataFrame,
         "images": len(manifest),
         **{name: int((manifest["split"] == name).sum()) for name in SPLITS},
         "image_size": cfg.image_size,
+        "resize": cfg.resize,
         "source_sizes": sizes,
         "count_check": count_status,
         "thin_defects_kept": int(manifest["kept"].sum()),
@@ -228,7 +307,7 @@ def prepare(raw: Path, out: Path, cfg: PrepareConfig, categories: list[str] | No
     _save_splits(out, manifest, prepared)
     summary = _summary(out, cfg, manifest, prepared, status)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("prepared %d images (%d train / %d test) at %d px; %d thin defects kept",
+    log.info("prepared %d images (%d train / %d test) at %d px (%s); %d thin defects kept",
              summary["images"], summary["train"], summary["test"], cfg.image_size,
-             summary["thin_defects_kept"])
+             cfg.resize, summary["thin_defects_kept"])
     return summary

@@ -3,10 +3,17 @@
 One ``.npz`` file per split (``data/prepared/train.npz``, ``test.npz``) holding:
 
 ``images``        uint8 ``(N, S, S, 3)`` RGB, grayscale categories replicated to 3 channels
-``masks``         uint8 ``(N, S, S)`` with values in {0, 1} (1 = defect)
+``masks``         uint8 ``(N, S, S)`` with values in {0, 1} (1 = defect), and 255
+                  (:data:`mr2unet.metrics.IGNORE_LABEL`) on the padding of non-square
+                  images with ``prepare.resize: pad``: not part of the image, left out
+                  of the loss and the metrics
 ``categories``    str ``(N,)`` MVTec category of each image
 ``defect_types``  str ``(N,)`` defect type (the folder under ``test/``)
 ``sources``       str ``(N,)`` image path relative to the dataset root
+
+The original size of each image is in ``manifest.csv`` (``width``, ``height``); with
+``pad``, where its content lies follows from it (:func:`mr2unet.data.prepare.pad_box`)
+and from the mask (the pixels that are not 255).
 
 Loading both splits of the full dataset takes a few milliseconds (about 60 MB).
 """

@@ -1,12 +1,18 @@
 """mr2unet predict: segment images with a trained model, at their original size.
 
 For each image, <stem>_mask.png (0 = background, 255 = defect) and <stem>_overlay.png
-(defect pixels tinted red on the input) are written at the image's own size.  The
-image is converted to RGB and resized to the model's input size exactly like `prepare`
-resizes (PIL bilinear with reducing_gap=3, i.e. antialiased); the predicted mask is
-resized back with nearest neighbour.  Images found inside a directory keep their
-sub-folders under --out.  Unreadable files are reported and skipped; the others are
-still written; the exit code is 1 if any file failed.
+(defect pixels tinted red on the input) are written at the image's own size.  With
+--probabilities, also <stem>_prob.png (the defect probability, 8-bit: value = round(255 p))
+and <stem>_heatmap.png (the probability in the "jet" colour map, blended 50/50 with
+the input).  A pixel is a defect where its probability exceeds --threshold (default 0.5:
+exactly the argmax of the two classes).  The image is converted to RGB and resized to
+the model's input size exactly like `prepare` resizes (PIL bilinear with reducing_gap=3,
+i.e. antialiased), squashed or padded to a square as the model was trained
+(``prepare.resize``, recorded in the model file; older files: squash); the predicted
+mask is cropped to the image's part of the square (pad) and resized back to the image's
+own size and aspect with nearest neighbour, the probability bilinearly.  Images found
+inside a directory keep their sub-folders under --out.  Unreadable files are reported
+and skipped; the others are still written; the exit code is 1 if any file failed.
 """
 
 from __future__ import annotations
@@ -24,23 +30,28 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from mr2unet.data.prepare import resize_image
+from mr2unet.data.prepare import pad_box, resize_image
 from mr2unet.errors import UserError
-from mr2unet.evaluate import predict_masks
+from mr2unet.evaluate import predict_maps, quantise
+from mr2unet.inference import DEFAULT_THRESHOLD, check_threshold
 from mr2unet.report import overlay
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # models:/, runs:/, s3://, http://
+HEATMAP_COLOURS = "jet"  # matplotlib colour map of <stem>_heatmap.png (anomalib's choice)
+HEATMAP_ALPHA = 0.5  # weight of the colour map over the image
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A network ready for inference and the square input size it was trained at."""
+    """A network ready for inference, the square input size it was trained at and how
+    images were made square for it (``squash`` or ``pad``, ``prepare.resize``)."""
 
     module: torch.nn.Module
     image_size: int
     source: str
+    resize: str = "squash"
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,7 @@ class PredictResult:
 def load_predictor(model_ref: str, device: torch.device | str = "cpu",
                    tracking_uri: str | None = None) -> LoadedModel:
     """A model from a ``.pt`` file, a downloaded model folder or an MLflow URI."""
-    from mr2unet.checkpoint import load_model
+    from mr2unet.checkpoint import load_model, resize_mode
     from mr2unet.tracking.registry import download_checkpoint, find_checkpoint
 
     if URI.match(model_ref) and not Path(model_ref).exists():
@@ -74,7 +85,7 @@ def load_predictor(model_ref: str, device: torch.device | str = "cpu",
             module, payload = load_model(download_checkpoint(model_ref, Path(tmp), uri), device)
     else:
         module, payload = load_model(find_checkpoint(Path(model_ref)), device)
-    return LoadedModel(module, int(payload["image_size"]), model_ref)
+    return LoadedModel(module, int(payload["image_size"]), model_ref, resize_mode(payload))
 
 
 # ------------------------------------------------------------------------- images
@@ -115,20 +126,57 @@ def read_rgb(path: Path) -> Image.Image:
         return img.convert("RGB")
 
 
-def write_outputs(job: ImageJob, rgb: np.ndarray, small_mask: np.ndarray) -> None:
-    """Resize the model's mask to the image's size; write the mask and overlay PNGs."""
+def to_image_size(small: Image.Image, width: int, height: int,
+                  resample: Image.Resampling, resize: str = "squash") -> Image.Image:
+    """A map at the model's input size, back at the image's own ``width x height``
+    (in ``pad`` mode the padding is cropped off first)."""
+    if resize == "pad":
+        left, top, w, h = pad_box(width, height, small.width)
+        small = small.crop((left, top, left + w, top + h))
+    return small.resize((width, height), resample)
+
+
+def colour_map(levels: np.ndarray, name: str = HEATMAP_COLOURS) -> np.ndarray:
+    """uint8 levels ``(H, W)`` -> uint8 RGB ``(H, W, 3)`` through a matplotlib colour map."""
+    import matplotlib
+
+    lut = matplotlib.colormaps[name](np.arange(256))[:, :3]
+    return np.round(lut * 255).astype(np.uint8)[levels]
+
+
+def heatmap(rgb: np.ndarray, levels: np.ndarray, alpha: float = HEATMAP_ALPHA) -> np.ndarray:
+    """The colour-mapped probability ``levels`` blended over the RGB image."""
+    out = (1 - alpha) * rgb.astype(np.float32) + alpha * colour_map(levels).astype(np.float32)
+    return np.round(out).astype(np.uint8)
+
+
+def write_outputs(job: ImageJob, rgb: np.ndarray, small_mask: np.ndarray,
+                  small_prob: np.ndarray | None = None, resize: str = "squash") -> None:
+    """Resize the model's mask (and probability) to the image's size; write the PNGs."""
     height, width = rgb.shape[:2]
-    mask = np.asarray(Image.fromarray(small_mask * np.uint8(255)).resize(
-        (width, height), Image.Resampling.NEAREST))
+    mask = np.asarray(to_image_size(Image.fromarray(small_mask * np.uint8(255)), width, height,
+                                    Image.Resampling.NEAREST, resize))
     job.out_stem.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(mask).save(f"{job.out_stem}_mask.png")
     Image.fromarray(overlay(rgb, mask > 0)).save(f"{job.out_stem}_overlay.png")
+    if small_prob is not None:
+        prob = to_image_size(Image.fromarray(small_prob.astype(np.float32)), width,
+                             height, Image.Resampling.BILINEAR, resize)
+        levels = quantise(np.asarray(prob))
+        Image.fromarray(levels).save(f"{job.out_stem}_prob.png")
+        Image.fromarray(heatmap(rgb, levels)).save(f"{job.out_stem}_heatmap.png")
 
 
 def predict_images(model: LoadedModel, paths: Sequence[Path], out_dir: Path,
-                   device: torch.device | str = "cpu", batch_size: int = 16) -> PredictResult:
-    """Segment ``paths`` (files or directories) in batches; write PNGs to ``out_dir``."""
-    device = torch.device(device)
+                   device: torch.device | str = "cpu", batch_size: int = 16,
+                   threshold: float = DEFAULT_THRESHOLD, probabilities: bool = False
+                   ) -> PredictResult:
+    """Segment ``paths`` (files or directories) in batches; write PNGs to ``out_dir``.
+
+    Masks are ``probability > threshold`` (0.5: the argmax); ``probabilities`` also
+    writes ``<stem>_prob.png`` and ``<stem>_heatmap.png``.
+    """
+    device, threshold = torch.device(device), check_threshold(threshold)
     jobs = find_images([Path(p) for p in paths], Path(out_dir))
     result = PredictResult()
     with tqdm(total=len(jobs), desc="predict", unit="image", disable=len(jobs) < 10) as bar:
@@ -141,12 +189,14 @@ def predict_images(model: LoadedModel, paths: Sequence[Path], out_dir: Path,
                     log.error("skipping %s: %s", job.path, exc)
                     result.failed.append((job.path, str(exc)))
             if batch:
-                small = np.stack([resize_image(Image.fromarray(rgb), model.image_size)
-                                  for _, rgb in batch])
-                masks = predict_masks(model.module, small, device, batch_size, progress=False)
-                for (job, rgb), mask in zip(batch, masks, strict=True):
+                small = np.stack([resize_image(Image.fromarray(rgb), model.image_size,
+                                               model.resize) for _, rgb in batch])
+                masks, probs = predict_maps(model.module, small, device, batch_size,
+                                            progress=False, threshold=threshold)
+                for (job, rgb), mask, prob in zip(batch, masks, probs, strict=True):
                     try:
-                        write_outputs(job, rgb, mask)
+                        write_outputs(job, rgb, mask, prob if probabilities else None,
+                                      model.resize)
                         result.written.append(job.path)
                     except OSError as exc:
                         log.error("cannot write %s: %s", job.out_stem, exc)
@@ -172,8 +222,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--device {args.device}: not a usable device here; use auto, cpu "
                         "or cuda (with a visible GPU).") from None
     model = load_predictor(args.model, device, args.tracking_uri)
-    result = predict_images(model, inputs, out_dir, device, args.batch_size)
-    print(f"wrote masks and overlays of {len(result.written)} images to {args.out}"
+    result = predict_images(model, inputs, out_dir, device, args.batch_size, args.threshold,
+                            args.probabilities)
+    what = "masks, overlays, probabilities and heatmaps" if args.probabilities \
+        else "masks and overlays"
+    print(f"wrote {what} of {len(result.written)} images to {args.out}"
           + (f"; {len(result.failed)} failed:" if result.failed else ""))
     for path, reason in result.failed:
         print(f"  {path}: {reason}")
@@ -187,6 +240,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _threshold(text: str) -> float:
+    try:
+        return check_threshold(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number strictly between 0 and 1, got {text!r}") from None
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``predict`` on the ``mr2unet`` command's subparsers."""
     p = sub.add_parser(
@@ -195,6 +256,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  mr2unet predict --model models:/mr2unet-best@champion photo.png --out masks/\n"
                "  mr2unet predict --model data/models/mr2unet.pt images/ --out masks/\n"
+               "  mr2unet predict --model data/models/mr2unet.pt images/ --out maps/ "
+               "--probabilities --threshold 0.3\n"
                "exit codes: 0 all written, 1 some images failed, 2 bad arguments or model.")
     p.add_argument("--model", required=True,
                    help="a .pt file (data/models/<arch>.pt), a downloaded MLflow model folder, "
@@ -206,6 +269,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
     p.add_argument("--batch-size", type=_positive_int, default=16,
                    help="images per forward pass (default 16)")
+    p.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD, metavar="T",
+                   help="a pixel is a defect where its defect probability exceeds T, "
+                        "0 < T < 1 (default 0.5: the argmax of the two classes)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write <stem>_prob.png (defect probability x 255, 8-bit, at the "
+                        "image's size) and <stem>_heatmap.png (colour map over the image)")
     p.add_argument("--tracking-uri",
                    help="MLflow store for models:/ and runs:/ URIs (default "
                         "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current folder)")

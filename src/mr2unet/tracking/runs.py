@@ -26,6 +26,8 @@ from mr2unet.workspace import file_lock, project_root
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# The prepare keys that the train stage reads (the network's input size and resize mode).
+TRAIN_PREPARE_KEYS = ("image_size", "resize")
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns"
@@ -157,7 +159,10 @@ class TrainingTracker:
         run = locked_write(self.uri, lambda: self.client.create_run(
             self.experiment_id, run_name=f"train-{self.arch}", tags=tags))
         self.run_id = run.info.run_id
-        stage_params = {k: self.params[k] for k in ("profile", "data", "split", "prepare")}
+        # The keys the train stage depends on (dvc.yaml); the data itself is identified by
+        # the training split's digest (`data_sha256`, logged by finish()).
+        stage_params: dict[str, Any] = {"prepare": {
+            k: v for k, v in self.params["prepare"].items() if k in TRAIN_PREPARE_KEYS}}
         stage_params["train"] = {k: v for k, v in self.params["train"].items()
                                  if k not in ("model_options", "models")}
         stage_params["model_options"] = self.params["train"]["model_options"].get(self.arch) or {}
@@ -184,6 +189,11 @@ class TrainingTracker:
         stamp = int(time.time() * 1000)
         metrics = [Metric(k, float(v), stamp, step or 0) for k, v in values.items()]
         locked_write(self.uri, lambda: self.client.log_batch(self.run_id, metrics=metrics))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tag the run, e.g. ``collapsed=true`` for a network that learned nothing."""
+        for key, value in tags.items():
+            locked_write(self.uri, lambda k=key, v=value: self.client.set_tag(self.run_id, k, v))
 
     def log_epoch(self, row: dict[str, float]) -> None:
         """``on_epoch_end`` callback: one MLflow step per epoch."""
