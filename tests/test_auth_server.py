@@ -20,18 +20,14 @@ import contextlib
 import json
 import os
 import secrets
-import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, postgres_cluster
+from conftest import http_service, postgres_cluster
 
 from mr2unet.checkpoint import save_model
 from mr2unet.models import build_model
@@ -76,37 +72,14 @@ def call(url: str, body: dict[str, Any] | None = None,
         return error.code, error.read().decode()
 
 
-@contextlib.contextmanager
 def auth_server(backend_uri: str, artifacts: Path, env: dict[str, str],
-                log_path: Path) -> Iterator[str]:
+                log_path: Path) -> contextlib.AbstractContextManager[str]:
     """``mlflow server --app-name basic-auth`` on 127.0.0.1; yields its URL."""
-    port = free_port()
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
-             "--port", str(port), "--backend-store-uri", backend_uri,
-             "--artifacts-destination", str(artifacts), "--workers", "1"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            with contextlib.suppress(OSError):
-                if call(f"{url}/health")[0] == 200:
-                    break
-            assert server.poll() is None and time.monotonic() < deadline, \
-                f"mlflow server did not start:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+    return http_service(
+        [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
+         "--port", "{port}", "--backend-store-uri", backend_uri,
+         "--artifacts-destination", str(artifacts), "--workers", "1"],
+        env, log_path, "/health", "mlflow server", START_TIMEOUT_S)
 
 
 def create_databases(cluster_uri: str, *names: str) -> None:

@@ -136,7 +136,7 @@ def test_an_evaluate_value_reruns_evaluate_and_report_only(built: Path, tmp_path
 def test_editing_an_unapplied_profile_changes_nothing(built: Path, tmp_path: Path) -> None:
     project = copy_built(built, tmp_path / "p")
     demo = project / "profiles" / "demo.yaml"
-    demo.write_text(demo.read_text().replace("epochs: 30", "epochs: 31"))
+    demo.write_text(demo.read_text().replace("epochs: 25", "epochs: 26"))
     (project / "profiles" / "new.yaml").write_text("train:\n  lr: 0.5\n")
     assert stale_stages(project) == set()
 

@@ -13,20 +13,18 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import http_service
 from PIL import Image
 from test_export import briefly_trained
 
@@ -45,44 +43,13 @@ START_TIMEOUT_S = 180
 REQUEST_TIMEOUT_S = 60
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def model_server(model_uri: str, env: dict[str, str], log_path: Path) -> Iterator[str]:
+def model_server(model_uri: str, env: dict[str, str], log_path: Path
+                 ) -> contextlib.AbstractContextManager[str]:
     """``mlflow models serve --env-manager local`` on 127.0.0.1; yields its base URL."""
-    port = free_port()
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except (OSError, urllib.error.URLError):
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, \
-                f"model server did not start:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+    return http_service(
+        [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", "{port}", "-w", "1"],
+        env, log_path, "/ping", "model server", START_TIMEOUT_S)
 
 
 def post(url: str, body: dict[str, Any]) -> tuple[int, Any, float]:

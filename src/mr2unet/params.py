@@ -61,17 +61,23 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def read_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file of parameter sections as a dict; a UserError if it is not one."""
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path} must be a mapping of sections (data:, train:, ...).")
+    return values
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Load and validate ``params.yaml``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found: run the stages from the repository root.")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path} must be a mapping of sections (data:, train:, ...).")
+    raw = read_mapping(path)
     if "profiles" in raw or "profile" in raw:
         raise UserError(f"{path} has a `profile:`/`profiles:` key from an older layout: profiles "
                         "now live in profiles/<name>.yaml; run `mr2unet profile paper` (or "

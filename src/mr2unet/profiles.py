@@ -29,7 +29,7 @@ import yaml
 from ruamel.yaml import YAML
 
 from mr2unet.errors import UserError
-from mr2unet.params import check_known_keys
+from mr2unet.params import check_known_keys, read_mapping
 
 PROFILES_DIR = Path("profiles")
 BASE = "paper"
@@ -62,12 +62,7 @@ def profile_file(name: str, root: Path = Path(".")) -> Path:
 
 def read_overlay(path: Path) -> dict[str, Any]:
     """An overlay's values, every key checked against the known keys (a typo is named)."""
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(values, dict):
-        raise UserError(f"{path} must be a mapping of sections (data:, train:, ...).")
+    values = read_mapping(path)
     check_known_keys(values, where=str(path))
     return values
 
