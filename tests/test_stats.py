@@ -184,7 +184,7 @@ def test_sentence_and_section() -> None:
     text = sentence(iou, LABELS)
     r = iou.result
     assert text.startswith(f"MR2U-Net vs U-Net: +0.100 IOU, 95 % CI [+{r.ci_low:.3f}, "
-                           f"+{r.ci_high:.3f}], Wilcoxon p = <0.001, significant at 0.05; ")
+                           f"+{r.ci_high:.3f}], Wilcoxon p < 0.001, significant at 0.05; ")
     assert text.endswith("better on 40, worse on 0, tied on 0 of 40 images.")
     md, page = section(comparisons, LABELS)
     assert "| MR2U-Net vs U-Net | IOU | 40 | +0.100 |" in md

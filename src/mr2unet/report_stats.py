@@ -202,7 +202,8 @@ def sentence(c: Comparison, labels: Mapping[str, str], alpha: float = stats.ALPH
     if r.p_value is None:
         text += f", identical scores on all {r.n} images: nothing to test."
         return text
-    text += f", Wilcoxon p = {_p(r.p_value)}"
+    p = _p(r.p_value)
+    text += f", Wilcoxon p < {p[1:]}" if p.startswith("<") else f", Wilcoxon p = {p}"
     if r.p_holm is not None and r.p_holm != r.p_value:
         text += f" (Holm {_p(r.p_holm)})"
     return (text + f", {verdict(r, alpha)}; better on {r.better}, worse on {r.worse}, "
