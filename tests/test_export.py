@@ -143,18 +143,26 @@ def test_the_dynamo_exporter_gives_the_same_logits(tmp_path: Path) -> None:
     assert parity.max_abs_logit_diff < 1e-3 and parity.mask_agreement >= 0.999
 
 
-def test_cli_exports_a_registered_model(exported: dict, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture) -> None:
-    mlflow = pytest.importorskip("mlflow")
-    from mr2unet.tracking.pyfunc import log_segmentation_model
-
+def local_store(mlflow: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                ) -> tuple[Any, str, str]:
+    """A SQLite MLflow store in ``tmp_path`` as the process's tracking URI (the caller
+    resets it): (client, uri, experiment id)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(uri, uri)
     experiment = client.create_experiment("t", (tmp_path / "artifacts").as_uri())
     mlflow.set_tracking_uri(uri)
+    return client, uri, experiment
+
+
+def test_cli_exports_a_registered_model(exported: dict, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    from mr2unet.tracking.pyfunc import log_segmentation_model
+
+    client, uri, experiment = local_store(mlflow, tmp_path, monkeypatch)
     try:
         with mlflow.start_run(experiment_id=experiment):
             info = log_segmentation_model(exported["resunet"]["checkpoint"])
@@ -184,12 +192,7 @@ def test_the_champion_carries_its_onnx_file(exported: dict, tmp_path: Path,
     from mr2unet.tracking.pyfunc import log_segmentation_model
     from mr2unet.tracking.registry import attach_onnx, set_aliases
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = mlflow.MlflowClient(uri, uri)
-    experiment = client.create_experiment("t", (tmp_path / "artifacts").as_uri())
-    mlflow.set_tracking_uri(uri)
+    client, uri, experiment = local_store(mlflow, tmp_path, monkeypatch)
     runs = {}
     try:
         for arch in ("unet", "attention_unet"):
