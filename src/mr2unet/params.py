@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +51,22 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
 TOP_LEVEL = tuple(KNOWN_KEYS)
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Return ``base`` with ``override`` merged in; nested dicts merge key by key."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+def merge_into(target: MutableMapping[str, Any], overlay: MutableMapping[str, Any]) -> None:
+    """Set ``overlay``'s values in ``target`` in place; nested mappings merge key by key.
+
+    In-place assignment keeps a round-trip (ruamel) ``target``'s comments and key order.
+    """
+    for key, value in overlay.items():
+        if isinstance(value, MutableMapping) and isinstance(target.get(key), MutableMapping):
+            merge_into(target[key], value)
         else:
-            merged[key] = copy.deepcopy(value)
+            target[key] = value
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``base`` with ``override`` merged in (:func:`merge_into`)."""
+    merged = copy.deepcopy(base)
+    merge_into(merged, copy.deepcopy(override))
     return merged
 
 

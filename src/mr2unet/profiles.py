@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import yaml
 from ruamel.yaml import YAML
 
 from mr2unet.errors import UserError
-from mr2unet.params import check_known_keys, read_mapping
+from mr2unet.params import check_known_keys, merge_into, read_mapping
 
 PROFILES_DIR = Path("profiles")
 BASE = "paper"
@@ -65,18 +64,6 @@ def read_overlay(path: Path) -> dict[str, Any]:
     values = read_mapping(path)
     check_known_keys(values, where=str(path))
     return values
-
-
-def merge_into(target: MutableMapping[str, Any], overlay: MutableMapping[str, Any]) -> None:
-    """Set ``overlay``'s values in ``target`` in place; nested mappings merge key by key.
-
-    In-place assignment keeps a round-trip ``target``'s comments and key order.
-    """
-    for key, value in overlay.items():
-        if isinstance(value, MutableMapping) and isinstance(target.get(key), MutableMapping):
-            merge_into(target[key], value)
-        else:
-            target[key] = value
 
 
 def render(name: str, root: Path = Path(".")) -> str:
