@@ -246,6 +246,12 @@ def work_correctness(spec: dict[str, Any], out: Path) -> dict[str, Any]:
         res["resumed_from_epoch"] = resumed.resumed_from_epoch
         res["resume_identical"], res["resume_max_abs_diff"] = states_equal(first.model,
                                                                            resumed.model)
+        # The CUDA-graph lever must compute what the eager loop computes (on the CPU it is
+        # a no-op, so the smoke run checks only the plumbing).
+        graphed = train(dataclasses.replace(cfg, cuda_graphs=True), train_split, progress=False)
+        res["graphs_identical"], res["graphs_max_abs_diff"] = states_equal(first.model,
+                                                                           graphed.model)
+        res["graphs_loss"] = [row["loss"] for row in graphed.history]
     res["nondeterministic_ops"] = nondeterministic_ops(caught)
     _write(out, res)
     res["evaluate"] = _scores(first.model, test_split, device)
@@ -483,7 +489,8 @@ def table(data: dict[str, Any]) -> str:
     lines = [f"device: {data['device']}  torch {data['torch']}  "
              f"({data['elapsed_s']} s, phases {', '.join(data['phases_done']) or 'none'})",
              "network        | ours img/s | fastest img/s (mode)     | plain | x plain | "
-             "loss falls | resume identical | dev/CPU masks | bottle IOU (paper)  | "
+             "loss falls | resume identical | graphs = eager | dev/CPU masks | "
+             "bottle IOU (paper)  | "
              "bottle Dice (paper)"]
     for arch in data["models"]:
         t = data["throughput"].get(arch, {})
@@ -495,6 +502,7 @@ def table(data: dict[str, Any]) -> str:
             f"{_fmt(t.get('fastest'), 1):>8} ({t.get('fastest_mode') or '-':<14}) | "
             f"{_fmt(t.get('plain'), 1):>5} | {_fmt(ratio, 2):>7} | "
             f"{str(c.get('falling', '-')):>10} | {str(c.get('resume_identical', '-')):>16} | "
+            f"{str(c.get('graphs_identical', '-')):>14} | "
             f"{_fmt(c.get('cuda_cpu_agreement'), 5):>13} | "
             f"{_fmt(b.get('iou_mean'))}±{_fmt(b.get('iou_std'), 3)} ({PAPER_BOTTLE[arch][0]}) | "
             f"{_fmt(b.get('dice_mean'))}±{_fmt(b.get('dice_std'), 3)} ({PAPER_BOTTLE[arch][1]})")
@@ -602,8 +610,8 @@ def phase_bottle(ctx: Context) -> None:
     seconds = ctx.remaining() - margin - sizes.startup_s
     gain = ctx.report.data["full_protocol"].get("concurrency_gain")
     n_train = len(load_split(ctx.common["train"]))
-    epochs = plan_bottle_epochs(alone_speeds(ctx), gain, len(seeds), n_train, seconds,
-                                sizes.bottle_epochs)
+    epochs = ctx.args.bottle_epochs or plan_bottle_epochs(
+        alone_speeds(ctx), gain, len(seeds), n_train, seconds, sizes.bottle_epochs)
     deadline = time.time() + max(seconds, 1.0)
     ctx.report.data["bottle_epochs"] = epochs
     ctx.report.log(f"d: {len(sizes.models)} networks x {len(seeds)} seeds x {epochs} epochs "
@@ -719,6 +727,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocol-share", type=float, default=None,
                     help="share of the budget for phase c's window (default 0.13; 1 with "
                          "--phases c measures the protocol directly where it fits)")
+    ap.add_argument("--bottle-epochs", type=int, default=None,
+                    help="phase d's epochs (default: planned from phases b and c to fit the "
+                         "time left; use it when running d alone with known speeds)")
     ap.add_argument("--try-compile", action="store_true",
                     help="also measure torch.compile(mode='reduce-overhead') in phase b")
     ap.add_argument("--smoke", action="store_true", help="tiny networks on the CPU")
