@@ -29,6 +29,9 @@ d. the real bottle sample (50 train / 13 test) with the paper's protocol (params
    measured speed says 200 epochs do not fit the time left, the epochs are scaled down
    and the result says so (``protocol_complete: false``).
 
+``--previous gpu_check.json`` starts from an earlier call's results on the same GPU model
+and fills only what it lacks (phase b's unmeasured modes, phase d's unfinished networks).
+
 The budget (``--budget-s``) is split between the phases by measured speed; every worker
 process is killed at its phase's limit, so the script ends within the budget plus a few
 seconds.  ``--smoke`` runs every phase with tiny networks on the CPU (tests/test_gpu_check.py).
@@ -277,10 +280,13 @@ def work_throughput(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     res: dict[str, Any] = {"arch": arch, "images": len(split), "timed_epochs": sizes.bench_epochs,
                            "modes": {}, "errors": {}}
     modes = dict(MODES, **({"compile": COMPILE_MODE} if spec.get("try_compile") else {}))
+    res["modes"].update(spec.get("measured") or {})  # an earlier call's (--previous)
     with tempfile.TemporaryDirectory() as tmp:
         write_pngs(split, Path(tmp))
         # The expected winner first after the two references: a kill keeps what was measured.
         for name in ("ours", "plain", *reversed([m for m in modes if m != "ours"])):
+            if name in res["modes"]:
+                continue
             try:
                 if name == "plain":
                     speed = plain_images_per_second(config(arch, sizes), Path(tmp), len(split),
@@ -531,17 +537,21 @@ def phase_correctness(ctx: Context) -> None:
 
 
 def phase_throughput(ctx: Context) -> None:
-    total = ctx.allowance(0.26 if not ctx.args.try_compile else 0.4)
+    total = ctx.allowance(ctx.args.throughput_share)
     weight = {a: COST.get(a, 1.0) for a in ctx.sizes.models}
     # Timing needs the GPU to itself: one network after another (the smoke test has no
     # timing to protect and runs them at once).
     parallel = len(ctx.sizes.models) if ctx.args.smoke else 1
-    jobs = [Job(f"b_{arch}", {"kind": "throughput", "arch": arch,
+    wanted = {"ours", "plain", *MODES, *(("compile",) if ctx.args.try_compile else ())}
+    measured = {a: dict(ctx.report.data["throughput"].get(a, {}).get("modes") or {})
+                for a in ctx.sizes.models}
+    jobs = [Job(f"b_{arch}", {"kind": "throughput", "arch": arch, "measured": measured[arch],
                               "try_compile": ctx.args.try_compile, **ctx.common}, 0.0)
-            for arch in ctx.sizes.models]
+            for arch in ctx.sizes.models if not wanted <= set(measured[arch])]
+    weight = {a: w for a, w in weight.items() if any(j.spec["arch"] == a for j in jobs)}
 
     def done(job: Job, result: dict[str, Any]) -> None:
-        modes = result.get("modes", {})
+        modes = {**measured[job.spec["arch"]], **result.get("modes", {})}
         fast = {m: v for m, v in modes.items() if m not in ("plain",)}
         best = max(fast, key=fast.get) if fast else None
         ctx.report.data["throughput"][job.spec["arch"]] = {
@@ -610,14 +620,20 @@ def phase_bottle(ctx: Context) -> None:
     seconds = ctx.remaining() - margin - sizes.startup_s
     gain = ctx.report.data["full_protocol"].get("concurrency_gain")
     n_train = len(load_split(ctx.common["train"]))
+    todo = {a: v for a, v in alone_speeds(ctx).items()
+            if ctx.report.data["bottle"].get(a, {}).get("seeds") != sorted(seeds)}
     epochs = ctx.args.bottle_epochs or plan_bottle_epochs(
-        alone_speeds(ctx), gain, len(seeds), n_train, seconds, sizes.bottle_epochs)
+        todo, gain, len(seeds), n_train, seconds, sizes.bottle_epochs)
     deadline = time.time() + max(seconds, 1.0)
     ctx.report.data["bottle_epochs"] = epochs
-    ctx.report.log(f"d: {len(sizes.models)} networks x {len(seeds)} seeds x {epochs} epochs "
+    ctx.report.log(f"d: {len(todo)} networks x {len(seeds)} seeds x {epochs} epochs "
                    f"(planned for {seconds:.0f} s)")
+    complete = [a for a in sizes.models
+                if ctx.report.data["bottle"].get(a, {}).get("seeds") == sorted(seeds)]
+    if complete:
+        ctx.report.log(f"d: kept from the earlier call: {', '.join(complete)}")
     jobs = []
-    for arch in sizes.models:
+    for arch in (a for a in sizes.models if a not in complete):
         name, mode = fastest_mode(ctx, arch)
         for seed in seeds:
             jobs.append(Job(f"d_{arch}_{seed}", {
@@ -697,6 +713,23 @@ def prepare_bottle(out: Path, archive: Path) -> None:
           f"{cfg.image_size} px")
 
 
+MERGED_KEYS = ("correctness", "throughput", "full_protocol_minutes", "full_protocol_measured",
+               "full_protocol", "bottle", "bottle_epochs")
+
+
+def merge_previous(data: dict[str, Any], previous: dict[str, Any], path: Path) -> None:
+    """Start ``data`` from an earlier call's results (``--previous``); same device only."""
+    if previous.get("device") != data["device"]:
+        raise SystemExit(f"error: {path} was measured on {previous.get('device')!r}, not on "
+                         f"{data['device']!r}: its timings cannot be combined with this run's")
+    for key in MERGED_KEYS:
+        data[key] = copy.deepcopy(previous.get(key, data[key]))
+    # Incomplete bottle rows are trained again, not kept.
+    data["bottle"] = {a: row for a, row in data["bottle"].items() if row.get("seeds")}
+    data["previous_calls"] = [*previous.get("previous_calls", []), {
+        k: previous.get(k) for k in ("elapsed_s", "phases_done", "torch", "budget_s")}]
+
+
 def smoke_data(work: Path, sizes: Sizes) -> tuple[Path, Path]:
     """Tiny random train/test splits for ``--smoke`` (the bottle data's format)."""
     paths = []
@@ -730,6 +763,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bottle-epochs", type=int, default=None,
                     help="phase d's epochs (default: planned from phases b and c to fit the "
                          "time left; use it when running d alone with known speeds)")
+    ap.add_argument("--previous", type=Path, default=None,
+                    help="an earlier call's gpu_check.json on the same device: its results are "
+                         "kept and the phases run again fill only what it lacks (phase b's "
+                         "unmeasured modes, phase d's incomplete networks)")
+    ap.add_argument("--throughput-share", type=float, default=None,
+                    help="share of the budget for phase b (default 0.42, 0.55 with "
+                         "--try-compile)")
     ap.add_argument("--try-compile", action="store_true",
                     help="also measure torch.compile(mode='reduce-overhead') in phase b")
     ap.add_argument("--smoke", action="store_true", help="tiny networks on the CPU")
@@ -745,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SMOKE if args.smoke else Sizes()
     if args.budget_s is None:
         args.budget_s = 60.0 if args.smoke else 420.0
+    if args.throughput_share is None:
+        # 0.26 was measured too short on an H100 (3 of 4 workers killed after two modes).
+        args.throughput_share = 0.55 if args.try_compile else 0.42
     if args.protocol_share is None:
         args.protocol_share = 0.02 if args.smoke else 0.13
     if args.models:
@@ -768,6 +811,8 @@ def main(argv: list[str] | None = None) -> int:
         "full_protocol_minutes": None, "full_protocol_measured": False, "full_protocol": {},
         "bottle": {}, "bottle_epochs": None, "bottle_note": BOTTLE_NOTE,
         "paper_bottle": {a: {"iou": v[0], "dice": v[1]} for a, v in PAPER_BOTTLE.items()}})
+    if args.previous:
+        merge_previous(report.data, json.loads(args.previous.read_text()), args.previous)
     report.save()
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         work = Path(tmp)

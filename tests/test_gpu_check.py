@@ -53,6 +53,7 @@ def test_smoke_run_writes_every_key(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert a["resume_identical"] and a["resume_max_abs_diff"] == 0.0
     assert a["repeat_identical"] and a["nondeterministic_ops"] == []
     assert a["predict"] == {"device": "cpu", "written": 3, "failed": 0}
+    assert a["graphs_identical"] and len(a["graphs_loss"]) == 2  # a no-op on the CPU
     assert a["cuda_cpu_agreement"] == 1.0 and a["agreement_ok"]
     bottle = data["bottle"][arch]
     assert bottle["seeds"] == [0, 1] and len(bottle["per_seed"]) == 2
@@ -64,6 +65,34 @@ def test_smoke_run_writes_every_key(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert table[-1].startswith("paper protocol (4 x 200 epochs x 1006 images)")
     assert table[-2].startswith(arch)
     assert (tmp_path / "gpu_check.log").read_text().count("phase") >= 4
+
+
+def test_previous_call_is_kept_and_only_the_gaps_are_filled(tmp_path: Path) -> None:
+    """--previous: a second device call measures what the first one lacked, nothing else."""
+    gpu_check = load_script()
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert gpu_check.main(["--smoke", "--phases", "bd", "--out", str(first)]) == 0
+    earlier = json.loads((first / "gpu_check.json").read_text())
+    (arch,) = earlier["models"]
+    modes = earlier["throughput"][arch]["modes"]
+    del modes["cuda_graphs"]  # as if the first call was killed before this mode
+    earlier["throughput"][arch]["modes"] = modes
+    earlier["bottle"][arch]["seeds"] = []  # ... and before its bottle runs finished
+    (first / "gpu_check.json").write_text(json.dumps(earlier))
+    args = ["--smoke", "--phases", "db", "--previous", str(first / "gpu_check.json"),
+            "--bottle-epochs", "3", "--out", str(second)]
+    assert gpu_check.main(args) == 0
+    data = json.loads((second / "gpu_check.json").read_text())
+    again = data["throughput"][arch]["modes"]
+    assert set(again) == set(modes) | {"cuda_graphs"}
+    assert {m: again[m] for m in modes} == modes  # kept, not measured again
+    assert data["bottle"][arch]["seeds"] == [0, 1] and data["bottle_epochs"] == 3
+    assert [r["epochs_done"] for r in data["bottle"][arch]["per_seed"]] == [3, 3]
+    assert data["previous_calls"][0]["phases_done"] == ["b", "d"]
+    earlier["device"] = "another GPU"
+    (first / "gpu_check.json").write_text(json.dumps(earlier))
+    with pytest.raises(SystemExit, match="measured on 'another GPU'"):
+        gpu_check.main(args)
 
 
 def test_protocol_time_measured_or_projected() -> None:
