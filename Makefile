@@ -25,9 +25,12 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 ## demo: the whole pipeline on generated MVTec-format data, on the CPU, in minutes
+## Two networks' stages at a time (mr2unet repro: separate dvc processes, same results as
+## dvc repro); REPRO_ARGS=--force runs every stage again.
+DEMO_JOBS ?= 2
 demo: $(STAMP)
 	$(BIN)/python -m mr2unet.cli profile demo
-	$(BIN)/dvc repro $(REPRO_ARGS)
+	$(BIN)/python -m mr2unet.cli repro --jobs $(DEMO_JOBS) $(REPRO_ARGS)
 	@echo "Done: metrics/ (IOU/Dice), reports/report.html, MLflow store mlflow.db (make ui)."
 
 ## sweep: the demo over several seeds as queued DVC experiments (JOBS workers with

@@ -136,7 +136,7 @@ def test_an_evaluate_value_reruns_evaluate_and_report_only(built: Path, tmp_path
 def test_editing_an_unapplied_profile_changes_nothing(built: Path, tmp_path: Path) -> None:
     project = copy_built(built, tmp_path / "p")
     demo = project / "profiles" / "demo.yaml"
-    demo.write_text(demo.read_text().replace("epochs: 25", "epochs: 26"))
+    demo.write_text(demo.read_text().replace("epochs: 30", "epochs: 31"))
     (project / "profiles" / "new.yaml").write_text("train:\n  lr: 0.5\n")
     assert stale_stages(project) == set()
 
@@ -158,6 +158,24 @@ def test_exp_run_set_param_shows_the_effective_values(built: Path, tmp_path: Pat
     assert values["train"]["epochs"] == TINY["train"]["epochs"]  # the effective value
     assert "profiles" not in values and "profile" not in values
     assert data["metrics"]["metrics/unet.json"]["data"]["mean"]["iou"] >= 0
+
+
+def test_parallel_repro_gives_the_sequential_results(built: Path, tmp_path: Path) -> None:
+    """`mr2unet repro --jobs 2` (make demo): the networks' stages in two dvc processes at
+    once, the same bytes as `dvc repro`, and nothing left to do afterwards."""
+    project = copy_built(built, tmp_path / "p")
+    out = run([str(BIN / "mr2unet"), "repro", "--jobs", "2", "--force"], project,
+              timeout=900).stdout
+    assert ran_stages(out) == {"download", "prepare", "train@unet", "train@mr2unet",
+                               "evaluate@unet", "evaluate@mr2unet", "report"}
+    assert "[mr2unet] Running stage 'train@mr2unet'" in out  # the costliest network first
+    assert "[unet] Running stage 'evaluate@unet'" in out
+    results = [*project.glob("metrics/*.json"), *project.glob("metrics/pooled/*.json"),
+               *project.glob("metrics/history/*.csv"), project / "data/prepared/manifest.csv"]
+    assert len(results) >= 7
+    for path in results:
+        assert path.read_bytes() == (built / path.relative_to(project)).read_bytes(), path
+    assert stale_stages(project) == set()
 
 
 def test_remote_push_pull(built: Path, tmp_path: Path) -> None:

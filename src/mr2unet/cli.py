@@ -4,6 +4,7 @@
 ``mr2unet synthetic DIR``     write synthetic MVTec-format data to DIR
 ``mr2unet predict ...``       segment images with a trained model (``mr2unet predict --help``)
 ``mr2unet export ...``        a trained model as ONNX for C++/C# callers (``mr2unet export --help``)
+``mr2unet repro --jobs N``   the DVC pipeline with N networks' stages at a time (``make demo``)
 ``mr2unet spread``            mean +/- std of the DVC experiments' metrics (e.g. over seeds)
                              beside the paper's, and paired tests of the models
 """
@@ -56,6 +57,14 @@ def _spread(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repro(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mr2unet import repro
+
+    return repro.run(Path(args.repo), args.jobs, ["--force"] if args.force else [])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mr2unet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images-per-defect", type=int, default=12)
     p.set_defaults(func=_synthetic)
+
+    p = sub.add_parser("repro", help="dvc repro with several networks' train and evaluate "
+                       "stages at a time (separate dvc processes; results as dvc repro's)")
+    p.add_argument("--jobs", "-j", type=int, default=2,
+                   help="networks at a time (default 2); give each its share of the CPU "
+                        "cores with train.cpu_threads")
+    p.add_argument("--force", "-f", action="store_true",
+                   help="run every stage even if nothing changed (dvc repro --force)")
+    p.add_argument("--repo", default=".")
+    p.set_defaults(func=_repro)
 
     p = sub.add_parser("spread", help="aggregate DVC experiments into mean +/- std and "
                        "paired tests on seed-averaged per-image scores")

@@ -1,0 +1,138 @@
+"""``mr2unet repro --jobs N``: the DVC pipeline with N networks' stages at a time.
+
+``dvc repro`` runs one stage after another, but the stages of different networks
+(``train@X``, ``evaluate@X``) do not depend on each other. DVC lets independent stages
+run at once from separate ``dvc repro`` processes: it holds the repository lock while
+it checks and records a stage, not while the stage's command runs, and
+``dvc --wait-for-lock`` waits for that lock instead of failing. So this runs
+
+1. ``dvc repro <last upstream stage>``: the data every network needs (download, prepare);
+2. for each network, ``dvc --wait-for-lock repro --single-item train@X evaluate@X``,
+   ``jobs`` networks at a time, the costliest first;
+3. ``dvc repro --single-item <the remaining stages>`` (the report).
+
+Extra arguments (``--force``...) go to every ``dvc repro``. Each stage runs the same
+command with the same parameters as under a plain ``dvc repro``, so its outputs are the
+same; only the order of the MLflow runs differs. Jobs share the machine: on a CPU give
+each its share of the cores (``train.cpu_threads``); on one GPU they share the device
+(docs/performance.md measured 1.8x sooner for the four networks at once on an H100).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from mr2unet.errors import UserError
+
+log = logging.getLogger(__name__)
+
+NETWORK_STAGES = ("train", "evaluate")
+# Training cost per image relative to U-Net on 2 CPU cores (docs/performance.md): the
+# costliest network starts first, so that it does not run alone at the end.
+RELATIVE_COST = {"mr2unet": 4.0, "attention_unet": 1.3, "unet": 1.0, "resunet": 1.0}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The three steps of a parallel repro (see the module docstring)."""
+
+    upstream: str | None
+    chains: tuple[tuple[str, ...], ...]
+    rest: tuple[str, ...]
+
+
+def plan(stages: Sequence[str]) -> Plan:
+    """Split ``dvc stage list`` names (in dvc.yaml's order) into the three steps."""
+    networks = list(dict.fromkeys(
+        s.split("@", 1)[1] for s in stages if s.split("@", 1)[0] in NETWORK_STAGES and "@" in s))
+    if not networks:
+        raise UserError("dvc.yaml has no train@<model> stages: nothing to run in parallel; "
+                        "use `dvc repro`.")
+    networks.sort(key=lambda n: -RELATIVE_COST.get(n, 1.0))  # stable: dvc.yaml order on ties
+    chains = tuple(tuple(f"{kind}@{n}" for kind in NETWORK_STAGES if f"{kind}@{n}" in stages)
+                   for n in networks)
+    in_chains = {s for chain in chains for s in chain}
+    first = min(stages.index(s) for s in in_chains)
+    upstream = [s for s in stages[:first] if s not in in_chains]
+    rest = tuple(s for s in stages[first:] if s not in in_chains)
+    return Plan(upstream[-1] if upstream else None, chains, rest)
+
+
+def _dvc() -> str:
+    """The ``dvc`` beside this Python (the venv's), else the one on PATH."""
+    local = Path(sys.executable).parent / "dvc"
+    return str(local) if local.is_file() else "dvc"
+
+
+def _stream(cmd: list[str], cwd: Path, prefix: str, lock: threading.Lock) -> int:
+    """Run ``cmd``, echoing its output lines with ``prefix``; its exit code."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        with lock:
+            sys.stdout.write(f"{prefix}{line}")
+            sys.stdout.flush()
+    return proc.wait()
+
+
+def check_threads(params_path: Path, jobs: int, cores: int | None = None) -> str | None:
+    """A warning when ``jobs`` trainings at ``train.cpu_threads`` each oversubscribe the CPU."""
+    cores = cores or os.cpu_count() or 1
+    train = (yaml.safe_load(params_path.read_text()) or {}).get("train", {})
+    if str(train.get("device", "auto")).startswith("cuda") or jobs <= 1:
+        return None
+    threads = train.get("cpu_threads") or cores
+    if jobs * threads <= cores:
+        return None
+    return (f"{jobs} jobs x train.cpu_threads {threads} > {cores} CPU cores: CPU trainings "
+            f"will slow each other down (measured >10x); set train.cpu_threads to "
+            f"{max(1, cores // jobs)} or use fewer jobs (the GPU case is unaffected)")
+
+
+def run(project: Path, jobs: int, repro_args: Sequence[str] = ()) -> int:
+    """The pipeline of ``project`` with ``jobs`` networks at a time; 0 when all succeeded."""
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    dvc, args = _dvc(), list(repro_args)
+    listed = subprocess.run([dvc, "stage", "list", "--name-only"], cwd=project,
+                            capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise UserError(f"`dvc stage list` failed in {project}: {listed.stderr.strip()}")
+    steps = plan(listed.stdout.split())
+    warning = check_threads(project / "params.yaml", jobs)
+    if warning:
+        log.warning(warning)
+    lock = threading.Lock()
+    if steps.upstream and _stream([dvc, "repro", *args, steps.upstream], project, "", lock):
+        return 1
+    failed: list[str] = []
+
+    def lane(chain: tuple[str, ...]) -> None:
+        if failed:  # a stage failed: start nothing new
+            return
+        network = chain[0].split("@", 1)[1]
+        cmd = [dvc, "--wait-for-lock", "repro", *args, "--single-item", *chain]
+        if _stream(cmd, project, f"[{network}] ", lock):
+            failed.append(network)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(lane, steps.chains))
+    if failed:
+        log.error("stages of %s failed (output above); the other networks' results are "
+                  "recorded: fix it and run again", ", ".join(failed))
+        return 1
+    if steps.rest:
+        return int(bool(_stream([dvc, "repro", *args, "--single-item", *steps.rest], project,
+                                "", lock)))
+    return 0

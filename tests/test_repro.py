@@ -1,0 +1,50 @@
+"""mr2unet.repro: how `mr2unet repro --jobs N` splits the pipeline (the run itself is
+tested end to end in tests/test_pipeline.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mr2unet.errors import UserError
+from mr2unet.repro import check_threads, plan
+
+STAGES = ["download", "prepare", "train@unet", "train@resunet", "train@attention_unet",
+          "train@mr2unet", "evaluate@unet", "evaluate@resunet", "evaluate@attention_unet",
+          "evaluate@mr2unet", "report"]
+
+
+def test_plan_runs_the_data_first_then_each_network_costliest_first_then_the_rest() -> None:
+    steps = plan(STAGES)
+    assert steps.upstream == "prepare"
+    assert steps.chains == (("train@mr2unet", "evaluate@mr2unet"),
+                            ("train@attention_unet", "evaluate@attention_unet"),
+                            ("train@unet", "evaluate@unet"),
+                            ("train@resunet", "evaluate@resunet"))
+    assert steps.rest == ("report",)
+
+
+def test_plan_keeps_unknown_networks_in_dvc_yaml_order_and_needs_a_train_stage() -> None:
+    steps = plan(["prepare", "train@b", "train@a", "evaluate@a", "evaluate@b", "report"])
+    assert steps.chains == (("train@b", "evaluate@b"), ("train@a", "evaluate@a"))
+    assert plan(["train@a"]).upstream is None and plan(["train@a"]).rest == ()
+    with pytest.raises(UserError, match="no train@<model> stages"):
+        plan(["download", "prepare", "report"])
+
+
+@pytest.mark.parametrize(("train", "jobs", "warns"), [
+    ("  cpu_threads: 1\n", 2, False),
+    ("  cpu_threads: 2\n", 2, True),
+    ("  cpu_threads: null\n", 2, True),   # PyTorch's default: every core per process
+    ("  cpu_threads: null\n", 1, False),
+    ("  cpu_threads: 2\n  device: cuda\n", 4, False),
+])
+def test_thread_oversubscription_is_named(tmp_path: Path, train: str, jobs: int,
+                                          warns: bool) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n" + train)
+    warning = check_threads(params, jobs, cores=2)
+    assert (warning is not None) == warns
+    if warns:
+        assert "set train.cpu_threads to 1" in warning
