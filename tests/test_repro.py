@@ -48,3 +48,34 @@ def test_thread_oversubscription_is_named(tmp_path: Path, train: str, jobs: int,
     assert (warning is not None) == warns
     if warns:
         assert "set train.cpu_threads to 1" in warning
+
+
+def test_a_failed_network_stops_new_ones_and_the_report(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    import subprocess
+
+    from mr2unet import repro
+
+    (tmp_path / "params.yaml").write_text("train:\n  cpu_threads: 1\n")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a, 0, stdout="\n".join(STAGES), stderr=""))
+    started: list[list[str]] = []
+
+    def fake_stream(cmd: list[str], cwd: Path, prefix: str, lock: object) -> int:
+        started.append(cmd[cmd.index("repro") + 1:])
+        return int("train@mr2unet" in cmd)
+
+    monkeypatch.setattr(repro, "_stream", fake_stream)
+    assert repro.run(tmp_path, jobs=1, repro_args=["--force"]) == 1
+    assert started == [["--force", "prepare"],
+                       ["--force", "--single-item", "train@mr2unet", "evaluate@mr2unet"]]
+    started.clear()
+    monkeypatch.setattr(repro, "_stream", lambda cmd, *a: started.append(cmd) and 0)
+    assert repro.run(tmp_path, jobs=2) == 0
+    # Two lanes finish in either order; the data comes first and the report last.
+    assert started[0][-1] == "prepare" and started[-1][-1] == "report"
+    assert sorted(c[-1] for c in started[1:-1]) == [
+        "evaluate@attention_unet", "evaluate@mr2unet", "evaluate@resunet", "evaluate@unet"]
+    assert started[-1][-2:] == ["--single-item", "report"]
+    with pytest.raises(UserError, match="--jobs must be at least 1"):
+        repro.run(tmp_path, jobs=0)
