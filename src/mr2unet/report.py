@@ -36,6 +36,7 @@ from mr2unet.data.prepared import PreparedSplit, load_split
 from mr2unet.errors import UserError
 from mr2unet.evaluate import TEST_SPLIT, ModelFiles
 from mr2unet.params import MODEL_NAMES
+from mr2unet.pictures import error_map
 from mr2unet.report_html import (
     Cell,
     html_page,
@@ -52,9 +53,6 @@ LABELS = {"unet": "U-Net", "resunet": "Residual U-Net", "attention_unet": "Atten
           "mr2unet": "MR2U-Net"}
 COLOURS = {"unet": "#1f77b4", "resunet": "#ff7f0e", "attention_unet": "#2ca02c",
            "mr2unet": "#d62728"}
-RED = np.array([230, 30, 30], np.float32)
-# Prediction tiles of the sample grid: correct defect pixels, false alarms, misses.
-TP_COLOUR, FP_COLOUR, FN_COLOUR = (255, 255, 255), (230, 40, 40), (40, 90, 230)
 MIN_TILE = 128  # tiles are scaled up (nearest) to at least this many pixels
 MISSING = "–"
 
@@ -332,24 +330,6 @@ def category_scores(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, str, 
 
 
 # ----------------------------------------------------------------------------- figures
-
-
-def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Tint the defect pixels of an RGB ``image`` red (60 %)."""
-    out = image.astype(np.float32)
-    sel = mask.astype(bool)
-    out[sel] = 0.4 * out[sel] + 0.6 * RED
-    return np.round(out).astype(np.uint8)
-
-
-def error_map(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """RGB tile of a prediction: TP white, FP red, FN blue, TN black."""
-    pred, target = pred.astype(bool), target.astype(bool)
-    tile = np.zeros((*pred.shape, 3), np.uint8)
-    tile[pred & target] = TP_COLOUR
-    tile[pred & ~target] = FP_COLOUR
-    tile[~pred & target] = FN_COLOUR
-    return tile
 
 
 def pick_samples(split: PreparedSplit, category: str, count: int) -> list[int]:

@@ -34,7 +34,7 @@ from mr2unet.data.prepare import pad_box, resize_image
 from mr2unet.errors import UserError
 from mr2unet.evaluate import predict_maps, quantise
 from mr2unet.inference import DEFAULT_THRESHOLD, check_threshold
-from mr2unet.report import overlay
+from mr2unet.pictures import overlay
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
