@@ -79,3 +79,16 @@ def test_a_failed_network_stops_new_ones_and_the_report(monkeypatch: pytest.Monk
     assert started[-1][-2:] == ["--single-item", "report"]
     with pytest.raises(UserError, match="--jobs must be at least 1"):
         repro.run(tmp_path, jobs=0)
+
+
+def test_stream_prefixes_lines_and_thins_out_progress_redraws(
+        capsys: pytest.CaptureFixture) -> None:
+    import threading
+
+    from mr2unet.repro import _stream
+
+    script = "printf 'bar 1%%\\rbar 2%%\\rbar 100%%\\nnext\\r\\nlast'; exit 3"
+    assert _stream(["bash", "-c", script], Path("."), "[net] ", threading.Lock()) == 3
+    # "bar 2%" is a redraw within PROGRESS_EVERY_S of "bar 1%": left out.
+    assert capsys.readouterr().out.splitlines() == [
+        "[net] bar 1%", "[net] bar 100%", "[net] next", "[net] last"]

@@ -21,10 +21,13 @@ each its share of the cores (``train.cpu_threads``); on one GPU they share the d
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +40,8 @@ from mr2unet.errors import UserError
 log = logging.getLogger(__name__)
 
 NETWORK_STAGES = ("train", "evaluate")
+# How often a lane echoes a progress bar's redrawn line (tqdm's carriage returns).
+PROGRESS_EVERY_S = 10.0
 # Training cost per image relative to U-Net on 2 CPU cores (docs/performance.md): the
 # costliest network starts first, so that it does not run alone at the end.
 RELATIVE_COST = {"mr2unet": 4.0, "attention_unet": 1.3, "unet": 1.0, "resunet": 1.0}
@@ -74,15 +79,34 @@ def _dvc() -> str:
     return str(local) if local.is_file() else "dvc"
 
 
-def _stream(cmd: list[str], cwd: Path, prefix: str, lock: threading.Lock) -> int:
-    """Run ``cmd``, echoing its output lines with ``prefix``; its exit code."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
+def _stream(cmd: list[str], cwd: Path, prefix: str, lock: threading.Lock,
+            progress_every_s: float = PROGRESS_EVERY_S) -> int:
+    """Run ``cmd``, echoing its output lines with ``prefix``; its exit code.
+
+    A progress bar redraws its line with carriage returns, which a pipe would hold back
+    until the bar closes: such a line is echoed at most every ``progress_every_s`` seconds,
+    so each lane shows its progress while several run at once.
+    """
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
-    for line in proc.stdout:
+    buffer, last_progress = b"", -math.inf
+
+    def echo(segment: bytes) -> None:
         with lock:
-            sys.stdout.write(f"{prefix}{line}")
+            sys.stdout.write(f"{prefix}{segment.decode(errors='replace')}\n")
             sys.stdout.flush()
+
+    while chunk := proc.stdout.read1(65536):
+        buffer = (buffer + chunk).replace(b"\r\n", b"\n")
+        *segments, buffer = re.split(rb"(\r|\n)", buffer)
+        for text, end in zip(segments[::2], segments[1::2], strict=True):
+            if end == b"\n":
+                echo(text)
+            elif text.strip() and time.monotonic() - last_progress >= progress_every_s:
+                last_progress = time.monotonic()
+                echo(text)
+    if buffer.strip():
+        echo(buffer)
     return proc.wait()
 
 
