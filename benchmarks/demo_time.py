@@ -40,8 +40,10 @@ def copy_project(dest: Path) -> None:
         subprocess.run(["git", *args], cwd=dest, check=True)
 
 
-def stage_by_stage(work: Path, env: dict[str, str], stages: list[str]) -> dict[str, float] | None:
+def stage_by_stage(work: Path, env: dict[str, str]) -> dict[str, float] | None:
     """Each stage in its own ``dvc repro --single-item``: its time includes DVC's start."""
+    stages = subprocess.run([str(BIN / "dvc"), "stage", "list", "--name-only"], cwd=work,
+                            env=env, capture_output=True, text=True, check=True).stdout.split()
     times: dict[str, float] = {}
     for stage in stages:
         start = time.perf_counter()
@@ -105,13 +107,11 @@ def main() -> int:
     copy_project(work)
     subprocess.run([str(BIN / "mr2unet"), "profile", args.profile], cwd=work, check=True,
                    env=env, stdout=subprocess.DEVNULL)
-    stages = subprocess.run([str(BIN / "dvc"), "stage", "list", "--name-only"], cwd=work,
-                            env=env, capture_output=True, text=True, check=True).stdout.split()
     how = (f"mr2unet repro --jobs {args.jobs}" if args.jobs > 1 else "one dvc repro"
            if args.one_repro else "dvc repro --single-item per stage")
     print(f"demo pipeline ({args.profile} profile) in {work}, {os.cpu_count()} CPU cores, {how}")
     times = (one_repro(work, env, args.jobs) if args.one_repro or args.jobs > 1
-             else stage_by_stage(work, env, stages))
+             else stage_by_stage(work, env))
     if times is None:
         return 1
     total = sum(times.values())

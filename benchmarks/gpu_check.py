@@ -280,12 +280,12 @@ def work_throughput(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     res: dict[str, Any] = {"arch": arch, "images": len(split), "timed_epochs": sizes.bench_epochs,
                            "modes": {}, "errors": {}}
     modes = dict(MODES, **({"compile": COMPILE_MODE} if spec.get("try_compile") else {}))
-    res["modes"].update(spec.get("measured") or {})  # an earlier call's (--previous)
+    measured = spec.get("measured") or {}  # an earlier call's (--previous): not again
     with tempfile.TemporaryDirectory() as tmp:
         write_pngs(split, Path(tmp))
         # The expected winner first after the two references: a kill keeps what was measured.
         for name in ("ours", "plain", *reversed([m for m in modes if m != "ours"])):
-            if name in res["modes"]:
+            if name in measured:
                 continue
             try:
                 if name == "plain":
@@ -538,7 +538,6 @@ def phase_correctness(ctx: Context) -> None:
 
 def phase_throughput(ctx: Context) -> None:
     total = ctx.allowance(ctx.args.throughput_share)
-    weight = {a: COST.get(a, 1.0) for a in ctx.sizes.models}
     # Timing needs the GPU to itself: one network after another (the smoke test has no
     # timing to protect and runs them at once).
     parallel = len(ctx.sizes.models) if ctx.args.smoke else 1
@@ -548,7 +547,7 @@ def phase_throughput(ctx: Context) -> None:
     jobs = [Job(f"b_{arch}", {"kind": "throughput", "arch": arch, "measured": measured[arch],
                               "try_compile": ctx.args.try_compile, **ctx.common}, 0.0)
             for arch in ctx.sizes.models if not wanted <= set(measured[arch])]
-    weight = {a: w for a, w in weight.items() if any(j.spec["arch"] == a for j in jobs)}
+    weight = {job.spec["arch"]: COST.get(job.spec["arch"], 1.0) for job in jobs}
 
     def done(job: Job, result: dict[str, Any]) -> None:
         modes = {**measured[job.spec["arch"]], **result.get("modes", {})}
@@ -620,20 +619,20 @@ def phase_bottle(ctx: Context) -> None:
     seconds = ctx.remaining() - margin - sizes.startup_s
     gain = ctx.report.data["full_protocol"].get("concurrency_gain")
     n_train = len(load_split(ctx.common["train"]))
-    todo = {a: v for a, v in alone_speeds(ctx).items()
-            if ctx.report.data["bottle"].get(a, {}).get("seeds") != sorted(seeds)}
+    # Networks with every seed from an earlier call (--previous) are kept, not trained again.
+    complete = [a for a in sizes.models
+                if ctx.report.data["bottle"].get(a, {}).get("seeds") == sorted(seeds)]
+    todo = {a: v for a, v in alone_speeds(ctx).items() if a not in complete}
     epochs = ctx.args.bottle_epochs or plan_bottle_epochs(
         todo, gain, len(seeds), n_train, seconds, sizes.bottle_epochs)
     deadline = time.time() + max(seconds, 1.0)
     ctx.report.data["bottle_epochs"] = epochs
     ctx.report.log(f"d: {len(todo)} networks x {len(seeds)} seeds x {epochs} epochs "
                    f"(planned for {seconds:.0f} s)")
-    complete = [a for a in sizes.models
-                if ctx.report.data["bottle"].get(a, {}).get("seeds") == sorted(seeds)]
     if complete:
         ctx.report.log(f"d: kept from the earlier call: {', '.join(complete)}")
     jobs = []
-    for arch in (a for a in sizes.models if a not in complete):
+    for arch in todo:
         name, mode = fastest_mode(ctx, arch)
         for seed in seeds:
             jobs.append(Job(f"d_{arch}_{seed}", {

@@ -33,9 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from mr2unet.errors import UserError
+from mr2unet.params import read_mapping
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ def _stream(cmd: list[str], cwd: Path, prefix: str, lock: threading.Lock,
 def check_threads(params_path: Path, jobs: int, cores: int | None = None) -> str | None:
     """A warning when ``jobs`` trainings at ``train.cpu_threads`` each oversubscribe the CPU."""
     cores = cores or os.cpu_count() or 1
-    train = (yaml.safe_load(params_path.read_text()) or {}).get("train", {})
+    train = read_mapping(params_path).get("train") or {}
     if str(train.get("device", "auto")).startswith("cuda") or jobs <= 1:
         return None
     threads = train.get("cpu_threads") or cores
