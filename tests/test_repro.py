@@ -92,3 +92,12 @@ def test_stream_prefixes_lines_and_thins_out_progress_redraws(
     # "bar 2%" is a redraw within PROGRESS_EVERY_S of "bar 1%": left out.
     assert capsys.readouterr().out.splitlines() == [
         "[net] bar 1%", "[net] bar 100%", "[net] next", "[net] last"]
+
+
+def test_missing_dvc_is_one_clear_message(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    from mr2unet import repro
+
+    monkeypatch.setattr(repro, "_dvc", lambda: str(tmp_path / "no-such-dvc"))
+    with pytest.raises(UserError, match="dvc not found: run `make install`"):
+        repro.run(tmp_path, jobs=2)

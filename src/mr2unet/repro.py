@@ -128,8 +128,12 @@ def run(project: Path, jobs: int, repro_args: Sequence[str] = ()) -> int:
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     dvc, args = _dvc(), list(repro_args)
-    listed = subprocess.run([dvc, "stage", "list", "--name-only"], cwd=project,
-                            capture_output=True, text=True)
+    try:
+        listed = subprocess.run([dvc, "stage", "list", "--name-only"], cwd=project,
+                                capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError("dvc not found: run `make install` and use the venv "
+                        "(`source .venv/bin/activate`)") from None
     if listed.returncode != 0:
         raise UserError(f"`dvc stage list` failed in {project}: {listed.stderr.strip()}")
     steps = plan(listed.stdout.split())
