@@ -4,8 +4,8 @@
 
 Prepares the real MVTec AD bottle sample once per image size (extract + prepare through
 the library, the profile's split: 50 train / 13 test), then trains and evaluates each
-network with the given settings for each seed (``mr2unet.train.train``,
-``mr2unet.evaluate.evaluate``), on the CPU, without DVC or MLflow.  Prints one line per
+network with the given settings for each seed (``mr2unet.training.loop.train``,
+``mr2unet.evaluation.evaluate.evaluate``), on the CPU, without DVC or MLflow.  Prints one line per
 run and a table: mean test IOU ± sample standard deviation over the seeds, the mean
 training seconds and whether a run collapsed.  ``--json`` appends the runs to a file.
 Timings depend on the load of the machine: run it with nothing else running (the CPU
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
+from mr2unet.config.params import LOSSES, MODEL_NAMES
 from mr2unet.data.extract import extract
 from mr2unet.data.prepare import PrepareConfig, prepare
 from mr2unet.data.prepared import load_split
-from mr2unet.evaluate import evaluate, summarise
-from mr2unet.params import LOSSES, MODEL_NAMES
-from mr2unet.train import TrainConfig, train
+from mr2unet.evaluation.evaluate import evaluate, summarise
+from mr2unet.training.loop import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "mvtec_ad_bottle_test.tar.xz"

@@ -33,7 +33,7 @@ SETTINGS = {
 def train_digest(split: Path, arch: str) -> str:
     """Run in a child process: train 2 epochs, print the weights' digest."""
     from mr2unet.data.prepared import load_split
-    from mr2unet.train import TrainConfig, train
+    from mr2unet.training.loop import TrainConfig, train
 
     cfg = TrainConfig(arch=arch, epochs=2, batch_size=4, base_width=4, lr=3e-3,
                       loss="ce_dice", device="cpu", cpu_threads=1)

@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from mr2unet.config.params import MODEL_NAMES
 from mr2unet.models import build_model
-from mr2unet.params import MODEL_NAMES
 
 DEMO = {"size": 64, "width": 8, "batch": 8, "threads": 2, "channels_last": True}
 

@@ -73,7 +73,7 @@ from train_throughput import (  # noqa: E402 - the benchmarks folder is not a pa
 )
 
 from mr2unet.data.prepared import PreparedSplit, load_split  # noqa: E402
-from mr2unet.train import TrainConfig, train  # noqa: E402
+from mr2unet.training.loop import TrainConfig, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "mvtec_ad_bottle_test.tar.xz"
@@ -192,8 +192,8 @@ def _kill_at_last(row: dict[str, float]) -> None:
 
 
 def _scores(model: torch.nn.Module, split: PreparedSplit, device: torch.device) -> dict[str, Any]:
-    from mr2unet.evaluate import evaluate
-    from mr2unet.metrics import mean_scores
+    from mr2unet.evaluation.evaluate import evaluate
+    from mr2unet.metrics.segmentation import mean_scores
 
     result = evaluate(model, split, device, batch_size=32, progress=False)
     return {**mean_scores(result.counts), "device": str(device)}
@@ -201,7 +201,7 @@ def _scores(model: torch.nn.Module, split: PreparedSplit, device: torch.device) 
 
 def agreement(model: torch.nn.Module, images: np.ndarray, device: torch.device) -> float:
     """Share of pixels whose predicted mask is the same on ``device`` and on the CPU."""
-    from mr2unet.evaluate import predict_masks
+    from mr2unet.evaluation.evaluate import predict_masks
 
     on_device = predict_masks(copy.deepcopy(model), images, device, progress=False)
     on_cpu = predict_masks(copy.deepcopy(model).float(), images, torch.device("cpu"),

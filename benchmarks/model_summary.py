@@ -8,7 +8,7 @@ The size table: parameters and forward FLOPs of the full-size networks (``base_w
 implementations.  FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``
 (convolutions and matrix products; a multiply-add is 2 FLOPs, so MACs = FLOPs / 2;
 BN, ReLU, pooling and up-sampling are not counted), with the functions of
-``mr2unet.cost`` that `evaluate` uses for the report's cost table.
+``mr2unet.evaluation.cost`` that `evaluate` uses for the report's cost table.
 
 The timing table (``--timing``): one training step (forward, cross-entropy, backward) on
 a batch of 8 images of 128x128 at ``base_width`` 8, the best of ``--repeats`` timed steps
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mr2unet.cost import count_parameters, forward_flops
+from mr2unet.evaluation.cost import count_parameters, forward_flops
 from mr2unet.models import MODEL_NAMES, build_model
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "models.md"

@@ -6,7 +6,7 @@
 For every model and size (``full`` = base_width 64, the papers' networks; ``demo`` =
 base_width 8) it measures training images/s of
 
-* ``ours``: :func:`mr2unet.train.train` - the split as one uint8 tensor on the device,
+* ``ours``: :func:`mr2unet.training.loop.train` - the split as one uint8 tensor on the device,
   on-device batching, bf16 autocast + channels_last on CUDA (and ``--compile``);
 * ``baseline``: a plain loop (:func:`plain_images_per_second`) - PNG files decoded by a
   ``DataLoader`` every epoch, fp32, no channels_last, no compile - on the same model, data
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.models import build_model
-from mr2unet.train import TrainConfig, resolve_device, train
+from mr2unet.training.loop import TrainConfig, resolve_device, train
 
 PAPER_TRAIN_IMAGES = 1006  # 80 % of the paper's 1258 defective images
 PAPER_EPOCHS = 200

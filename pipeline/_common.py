@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mr2unet.config.params import load_params
 from mr2unet.errors import UserError
-from mr2unet.params import load_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,12 +19,12 @@ from urllib.parse import urlparse
 
 from _common import run_stage_cli
 
+from mr2unet.config.workspace import project_path
 from mr2unet.data.download import download, verify
 from mr2unet.data.extract import KEEP_FILES, extract
 from mr2unet.data.mvtec import scan, validate_layout
 from mr2unet.data.synthetic import generate
 from mr2unet.errors import UserError
-from mr2unet.workspace import project_path
 
 RAW = Path("data/raw")
 DEFAULT_NAME = "mvtec_anomaly_detection.tar.xz"

@@ -16,8 +16,8 @@ from typing import Any
 
 from _common import run_model_stage
 
-from mr2unet.evaluate import ModelFiles, flat_metrics, run_evaluation
-from mr2unet.provenance import read_run_info
+from mr2unet.config.provenance import read_run_info
+from mr2unet.evaluation.evaluate import ModelFiles, flat_metrics, run_evaluation
 
 log = logging.getLogger("evaluate")
 

@@ -12,9 +12,15 @@ from typing import Any
 
 from _common import run_stage_cli
 
-from mr2unet.evaluate import ModelFiles
-from mr2unet.provenance import read_run_info
-from mr2unet.report import LABELS, collapsed_models, load_report, rankable_iou, write_report
+from mr2unet.config.provenance import read_run_info
+from mr2unet.evaluation.evaluate import ModelFiles
+from mr2unet.reporting.report import (
+    LABELS,
+    collapsed_models,
+    load_report,
+    rankable_iou,
+    write_report,
+)
 
 log = logging.getLogger("report")
 
@@ -23,13 +29,14 @@ def main(params: dict[str, Any]) -> None:
     inputs = load_report(params)
     tracking = params["tracking"]
     runs = {m: read_run_info(ModelFiles(m).run_info) for m in inputs.models}
-    # A collapsed network (mr2unet.collapse) is neither ranked nor given an alias.
+    # A collapsed network (mr2unet.training.collapse) is neither ranked nor given an alias.
     mean_iou = rankable_iou(inputs)
     collapsed = collapsed_models(inputs)
     for note in collapsed.values():
         log.warning(note)
     if tracking["enabled"] and any(r.get("tracking") for r in runs.values()):
-        from mr2unet.tracking.registry import attach_onnx, set_aliases
+        from mr2unet.deploy.publish import attach_onnx
+        from mr2unet.tracking.registry import set_aliases
 
         inputs.registry = set_aliases(runs, mean_iou, tracking["registry_prefix"],
                                       tracking["champion_alias"], tracking["challenger_alias"])

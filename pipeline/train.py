@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from _common import run_model_stage
 
+from mr2unet.config.params import MODEL_NAMES
 from mr2unet.data.prepared import load_split
 from mr2unet.errors import UserError
-from mr2unet.params import MODEL_NAMES
-from mr2unet.train import (
+from mr2unet.training.loop import (
     TrainConfig,
     history_metrics,
     init_distributed,
@@ -66,7 +66,7 @@ def main(params: dict[str, Any], arch: str) -> None:
     if rank != 0:
         return
 
-    from mr2unet.provenance import git_commit, write_run_info
+    from mr2unet.config.provenance import git_commit, write_run_info
 
     model_path = Path("data/models") / f"{arch}.pt"
     history_path = Path("metrics/history") / f"{arch}.csv"

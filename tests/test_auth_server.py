@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 from conftest import http_service, postgres_cluster
 
-from mr2unet.checkpoint import save_model
 from mr2unet.models import build_model
+from mr2unet.models.checkpoint import save_model
 
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("flask_wtf")  # the mlflow[auth] extra
@@ -103,7 +103,8 @@ def tracking_params(uri: str) -> dict[str, Any]:
 def test_only_the_servers_users_get_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
-    from mr2unet.tracking.registry import attach_onnx, set_aliases
+    from mr2unet.deploy.publish import attach_onnx
+    from mr2unet.tracking.registry import set_aliases
     from mr2unet.tracking.runs import TrainingTracker
 
     admin = ("admin", secrets.token_urlsafe(18))

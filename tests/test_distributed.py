@@ -13,7 +13,7 @@ import torch
 SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
-    from mr2unet.train import TrainConfig, init_distributed, train
+    from mr2unet.training.loop import TrainConfig, init_distributed, train
     sys.path.insert(0, {tests!r})
     from test_train import tiny_split
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from mr2unet.checkpoint import save_model
-from mr2unet.cost import count_parameters, forward_flops, measure_latency, model_cost
+from mr2unet.config.params import load_params
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.errors import UserError
-from mr2unet.evaluate import (
+from mr2unet.evaluation.cost import count_parameters, forward_flops, measure_latency, model_cost
+from mr2unet.evaluation.evaluate import (
     TEST_SPLIT,
     ModelFiles,
     dequantise,
@@ -33,9 +33,9 @@ from mr2unet.evaluate import (
     run_evaluation,
     summarise,
 )
-from mr2unet.metrics import IGNORE_LABEL
+from mr2unet.metrics.segmentation import IGNORE_LABEL
 from mr2unet.models import build_model
-from mr2unet.params import load_params
+from mr2unet.models.checkpoint import save_model
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -136,7 +136,7 @@ def test_threshold_half_is_exactly_the_argmax_and_probabilities_are_kept() -> No
     model = build_model("unet", base_width=4).eval()
     masks, probs = predict_maps(model, images, torch.device("cpu"), 4, progress=False)
     with torch.inference_mode():
-        from mr2unet.transforms import to_input
+        from mr2unet.data.transforms import to_input
 
         logits = model(to_input(torch.from_numpy(images)))
     assert np.array_equal(masks, logits.argmax(1).to(torch.uint8).numpy())
@@ -325,7 +325,7 @@ def test_metrics_are_logged_to_the_run_and_version(tmp_path: Path,
     (tmp_path / "data/models/unet.run.json").write_text(json.dumps({
         "tracking": True, "tracking_uri": uri, "run_id": run.info.run_id,
         "registered_model": "mr2unet-unet", "model_version": str(version.version)}))
-    from mr2unet.provenance import read_run_info
+    from mr2unet.config.provenance import read_run_info
     from mr2unet.tracking.registry import log_evaluation
 
     primary = run_evaluation(stage_params(["unet"]), "unet", tmp_path)

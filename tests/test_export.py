@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mr2unet.checkpoint import save_model
 from mr2unet.cli import main
 from mr2unet.data.prepare import resize_image
+from mr2unet.data.transforms import to_input
 from mr2unet.deploy.export import (
     check_parity,
     export_checkpoint,
@@ -31,7 +31,7 @@ from mr2unet.deploy.export import (
     run_onnx,
 )
 from mr2unet.models import MODEL_NAMES, build_model
-from mr2unet.transforms import to_input
+from mr2unet.models.checkpoint import save_model
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -187,10 +187,11 @@ def test_cli_exports_a_registered_model(exported: dict, tmp_path: Path,
 
 def test_the_champion_carries_its_onnx_file(exported: dict, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the report stage does after setting the aliases (registry.attach_onnx)."""
+    """What the report stage does after setting the aliases (deploy.publish.attach_onnx)."""
     mlflow = pytest.importorskip("mlflow")
+    from mr2unet.deploy.publish import attach_onnx
     from mr2unet.tracking.pyfunc import log_segmentation_model
-    from mr2unet.tracking.registry import attach_onnx, set_aliases
+    from mr2unet.tracking.registry import set_aliases
 
     client, uri, experiment = local_store(mlflow, tmp_path, monkeypatch)
     runs = {}

@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.py: the GPU check's --smoke run on the CPU, its projections, and the
-speed levers it measures (mr2unet.train: adam_impl, cuda_graphs, compile modes)."""
+speed levers it measures (mr2unet.training.loop: adam_impl, cuda_graphs, compile modes)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mr2unet.config.params import load_params
 from mr2unet.errors import UserError
-from mr2unet.params import load_params
-from mr2unet.train import TrainConfig, compile_mode, make_optimizer, train
+from mr2unet.training.loop import TrainConfig, compile_mode, make_optimizer, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import CFG, states_equal, tiny_split  # noqa: E402

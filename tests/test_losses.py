@@ -1,4 +1,4 @@
-"""The losses of mr2unet.losses against hand-computed values, and their identities."""
+"""The losses of mr2unet.training.losses against hand-computed values, and their identities."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mr2unet.errors import UserError
-from mr2unet.losses import (
+from mr2unet.metrics.segmentation import IGNORE_LABEL
+from mr2unet.training.losses import (
     LOSSES,
     LossConfig,
     SegmentationLoss,
@@ -21,7 +22,6 @@ from mr2unet.losses import (
     split_loss_name,
     tversky_loss,
 )
-from mr2unet.metrics import IGNORE_LABEL
 
 LN2 = math.log(2)
 

@@ -1,4 +1,4 @@
-"""The pure IOU / Dice functions (src/mr2unet/metrics.py) against hand-computed values."""
+"""The pure IOU / Dice functions (mr2unet.metrics.segmentation) against hand-computed values."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mr2unet.metrics import (
+from mr2unet.metrics.segmentation import (
     IGNORE_LABEL,
     confusion_counts,
     dice_from_counts,
@@ -22,7 +22,7 @@ from mr2unet.metrics import (
     scored_pixels,
     scores_from_counts,
 )
-from mr2unet.report import paper_table
+from mr2unet.reporting.report import paper_table
 
 SHARED_TABLE1 = Path(__file__).resolve().parents[1].parent / "shared" / "paper" / "table1.csv"
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mr2unet import params
+from mr2unet.config import params
 from mr2unet.errors import UserError
 from mr2unet.models import MODEL_NAMES, InputSizeError, build_model, model_options
 from mr2unet.models.mr2unet import (

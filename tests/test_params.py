@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mr2unet.config.params import deep_merge, load_params
 from mr2unet.errors import UserError
-from mr2unet.params import deep_merge, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 

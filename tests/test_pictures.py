@@ -1,4 +1,4 @@
-"""mr2unet.pictures: the red overlay of `mr2unet predict` and the report's error tiles."""
+"""mr2unet.reporting.pictures: the red overlay of `mr2unet predict` and the report's error tiles."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from mr2unet.pictures import FN_COLOUR, FP_COLOUR, TP_COLOUR, error_map, overlay
+from mr2unet.reporting.pictures import FN_COLOUR, FP_COLOUR, TP_COLOUR, error_map, overlay
 
 
 def test_overlay_tints_only_the_defect_pixels() -> None:
@@ -33,7 +33,7 @@ def test_error_map_colours_each_outcome() -> None:
 def test_predict_does_not_import_the_report_or_scipy() -> None:
     """`mr2unet predict` starts without the report's statistics (about 1.8 s of imports)."""
     code = ("import sys, mr2unet.deploy.predict; "
-            "print(sorted(m for m in sys.modules if m in ('mr2unet.report', 'scipy')))")
+            "print(sorted(m for m in sys.modules if m in ('mr2unet.reporting.report', 'scipy')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"

@@ -26,7 +26,7 @@ import torch
 import yaml
 from conftest import postgres_cluster
 
-from mr2unet import profiles
+from mr2unet.config import profiles
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 from test_evaluate import RedThreshold
 
-from mr2unet.checkpoint import save_model
 from mr2unet.cli import main
 from mr2unet.deploy.predict import (
     LoadedModel,
@@ -26,6 +25,7 @@ from mr2unet.deploy.predict import (
     read_rgb,
 )
 from mr2unet.models import build_model
+from mr2unet.models.checkpoint import save_model
 
 BIN = Path(sys.executable).parent
 BOTTLES = ("bottle/test/broken_large/000.png", "bottle/test/contamination/001.png")
@@ -133,7 +133,7 @@ def test_resize_mode_travels_with_the_model_file(tmp_path: Path) -> None:
 def _argmax_mask(model: LoadedModel, path: Path) -> np.ndarray:
     """The mask as `predict` wrote it before --threshold: argmax, resized back (nearest)."""
     from mr2unet.data.prepare import resize_image
-    from mr2unet.transforms import to_input
+    from mr2unet.data.transforms import to_input
 
     img = read_rgb(path)
     small = resize_image(img, model.image_size)
@@ -145,7 +145,7 @@ def _argmax_mask(model: LoadedModel, path: Path) -> np.ndarray:
 
 def test_threshold_half_writes_exactly_the_argmax_masks(tmp_path: Path) -> None:
     from mr2unet.data.prepare import resize_image
-    from mr2unet.transforms import to_input
+    from mr2unet.data.transforms import to_input
 
     rng = np.random.default_rng(3)
     for n, (h, w) in enumerate([(90, 70), (64, 64), (41, 130)]):

@@ -30,7 +30,7 @@ from mr2unet.data.prepare import (
 )
 from mr2unet.data.prepared import load_split
 from mr2unet.errors import UserError
-from mr2unet.metrics import IGNORE_LABEL
+from mr2unet.metrics.segmentation import IGNORE_LABEL
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_COUNTS = REPO.parent / "shared" / "paper" / "abnormal_counts.csv"

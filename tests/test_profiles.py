@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mr2unet import profiles
+from mr2unet.config import profiles
+from mr2unet.config.params import load_params
 from mr2unet.errors import UserError
-from mr2unet.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 

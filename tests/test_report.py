@@ -16,11 +16,12 @@ import yaml
 from PIL import Image
 from test_evaluate import REPO, constant_model, fake_project, stage_params
 
-from mr2unet.checkpoint import save_model
 from mr2unet.errors import UserError
-from mr2unet.evaluate import run_evaluation
+from mr2unet.evaluation.evaluate import run_evaluation
 from mr2unet.models import build_model
-from mr2unet.report import (
+from mr2unet.models.checkpoint import save_model
+from mr2unet.reporting.markup import Cell
+from mr2unet.reporting.report import (
     cost_table,
     load_report,
     paper_categories,
@@ -30,7 +31,6 @@ from mr2unet.report import (
     table1,
     write_report,
 )
-from mr2unet.report_html import Cell
 from mr2unet.tracking.registry import download_checkpoint, rank_models, set_aliases
 
 
@@ -95,7 +95,7 @@ def reported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_threshold_free_scores_and_model_cost(reported: Path) -> None:
-    from mr2unet.cost import count_parameters
+    from mr2unet.evaluation.cost import count_parameters
 
     md = (reported / "reports/report.md").read_text()
     assert "## Pixel AUROC and AP (threshold-free)" in md and "## Summary: model cost" in md
@@ -300,7 +300,7 @@ def collapsed_project(tmp_path_factory: pytest.TempPathFactory
     other 5: the better mean IOU (1/6 against ~0.04), but empty on 5 of 6 images."""
     from test_evaluate import AREAS, fake_split
 
-    from mr2unet.evaluate import Evaluation, ModelFiles, write_outputs
+    from mr2unet.evaluation.evaluate import Evaluation, ModelFiles, write_outputs
 
     root = fake_project(tmp_path_factory.mktemp("collapsed"),
                         {"unet": constant_model("unet", True),
@@ -318,7 +318,7 @@ def collapsed_project(tmp_path_factory: pytest.TempPathFactory
 
 def test_a_collapsed_network_is_reported_and_not_ranked(
         collapsed_project: tuple[Path, dict[str, Any]]) -> None:
-    from mr2unet.report import collapsed_models, rankable_iou
+    from mr2unet.reporting.report import collapsed_models, rankable_iou
 
     collapsed_project, params = collapsed_project
 
@@ -343,7 +343,7 @@ def test_a_collapsed_network_gets_no_alias(collapsed_project: tuple[Path, dict[s
                                            tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     mlflow = pytest.importorskip("mlflow")
-    from mr2unet.report import rankable_iou
+    from mr2unet.reporting.report import rankable_iou
 
     collapsed_project, params = collapsed_project
 

@@ -28,9 +28,9 @@ from conftest import http_service
 from PIL import Image
 from test_export import briefly_trained
 
-from mr2unet.checkpoint import save_model
 from mr2unet.cli import main
 from mr2unet.data.prepare import resize_image
+from mr2unet.models.checkpoint import save_model
 
 mlflow = pytest.importorskip("mlflow")
 pytestmark = pytest.mark.slow

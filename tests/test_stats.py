@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from mr2unet import stats
-from mr2unet.report_stats import (
+from mr2unet.evaluation import stats
+from mr2unet.evaluation.stats import compare, holm, paired_differences
+from mr2unet.reporting.significance import (
     ALL,
     PerImage,
     model_pairs,
@@ -18,7 +19,6 @@ from mr2unet.report_stats import (
     section,
     sentence,
 )
-from mr2unet.stats import compare, holm, paired_differences
 
 LABELS = {"unet": "U-Net", "resunet": "Residual U-Net", "mr2unet": "MR2U-Net"}
 # 40 per-image scores of a "baseline" model, in [0.2, 0.8]

@@ -84,8 +84,8 @@ def test_flatten() -> None:
 
 
 def test_training_run_is_logged_registered_and_loadable(tmp_path, monkeypatch) -> None:
-    from mr2unet.checkpoint import save_model
     from mr2unet.models import build_model
+    from mr2unet.models.checkpoint import save_model
     from mr2unet.tracking.runs import TrainingTracker
 
     monkeypatch.chdir(tmp_path)
@@ -181,8 +181,8 @@ def test_the_pickle_scan_sees_a_pickled_python_model() -> None:
 def test_the_logged_model_holds_no_pickled_code(tmp_path, monkeypatch) -> None:
     """Models from code: source files and a weights-only checkpoint, nothing that runs
     pickled bytes; it still loads and predicts through mlflow.pyfunc.load_model."""
-    from mr2unet.checkpoint import save_model
     from mr2unet.models import build_model
+    from mr2unet.models.checkpoint import save_model
     from mr2unet.tracking.pyfunc import log_segmentation_model
 
     monkeypatch.chdir(tmp_path)

@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from mr2unet.collapse import COLLAPSE_EPOCHS, collapse_streak, epoch_collapse, report_sentence
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.errors import UserError
-from mr2unet.train import (
+from mr2unet.training.collapse import (
+    COLLAPSE_EPOCHS,
+    collapse_streak,
+    epoch_collapse,
+    report_sentence,
+)
+from mr2unet.training.loop import (
     TrainConfig,
     augment_batch,
     epoch_lr,
@@ -220,7 +225,7 @@ def test_a_collapsed_run_says_so(tmp_path, caplog: pytest.LogCaptureFixture) -> 
     """Rare defects, plain CE and a high learning rate: the network predicts no defect."""
     cfg = dataclasses.replace(CFG, epochs=12, lr=5e-2, seed=0)
     logged: list[dict] = []
-    with caplog.at_level(logging.WARNING, logger="mr2unet.train"):
+    with caplog.at_level(logging.WARNING, logger="mr2unet.training.loop"):
         result = train(cfg, rare_split(), on_epoch_end=logged.append, progress=False)
     warnings = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
     assert len(warnings) == 2  # once when it happens, once at the end
@@ -261,7 +266,7 @@ def test_a_collapsed_run_is_marked_in_mlflow(tmp_path, monkeypatch) -> None:
 
 
 def test_a_learning_run_is_not_flagged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="mr2unet.train"):
+    with caplog.at_level(logging.WARNING, logger="mr2unet.training.loop"):
         result = train(dataclasses.replace(CFG, epochs=6, lr=1e-2), tiny_split(),
                        progress=False)
     assert result.collapsed is None and not caplog.records

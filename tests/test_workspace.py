@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mr2unet.config.params import load_params
+from mr2unet.config.workspace import file_lock, project_path, project_root
 from mr2unet.errors import UserError
-from mr2unet.params import load_params
-from mr2unet.workspace import file_lock, project_path, project_root
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from mr2unet.errors import UserError
 def _profile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mr2unet import profiles
+    from mr2unet.config import profiles
 
     if args.name is None:
         print(f"{args.params}: profile {profiles.applied(Path(args.params))}; "

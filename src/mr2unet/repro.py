@@ -33,8 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from mr2unet.config.params import read_mapping
 from mr2unet.errors import UserError
-from mr2unet.params import read_mapping
 
 log = logging.getLogger(__name__)
 

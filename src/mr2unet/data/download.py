@@ -19,8 +19,8 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from mr2unet.config.workspace import file_lock
 from mr2unet.errors import UserError
-from mr2unet.workspace import file_lock
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20

@@ -19,8 +19,8 @@ happened is logged and written to ``summary.json``.
 ``pad`` scales the long side to ``image_size`` (keeping the aspect ratio; each side
     rounded, at least 1 px), then pads the short side to a square, **centred**, with
     **edge replication** (:func:`pad_box`). The padding's mask pixels are
-    :data:`~mr2unet.metrics.IGNORE_LABEL` (255), so the loss and every metric leave them
-    out. Centred, because flips and 90-degree rotations (``train.augment``) then keep the
+    :data:`~mr2unet.metrics.segmentation.IGNORE_LABEL` (255), so the loss and every metric
+    leave them out. Centred, because flips and 90-degree rotations (``train.augment``) then keep the
     padding where test images have it (one pixel aside), and a network sees the content
     where it sees MVTec's; edge replication rather than zeros, because a black band would
     put a strong artificial edge along every content border, which the network would have
@@ -55,7 +55,7 @@ from mr2unet.data.mvtec import (
 )
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.errors import UserError
-from mr2unet.metrics import IGNORE_LABEL
+from mr2unet.metrics.segmentation import IGNORE_LABEL
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
@@ -193,7 +193,7 @@ def resize_mask(img: Image.Image, size: int, threshold: float, keep_thin: bool,
     """Binary ``(size, size)`` uint8 mask by area coverage; (mask, thin defect kept).
 
     In ``pad`` mode the coverage is taken at the content size and the padding is
-    :data:`~mr2unet.metrics.IGNORE_LABEL`.
+    :data:`~mr2unet.metrics.segmentation.IGNORE_LABEL`.
     """
     binary = Image.fromarray(defect_pixels(img).astype(np.float32))  # mode F: exact fractions
     coverage = np.asarray(binary.resize(content_size(*img.size, size, mode),

@@ -4,7 +4,7 @@ One ``.npz`` file per split (``data/prepared/train.npz``, ``test.npz``) holding:
 
 ``images``        uint8 ``(N, S, S, 3)`` RGB, grayscale categories replicated to 3 channels
 ``masks``         uint8 ``(N, S, S)`` with values in {0, 1} (1 = defect), and 255
-                  (:data:`mr2unet.metrics.IGNORE_LABEL`) on the padding of non-square
+                  (:data:`mr2unet.metrics.segmentation.IGNORE_LABEL`) on the padding of non-square
                   images with ``prepare.resize: pad``: not part of the image, left out
                   of the loss and the metrics
 ``categories``    str ``(N,)`` MVTec category of each image

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from mr2unet.data.transforms import to_input
 from mr2unet.errors import UserError
-from mr2unet.inference import DEFAULT_THRESHOLD, defect_mask, defect_probability
-from mr2unet.transforms import to_input
+from mr2unet.models.inference import DEFAULT_THRESHOLD, defect_mask, defect_probability
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_OPSET = {"torchscript": 17, "dynamo": 18}
@@ -218,8 +218,8 @@ def _export_dynamo(head: nn.Module, example: torch.Tensor, path: Path, opset: in
 def export_checkpoint(checkpoint: str | Path, out: str | Path, exporter: str = "torchscript",
                       opset: int | None = None, source: str = "") -> ExportResult:
     """Export the network stored in ``checkpoint`` (a ``.pt`` written by training)."""
-    from mr2unet.checkpoint import load_model
-    from mr2unet.provenance import file_sha256
+    from mr2unet.config.provenance import file_sha256
+    from mr2unet.models.checkpoint import load_model
 
     model, payload = load_model(checkpoint)
     return export_onnx(model, payload["arch"], int(payload["image_size"]), out, exporter, opset,
@@ -282,7 +282,7 @@ def random_images(count: int, size: int, seed: int = 0) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     """``mr2unet export``: write the file, check it with ONNX Runtime, print what it is."""
-    from mr2unet.checkpoint import load_model
+    from mr2unet.models.checkpoint import load_model
 
     if args.format != "onnx":
         raise UserError(f"--format {args.format}: only onnx is supported.")

@@ -32,9 +32,9 @@ from tqdm import tqdm
 
 from mr2unet.data.prepare import pad_box, resize_image
 from mr2unet.errors import UserError
-from mr2unet.evaluate import predict_maps, quantise
-from mr2unet.inference import DEFAULT_THRESHOLD, check_threshold
-from mr2unet.pictures import overlay
+from mr2unet.evaluation.evaluate import predict_maps, quantise
+from mr2unet.models.inference import DEFAULT_THRESHOLD, check_threshold
+from mr2unet.reporting.pictures import overlay
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -74,7 +74,7 @@ class PredictResult:
 def load_predictor(model_ref: str, device: torch.device | str = "cpu",
                    tracking_uri: str | None = None) -> LoadedModel:
     """A model from a ``.pt`` file, a downloaded model folder or an MLflow URI."""
-    from mr2unet.checkpoint import load_model, resize_mode
+    from mr2unet.models.checkpoint import load_model, resize_mode
     from mr2unet.tracking.registry import download_checkpoint, find_checkpoint
 
     if URI.match(model_ref) and not Path(model_ref).exists():
@@ -210,7 +210,7 @@ def predict_images(model: LoadedModel, paths: Sequence[Path], out_dir: Path,
 
 def run(args: argparse.Namespace) -> int:
     """``mr2unet predict``: 0 when every image was written, 1 when any failed."""
-    from mr2unet.train import resolve_device
+    from mr2unet.training.loop import resolve_device
 
     inputs, out_dir = [Path(p) for p in args.inputs], Path(args.out)
     if not find_images(inputs, out_dir):

@@ -8,7 +8,7 @@ Experiments are grouped by their params (:func:`effective_params`) other than
 ``train.seed``: a sweep of seeds x learning rates gives one mean +/- std table per
 learning rate, labelled with the params that tell the groups apart. Each group's Table 1
 (mean +/- std over seeds) stands beside the paper's values, and the models are compared
-pairwise (:mod:`mr2unet.report_stats`) on their per-image scores averaged over the seeds.
+pairwise (:mod:`mr2unet.reporting.significance`) on their per-image scores averaged over the seeds.
 
 The per-image scores (``data/eval/<model>.csv``) are DVC-cached outputs, not in git: an
 experiment's file is found through the md5 its committed ``dvc.lock`` records, in the
@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from mr2unet import report_stats
+from mr2unet.config.params import MODEL_NAMES, deep_merge
 from mr2unet.errors import UserError
-from mr2unet.params import MODEL_NAMES, deep_merge
-from mr2unet.report_stats import PerImage
+from mr2unet.reporting import significance as report_stats
+from mr2unet.reporting.significance import PerImage
 from mr2unet.tracking.runs import flatten
 
 log = logging.getLogger(__name__)
@@ -226,8 +226,8 @@ def spread_markdown(scores: list[ExperimentScores]) -> str:
 
 def spread_report(scores: list[ExperimentScores]) -> tuple[str, dict[str, Any]]:
     """``(markdown, pairwise)``: :func:`spread_markdown`'s text and, per group label, the
-    paired comparison as :func:`mr2unet.report_stats.pairwise_json` writes it."""
-    from mr2unet.report import LABELS
+    paired comparison as :func:`mr2unet.reporting.significance.pairwise_json` writes it."""
+    from mr2unet.reporting.report import LABELS
 
     groups = group_by_config(scores)
     n_runs = len({s.ref for s in scores})
@@ -266,7 +266,7 @@ def _table1(table: dict[str, dict[str, tuple[float, float, int]]], metric: str
     """Markdown Table 1 over seeds: per model ``mean ± std``, the paper's value and
     mean − paper, laid out like the report's Table 1 (paper columns only when some
     category is the paper's; its Mean compared only for exactly its 15 categories)."""
-    from mr2unet.report import LABELS, paper_categories, paper_table
+    from mr2unet.reporting.report import LABELS, paper_categories, paper_table
 
     paper = paper_table()
     models = [m for m in MODEL_NAMES if m in table]
@@ -349,7 +349,7 @@ def _short(ref: str) -> str:
 
 def _group_pairwise(scores: list[ExperimentScores]) -> tuple[str, dict[str, Any] | None]:
     """The markdown of the group's paired comparison and its JSON (None: not possible)."""
-    from mr2unet.report import LABELS
+    from mr2unet.reporting.report import LABELS
 
     averaged, used, note = seed_averaged(scores)
     if not averaged:

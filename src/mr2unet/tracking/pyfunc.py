@@ -13,9 +13,9 @@ the request's ``"params"`` (docs/deploy.md).
 Nothing executable is pickled. The model is logged with MLflow's *models from code*: the
 logged model holds :mod:`mr2unet.tracking.model_code` (a few lines that build
 :class:`SegmentationModel`), the source of the ``mr2unet`` package (``code/mr2unet``, no
-bytecode) and the checkpoint as an artifact, which :func:`mr2unet.checkpoint.read_checkpoint`
+bytecode) and the checkpoint as an artifact, which :func:`mr2unet.models.checkpoint.read_checkpoint`
 reads with ``torch.load(weights_only=True)`` (tensors and plain values only). Plain PyTorch
-users download the checkpoint and call :func:`mr2unet.checkpoint.load_model` (what
+users download the checkpoint and call :func:`mr2unet.models.checkpoint.load_model` (what
 ``mr2unet predict`` does). We avoid ``mlflow.pytorch.log_model``: MLflow 3 exports ``pt2``
 programs that fix the batch size to the input example's.
 """
@@ -34,9 +34,14 @@ import torch
 from mlflow.exceptions import MlflowException
 
 import mr2unet
-from mr2unet.checkpoint import load_model, read_checkpoint
-from mr2unet.inference import DEFAULT_THRESHOLD, check_threshold, defect_mask, defect_probability
-from mr2unet.transforms import to_input
+from mr2unet.data.transforms import to_input
+from mr2unet.models.checkpoint import load_model, read_checkpoint
+from mr2unet.models.inference import (
+    DEFAULT_THRESHOLD,
+    check_threshold,
+    defect_mask,
+    defect_probability,
+)
 
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 OUTPUTS = ("mask", "probabilities")

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mr2unet.config.params import MODEL_NAMES
 from mr2unet.errors import UserError
-from mr2unet.params import MODEL_NAMES
 from mr2unet.tracking.runs import locked_write
 
 log = logging.getLogger(__name__)
@@ -204,10 +204,7 @@ def _drop_aliases(client: Any, uri: str, name: str, aliases: tuple[str, ...]) ->
             log.info("removed stale alias %s@%s", name, alias)
 
 
-# ------------------------------------------------------------------ deployment file
-
-ONNX_FILE = "model.onnx"
-PARITY_IMAGES = 8  # test images the report stage checks the ONNX file on (about a second)
+# ------------------------------------------------------------------ model files
 
 
 def model_files(uri: str, name: str, version: str) -> tuple[str | None, set[str]]:
@@ -219,58 +216,19 @@ def model_files(uri: str, name: str, version: str) -> tuple[str | None, set[str]
     return model_id, {Path(f.path).name for f in client.list_logged_model_artifacts(model_id)}
 
 
-def attach_onnx(assignments: list[AliasAssignment], runs: dict[str, dict[str, Any]],
-                alias: str, checkpoints: dict[str, Path], images: Any) -> str | None:
-    """Add ``model.onnx`` of the model holding ``alias`` to its logged model's files.
-
-    Every registered version with the alias (``<prefix><arch>`` and ``<prefix>best``) points
-    to the same logged model, so ``models:/<prefix>best@champion`` then downloads with a
-    ready deployment file. The file is exported from the checkpoint
-    (:func:`mr2unet.deploy.export.export_checkpoint`), checked with ONNX Runtime against
-    PyTorch on the first :data:`PARITY_IMAGES` of ``images`` (uint8 ``(N, S, S, 3)``, e.g.
-    the test split) and the figures are tagged on the versions. A model that has the file
-    already is left as it is (a version's weights never change). Returns a line for the
-    stage's output, None when nothing holds the alias.
-    """
-    holders = [a for a in assignments if a.alias == alias]
-    if not holders:
-        return None
-    arch = holders[0].arch
-    uri = runs[arch]["tracking_uri"]
-    model_id, present = model_files(uri, holders[0].registered_model, holders[0].version)
-    if model_id is None:
-        log.warning("%s: no logged model to attach %s to", holders[0].uri, ONNX_FILE)
-        return None
-    if ONNX_FILE in present:
-        return f"{holders[0].uri}: {ONNX_FILE} already attached"
-
-    import tempfile
-
-    from mr2unet.checkpoint import load_model
-    from mr2unet.deploy.export import check_parity, export_checkpoint
-
+def add_model_file(uri: str, model_id: str, path: Path) -> None:
+    """Add the file ``path`` to the files of logged model ``model_id``."""
     client = _client(uri)
-    with tempfile.TemporaryDirectory(prefix="mr2unet-onnx-") as tmp:
-        result = export_checkpoint(checkpoints[arch], Path(tmp) / ONNX_FILE,
-                                   source=f"models:/{runs[arch]['registered_model']}/"
-                                          f"{runs[arch]['model_version']}")
-        parity = check_parity(result.path, load_model(checkpoints[arch])[0],
-                              images[:PARITY_IMAGES])
-        if parity.max_abs_logit_diff > 1e-3:
-            log.error("%s: ONNX Runtime disagrees with PyTorch (%s): not attached",
-                      holders[0].uri, parity.summary())
-            return None
-        locked_write(uri, lambda: client.log_model_artifact(model_id, str(result.path)))
-    tags = {"onnx_file": ONNX_FILE, "onnx_opset": str(result.opset),
-            "onnx_max_abs_logit_diff": f"{parity.max_abs_logit_diff:.3g}",
-            "onnx_mask_agreement": f"{parity.mask_agreement:.6f}"}
+    locked_write(uri, lambda: client.log_model_artifact(model_id, str(path)))
+
+
+def tag_versions(uri: str, holders: list[AliasAssignment], tags: dict[str, str]) -> None:
+    """Set ``tags`` on each registered version in ``holders``."""
+    client = _client(uri)
     for holder in holders:
         for key, value in tags.items():
             locked_write(uri, lambda h=holder, k=key, v=value: client.set_model_version_tag(
                 h.registered_model, h.version, k, v))
-    return (f"{holders[0].uri}: {ONNX_FILE} attached (opset {result.opset}, exported in "
-            f"{result.seconds:.1f}s; ONNX Runtime vs PyTorch on the {parity.images} test "
-            f"images: {parity.summary()})")
 
 
 # ---------------------------------------------------------------------- model URIs

@@ -5,8 +5,8 @@ Nothing in the training core imports MLflow; stage scripts call these functions 
 ``$MLFLOW_TRACKING_URI``, else the embedded default ``sqlite:///mlflow.db`` at the
 repository root, with artifacts in ``mlruns/`` beside it.  A queued DVC experiment runs in
 a copy of the workspace under ``<repo>/.dvc/tmp/exps/`` that DVC deletes afterwards; its
-default store is still ``<repo>/mlflow.db`` (:mod:`mr2unet.workspace`), so every run of a sweep
-lands in one place.
+default store is still ``<repo>/mlflow.db`` (:mod:`mr2unet.config.workspace`), so every
+run of a sweep lands in one place.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mr2unet.provenance import file_sha256, git_commit, torch_version
-from mr2unet.workspace import file_lock, project_root
+from mr2unet.config.provenance import file_sha256, git_commit, torch_version
+from mr2unet.config.workspace import file_lock, project_root
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -2,7 +2,7 @@
 
 Every pair of models is compared on the per-image scores `evaluate` wrote
 (``data/eval/<model>.csv``: the same test images in the same order for every model) with
-:mod:`mr2unet.stats`: mean difference, paired bootstrap CI, Wilcoxon signed-rank p-value,
+:mod:`mr2unet.evaluation.stats`: mean difference, paired bootstrap CI, Wilcoxon signed-rank p-value,
 Holm-adjusted p-value, per metric (IOU, Dice), over all test images and per category.
 ``mr2unet spread`` renders the same section for seed-averaged per-image scores.
 
@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from mr2unet import stats
+from mr2unet.config.params import MODEL_NAMES
 from mr2unet.errors import UserError
-from mr2unet.params import MODEL_NAMES
-from mr2unet.report_html import Cell, html_table, markdown_table
+from mr2unet.evaluation import stats
+from mr2unet.reporting.markup import Cell, html_table, markdown_table
 
 TITLE = "Are the differences significant?"
 METRICS = ("iou", "dice")

@@ -28,16 +28,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from mr2unet.checkpoint import save_model, unwrap
-from mr2unet.collapse import collapse_streak, training_warning
+from mr2unet.config.params import ADAM_IMPLS, COMPILE_MODES
 from mr2unet.data.prepared import PreparedSplit
+from mr2unet.data.transforms import to_input
 from mr2unet.errors import UserError
-from mr2unet.losses import LossConfig, SegmentationLoss, balanced_class_weights, split_loss_name
-from mr2unet.losses import segmentation_loss as _loss
-from mr2unet.metrics import IGNORE_LABEL, confusion_counts, scores_from_counts
+from mr2unet.metrics.segmentation import IGNORE_LABEL, confusion_counts, scores_from_counts
 from mr2unet.models import build_model
-from mr2unet.params import ADAM_IMPLS, COMPILE_MODES
-from mr2unet.transforms import to_input
+from mr2unet.models.checkpoint import save_model, unwrap
+from mr2unet.training.collapse import collapse_streak, training_warning
+from mr2unet.training.losses import (
+    LossConfig,
+    SegmentationLoss,
+    balanced_class_weights,
+    split_loss_name,
+)
+from mr2unet.training.losses import segmentation_loss as _loss
 
 log = logging.getLogger(__name__)
 # Where `channels_last: auto` trains in NHWC memory format: cuDNN and oneDNN both run
@@ -63,7 +68,8 @@ class TrainConfig:
     loss: str = "ce"
     dice_weight: float = 1.0
     # Used by the weighted_ce losses: "auto" (from the training masks, see
-    # mr2unet.losses.balanced_class_weights) or [w0, w1].  train() records the resolved values.
+    # mr2unet.training.losses.balanced_class_weights) or [w0, w1].  train() records the
+    # resolved values.
     class_weights: str | list[float] | tuple[float, ...] | None = "auto"
     focal_gamma: float = 2.0
     tversky_alpha: float = 0.3
@@ -138,7 +144,7 @@ class TrainResult:
 
     @property
     def collapsed(self) -> str | None:
-        """``"background"``/``"defect"`` when the run ended collapsed (mr2unet.collapse)."""
+        """``"background"``/``"defect"`` when the run ended collapsed (training.collapse)."""
         return collapse_streak(self.history)
 
 
@@ -256,7 +262,7 @@ class CudaGraphedForward(nn.Module):
     weights follow the same trajectory as without graphs.  Autocast's weight cache is
     off around graphed calls (the graphs need it off; the casts give the same values).
     The loss, the optimiser step and the metrics stay eager.  ``module`` is the network,
-    so :func:`mr2unet.checkpoint.unwrap` finds it.
+    so :func:`mr2unet.models.checkpoint.unwrap` finds it.
     """
 
     def __init__(self, model: nn.Module, amp_dtype: torch.dtype | None) -> None:
@@ -323,7 +329,7 @@ def augment_batch(
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """``cfg.loss`` of ``logits`` against ``target`` (mr2unet.losses; weights resolved)."""
+    """``cfg.loss`` of ``logits`` against ``target`` (mr2unet.training.losses; weights resolved)."""
     return _loss(logits, target, cfg.loss_config())
 
 
@@ -491,7 +497,7 @@ def train(
             "train_iou": totals[1] / seen,
             "train_dice": totals[2] / seen,
             "lr": optimizer.param_groups[0]["lr"],
-            # Collapse check (mr2unet.collapse): the share of valid pixels predicted defect.
+            # Collapse check (training.collapse): the share of valid pixels predicted defect.
             "pred_defect_fraction": totals[4] / max(totals[6], 1.0),
             "true_defect_fraction": totals[5] / max(totals[6], 1.0),
             "seconds": seconds,
@@ -540,7 +546,7 @@ def history_metrics(history: list[dict[str, float]]) -> dict[str, float]:
     return {f"final_{k}": float(v) for k, v in last.items() if k not in skip}
 
 
-# History columns of the collapse check (mr2unet.collapse); `collapsed` is 0 or 1.
+# History columns of the collapse check (mr2unet.training.collapse); `collapsed` is 0 or 1.
 HISTORY_COLLAPSE_COLUMNS = ("pred_defect_fraction", "true_defect_fraction", "collapsed")
 
 

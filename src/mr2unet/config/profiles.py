@@ -27,8 +27,8 @@ from typing import Any
 import yaml
 from ruamel.yaml import YAML
 
+from mr2unet.config.params import check_known_keys, merge_into, read_mapping
 from mr2unet.errors import UserError
-from mr2unet.params import check_known_keys, merge_into, read_mapping
 
 PROFILES_DIR = Path("profiles")
 BASE = "paper"
@@ -99,7 +99,7 @@ def apply(name: str, params_path: Path = Path("params.yaml"), root: Path = Path(
     The result is validated before anything is written, so a profile that cannot run
     (a typo, an archive that is not there) leaves ``params.yaml`` as it was.
     """
-    from mr2unet.params import validate
+    from mr2unet.config.params import validate
 
     text = render(name, root)
     values = yaml.safe_load(text)

@@ -30,11 +30,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mr2unet.collapse import defective_images, evaluation_collapsed, missed_images
 from mr2unet.data.prepared import PreparedSplit, load_split
+from mr2unet.data.transforms import to_input
 from mr2unet.errors import UserError
-from mr2unet.inference import DEFAULT_THRESHOLD, defect_mask, defect_probability
-from mr2unet.metrics import (
+from mr2unet.metrics.segmentation import (
     confusion_counts,
     dice_from_counts,
     iou_from_counts,
@@ -44,7 +43,8 @@ from mr2unet.metrics import (
     pooled_scores,
     scored_pixels,
 )
-from mr2unet.transforms import to_input
+from mr2unet.models.inference import DEFAULT_THRESHOLD, defect_mask, defect_probability
+from mr2unet.training.collapse import defective_images, evaluation_collapsed, missed_images
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def predict_maps(model: nn.Module, images: np.ndarray, device: torch.device, bat
     """uint8 ``(N, S, S, 3)`` -> (uint8 masks, float32 defect probabilities), ``(N, S, S)``.
 
     The mask is 1 where the defect probability exceeds ``threshold``; at the default 0.5
-    it is exactly the argmax of the two logits (:func:`mr2unet.inference.defect_mask`).
+    it is exactly the argmax of the two logits (:func:`mr2unet.models.inference.defect_mask`).
     """
     model.eval().to(device)
     masks, probs = [], []
@@ -206,7 +206,7 @@ def collapse_summary(counts: np.ndarray) -> dict[str, Any]:
     """``collapsed``: empty predictions on more than half of the defective test images.
 
     With ``missed_images`` (defective images predicted empty) and ``defective_images``;
-    a collapsed network's scores are those of an empty mask (mr2unet.collapse).
+    a collapsed network's scores are those of an empty mask (mr2unet.training.collapse).
     """
     return {"collapsed": evaluation_collapsed(counts), "missed_images": missed_images(counts),
             "defective_images": defective_images(counts)}
@@ -333,7 +333,7 @@ def write_outputs(files: ModelFiles, split: PreparedSplit, result: Evaluation,
                   empty_score: float, cost: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the evaluation files of one model; return the primary metrics.
 
-    ``cost`` (:func:`mr2unet.cost.model_cost`) goes into the pooled file as ``cost``.
+    ``cost`` (:func:`mr2unet.evaluation.cost.model_cost`) goes into the pooled file as ``cost``.
     """
     primary, pooled = summarise(result.counts, split.categories, empty_score,
                                 result.probabilities, split.masks)
@@ -368,7 +368,7 @@ def timing_record(model: nn.Module, size: int, device: torch.device,
     """
     import platform
 
-    from mr2unet.cost import latencies
+    from mr2unet.evaluation.cost import latencies
 
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine())
@@ -398,8 +398,8 @@ def run_evaluation(params: dict[str, Any], arch: str, root: Path = Path(".")
 
     Returns the primary metrics; the stage script logs them to MLflow when tracking is on.
     """
-    from mr2unet.checkpoint import load_model
-    from mr2unet.train import resolve_device, set_cpu_threads
+    from mr2unet.models.checkpoint import load_model
+    from mr2unet.training.loop import resolve_device, set_cpu_threads
 
     cfg = params["evaluate"]
     files = ModelFiles(arch, root)
@@ -410,8 +410,8 @@ def run_evaluation(params: dict[str, Any], arch: str, root: Path = Path(".")
     check_image_size(payload, split, files.checkpoint)
     log.info("evaluating %s on %d test images (%s)", arch, len(split), device)
     result = evaluate(model, split, device, cfg["batch_size"])
-    from mr2unet.cost import model_cost
-    from mr2unet.provenance import read_run_info
+    from mr2unet.config.provenance import read_run_info
+    from mr2unet.evaluation.cost import model_cost
 
     size = int(split.images.shape[1])
     primary = write_outputs(files, split, result, cfg["empty_score"], model_cost(model, size))

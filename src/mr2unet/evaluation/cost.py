@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mr2unet.inference import defect_probability
+from mr2unet.models.inference import defect_probability
 
 # Latency protocol (docs/evaluation.md).  Runs stop at `max_runs` or once `budget_s` of
 # timed runs have passed, whichever comes first, but never before one timed run: the

@@ -3,7 +3,7 @@
 Every stage calls :func:`load_params` so that a bad value fails before any work,
 with one message that names the offending key.  ``params.yaml`` holds the effective
 values (DVC's convention); named sets of values live in ``profiles/`` and are written
-into it by ``mr2unet profile NAME`` (:mod:`mr2unet.profiles`).
+into it by ``mr2unet profile NAME`` (:mod:`mr2unet.config.profiles`).
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from typing import Any
 
 import yaml
 
+from mr2unet.config.workspace import project_path
 from mr2unet.errors import UserError
-from mr2unet.workspace import project_path
 
 MODEL_NAMES = ("unet", "resunet", "attention_unet", "mr2unet")
 SOURCES = ("synthetic", "url", "archive", "directory")
 # `train.compile`: false, true (= default) or one of torch.compile's modes.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ADAM_IMPLS = ("auto", "foreach", "fused")
-# `train.loss`: a pixel term, a region term, or `<pixel>_<region>` (mr2unet.losses).
+# `train.loss`: a pixel term, a region term, or `<pixel>_<region>` (mr2unet.training.losses).
 PIXEL_LOSSES = ("ce", "weighted_ce", "focal")
 REGION_LOSSES = ("dice", "tversky")
 LOSSES = (*PIXEL_LOSSES, *REGION_LOSSES,
@@ -163,7 +163,7 @@ def _choice(params: dict[str, Any], key: str, choices: tuple[Any, ...]) -> None:
 
 
 def _check_loss_knobs(params: dict[str, Any]) -> None:
-    """The numbers of the losses (mr2unet.losses); `class_weights` only where it is used."""
+    """The numbers of the losses (training.losses); `class_weights` only where it is used."""
     weights = _get(params, "train.class_weights")
     _check(weights == "auto" or (isinstance(weights, list) and len(weights) == 2
                                  and all(_is_number(w) and w > 0 for w in weights)),

@@ -1,7 +1,7 @@
 """Segmentation losses of the 2-class networks, for rare defects as well as common ones.
 
 Every loss takes the logits ``(N, 2, H, W)`` and the integer target ``(N, H, W)`` (0 =
-background, 1 = defect, :data:`~mr2unet.metrics.IGNORE_LABEL` = padding) and returns a
+background, 1 = defect, :data:`~mr2unet.metrics.segmentation.IGNORE_LABEL` = padding) and returns a
 scalar.  Ignored pixels take no part in any sum.  Notation, over the batch's valid pixels
 ``i`` (``V`` of them): ``p_i`` = softmax probability of the defect class, ``q_i,c`` =
 probability of class ``c``, ``y_i`` the target class, ``t_i = [y_i = 1]``.
@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mr2unet.config.params import LOSSES as ALL_LOSSES
+from mr2unet.config.params import PIXEL_LOSSES, REGION_LOSSES
 from mr2unet.errors import UserError
-from mr2unet.metrics import IGNORE_LABEL
-from mr2unet.params import LOSSES as ALL_LOSSES
-from mr2unet.params import PIXEL_LOSSES, REGION_LOSSES
+from mr2unet.metrics.segmentation import IGNORE_LABEL
 
 # Every accepted `train.loss`: a pixel term, a region term, or `<pixel>_<region>`.
 PIXEL_TERMS, REGION_TERMS, LOSSES = PIXEL_LOSSES, REGION_LOSSES, ALL_LOSSES

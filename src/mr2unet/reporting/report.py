@@ -8,7 +8,7 @@
 - ``category_scores.csv`` (model, category, iou, dice) and, for ``dvc plots``, the same
   per model in ``category_scores/<model>.csv``;
 - ``pairwise.json``: every pair of models compared on the same test images (mean
-  difference, bootstrap CI, Wilcoxon and Holm p-values; :mod:`mr2unet.report_stats`).
+  difference, bootstrap CI, Wilcoxon and Holm p-values; :mod:`mr2unet.reporting.significance`).
 
 Everything except the provenance's time stamp is a function of the inputs.
 """
@@ -31,13 +31,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mr2unet import collapse, report_stats
+from mr2unet.config.params import MODEL_NAMES
 from mr2unet.data.prepared import PreparedSplit, load_split
 from mr2unet.errors import UserError
-from mr2unet.evaluate import TEST_SPLIT, ModelFiles
-from mr2unet.params import MODEL_NAMES
-from mr2unet.pictures import error_map
-from mr2unet.report_html import (
+from mr2unet.evaluation.evaluate import TEST_SPLIT, ModelFiles
+from mr2unet.reporting import significance as report_stats
+from mr2unet.reporting.markup import (
     Cell,
     html_page,
     html_table,
@@ -46,6 +45,8 @@ from mr2unet.report_html import (
     svg_bar_chart,
     svg_line_chart,
 )
+from mr2unet.reporting.pictures import error_map
+from mr2unet.training import collapse
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ MISSING = "–"
 
 def paper_table() -> dict[tuple[str, str], dict[str, float]]:
     """The paper's Table 1: ``{(model, category): {"iou": .., "dice": ..}}``."""
-    text = resources.files("mr2unet").joinpath("paper_table1.csv").read_text()
+    text = resources.files("mr2unet.reporting").joinpath("paper_table1.csv").read_text()
     return {(r["model"], r["category"]): {"iou": float(r["iou"]), "dice": float(r["dice"])}
             for r in csv.DictReader(io.StringIO(text))}
 
@@ -211,7 +212,7 @@ def summary_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
 
 
 def collapsed_models(inputs: ReportInputs) -> dict[str, str]:
-    """Model -> the report's sentence, for each network that collapsed (mr2unet.collapse).
+    """Model -> the report's sentence, for each network that collapsed (mr2unet.training.collapse).
 
     Collapsed: empty test predictions on more than half of the defective test images
     (``metrics/pooled/<model>.json: collapsed``) or a training run that ended collapsed
@@ -500,9 +501,9 @@ def _prov_rows(inputs: ReportInputs) -> list[list[Cell]]:
 
 def provenance(params: dict[str, Any], inputs: ReportInputs, root: Path) -> dict[str, str]:
     """Where the numbers come from: commit, params, data, training devices, versions."""
-    from mr2unet.checkpoint import read_checkpoint
-    from mr2unet.profiles import applied as applied_profile
-    from mr2unet.provenance import git_commit, torch_version
+    from mr2unet.config.profiles import applied as applied_profile
+    from mr2unet.config.provenance import git_commit, torch_version
+    from mr2unet.models.checkpoint import read_checkpoint
 
     prov = {
         "git commit": git_commit(root),
