@@ -1,4 +1,7 @@
-"""Stage `download`: put an MVTec-layout tree in data/raw/ from the configured source.
+"""Stage `download`: put the data set in data/raw/ from the configured source.
+
+The data set is in the layout ``data.layout`` names (mvtec, folder or visa; docs/data.md),
+and is checked here (every image paired with its mask) so that a bad copy fails first.
 
     data.source: url        download data.url (resumable) into data.download_dir, verify, extract
     data.source: archive    verify the local data.archive (when data.sha256/size_bytes are set),
@@ -20,9 +23,10 @@ from urllib.parse import urlparse
 from _common import run_stage_cli
 
 from mr2unet.config.workspace import project_path
+from mr2unet.data import layouts
 from mr2unet.data.download import download, verify
 from mr2unet.data.extract import KEEP_FILES, extract
-from mr2unet.data.mvtec import scan, validate_layout
+from mr2unet.data.layouts import DataLayout
 from mr2unet.data.synthetic import generate
 from mr2unet.errors import UserError
 
@@ -37,8 +41,15 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def copy_tree(src: Path, categories: list[str], dest: Path) -> None:
-    """Hard-link (or copy) the needed files of an extracted MVTec tree into ``dest``."""
+def copy_tree(src: Path, categories: list[str], dest: Path, layout: DataLayout) -> None:
+    """Hard-link (or copy) the needed files of an extracted tree into ``dest``: MVTec AD's
+    test/, ground_truth/ and notes of each category, a VisA category's folder, or the whole
+    tree of a folder layout."""
+    if layout.name != "mvtec":
+        for part in categories if layout.name == "visa" else [""]:
+            shutil.copytree(src / part, dest / part, copy_function=_link_or_copy,
+                            dirs_exist_ok=True)
+        return
     for category in categories:
         for sub in ("test", "ground_truth"):
             shutil.copytree(src / category / sub, dest / category / sub,
@@ -72,42 +83,48 @@ def downloaded_archive(data: dict[str, Any]) -> Path:
 
 def from_synthetic(params: dict[str, Any]) -> str:
     syn = params["synthetic"]
-    counts = generate(RAW, seed=syn["seed"], images_per_defect=syn["images_per_defect"])
+    counts = generate(RAW, seed=syn["seed"], images_per_defect=syn["images_per_defect"],
+                      good_images=syn["good_images"])
     return (f"generated {sum(counts.values())} synthetic defective images of "
             f"{', '.join(counts)} in {RAW}")
 
 
-def from_directory(src: Path, categories: list[str] | None) -> str:
+def from_directory(src: Path, categories: list[str] | None, layout: DataLayout) -> str:
     if RAW.resolve() in (src.resolve(), *src.resolve().parents):
         raise UserError(f"data.directory ({src}) must lie outside {RAW}, which this stage "
-                        f"rewrites: point it at your copy of MVTec AD.")
-    chosen = validate_layout(src, categories)
-    samples = scan(src, chosen)  # fails early, naming a missing mask
+                        f"rewrites: point it at your copy of the data set.")
+    chosen = layouts.choose_categories(src, layout, categories)
+    samples = layouts.scan(src, layout, chosen)  # fails early, listing every unpaired file
     shutil.rmtree(RAW, ignore_errors=True)
-    copy_tree(src, chosen, RAW)
+    copy_tree(src, chosen, RAW, layout)
     return f"linked {len(samples)} defective images of {', '.join(chosen)} from {src} to {RAW}"
 
 
-def from_archive(archive: Path, categories: list[str] | None) -> str:
+def from_archive(archive: Path, categories: list[str] | None, layout: DataLayout) -> str:
     shutil.rmtree(RAW, ignore_errors=True)
-    files = extract(archive, RAW, categories)
-    chosen = validate_layout(RAW, categories)
-    return f"extracted {files} images and masks of {', '.join(chosen)} from {archive} to {RAW}"
+    files = extract(archive, RAW, categories, keep=layouts.member_filter(layout),
+                    what="MVTec AD test/ground_truth files" if layout.name == "mvtec"
+                    else "image files")
+    chosen = layouts.choose_categories(RAW, layout, categories)
+    samples = layouts.scan(RAW, layout, chosen)  # fails early, listing every unpaired file
+    return (f"extracted {files} images and masks of {', '.join(chosen)} from {archive} to "
+            f"{RAW}: {len(samples)} defective images paired with their masks")
 
 
 def main(params: dict[str, Any]) -> None:
     data = params["data"]
     categories = data["categories"] or None
     source = data["source"]
+    layout = DataLayout.from_params(data)
     if source == "synthetic":
         shutil.rmtree(RAW, ignore_errors=True)
         print(from_synthetic(params))
     elif source == "directory":
-        print(from_directory(project_path(data["directory"]), categories))
+        print(from_directory(project_path(data["directory"]), categories, layout))
     elif source == "archive":
-        print(from_archive(verified_archive(data), categories))
+        print(from_archive(verified_archive(data), categories, layout))
     else:
-        print(from_archive(downloaded_archive(data), categories))
+        print(from_archive(downloaded_archive(data), categories, layout))
 
 
 if __name__ == "__main__":

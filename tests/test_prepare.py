@@ -204,7 +204,8 @@ def test_mask_of_another_size_is_named(synthetic_raw: Path, tmp_path: Path) -> N
     shutil.copytree(synthetic_raw, tmp_path / "raw")
     mask = tmp_path / "raw/bolt/ground_truth/hole/000_mask.png"
     Image.new("L", (10, 10)).save(mask)
-    with pytest.raises(UserError, match=r"000_mask\.png is 10x10 but its image is 176x176"):
+    with pytest.raises(UserError, match=r"000_mask\.png is 10x10 but its image "
+                                        r"bolt/test/hole/000\.png is 176x176"):
         prepare(tmp_path / "raw", tmp_path / "out", PrepareConfig())
 
 

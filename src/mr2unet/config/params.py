@@ -34,21 +34,26 @@ LOSSES = (*PIXEL_LOSSES, *REGION_LOSSES,
 # params.yaml or in a profile) would otherwise be ignored without a word.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "data": ("source", "url", "sha256", "size_bytes", "archive", "directory", "categories",
-             "check_counts", "download_dir", "timeout_s"),
-    "synthetic": ("seed", "images_per_defect"),
-    "split": ("test_fraction", "seed"),
-    "prepare": ("image_size", "mask_threshold", "keep_thin_defects", "resize"),
-    "train": ("models", "epochs", "batch_size", "lr", "lr_schedule", "weight_decay", "loss",
-              "dice_weight", "class_weights", "focal_gamma", "tversky_alpha", "tversky_beta",
-              "augment", "seed", "device", "precision", "channels_last",
+             "check_counts", "download_dir", "timeout_s", "layout", "folder"),
+    "synthetic": ("seed", "images_per_defect", "good_images"),
+    "split": ("test_fraction", "seed", "val_fraction"),
+    "prepare": ("image_size", "mask_threshold", "keep_thin_defects", "resize", "good_images",
+                "mode", "tile_source_size", "tile_stride", "defect_crop_fraction"),
+    "train": ("models", "epochs", "steps", "batch_size", "lr", "lr_schedule", "weight_decay",
+              "loss", "dice_weight", "class_weights", "focal_gamma", "tversky_alpha",
+              "tversky_beta", "augment", "seed", "device", "precision", "channels_last",
               "cpu_threads", "compile", "adam_impl", "cuda_graphs", "deterministic",
               "checkpoint_every", "log_every",
               "base_width", "model_options"),
-    "evaluate": ("batch_size", "empty_score", "report_samples"),
+    "evaluate": ("batch_size", "empty_score", "report_samples", "image_score",
+                 "min_defect_area", "fit_for_use", "threshold"),
     "tracking": ("enabled", "uri", "experiment", "registry_prefix", "champion_alias",
                  "challenger_alias"),
 }
 TOP_LEVEL = tuple(KNOWN_KEYS)
+LAYOUTS = ("mvtec", "folder", "visa")
+# `data.folder` (data.layout: folder; mr2unet.data.folder)
+FOLDER_KEYS = ("category", "images", "masks", "mask_suffix", "good", "split_lists")
 
 
 def merge_into(target: MutableMapping[str, Any], overlay: MutableMapping[str, Any]) -> None:
@@ -115,6 +120,9 @@ def check_known_keys(params: dict[str, Any], where: str = "params.yaml") -> None
         value = params.get(section)
         if isinstance(value, dict):
             problem = _unknown(list(value), known, f"{section}.")
+    folder = (params.get("data") or {}).get("folder")
+    if not problem and isinstance(folder, dict):
+        problem = _unknown(list(folder), FOLDER_KEYS, "data.folder.")
     if problem:
         raise UserError(f"{where}: {problem}")
 
@@ -190,9 +198,105 @@ def _check_speed_levers(params: dict[str, Any]) -> None:
            "(pick one: compile's reduce-overhead mode captures CUDA graphs itself)")
 
 
+IMAGE_SCORES = ("max_smoothed", "top_k_mean")  # mr2unet.metrics.image.IMAGE_SCORES
+FIT_FOR_USE_KEYS = ("pixel_auroc", "iou")
+
+
+# evaluate.threshold: a fixed probability, or a rule applied to the validation split
+# (mr2unet.evaluation.threshold.parse_rule reads the same forms).
+THRESHOLD_RULE = re.compile(r"best_iou|max_false_alarm_rate=(?P<rate>[0-9.eE+-]+)")
+
+
+def _check_threshold(params: dict[str, Any]) -> None:
+    """``split.val_fraction`` and ``evaluate.threshold`` (docs/evaluation.md, "Threshold")."""
+    val = _get(params, "split.val_fraction")
+    _check(_is_number(val) and 0 <= val < 1, "split.val_fraction", val,
+           "a number in [0, 1): the share of each category's training images kept for "
+           "validation (0: none, the paper)")
+    rule = _get(params, "evaluate.threshold")
+    if _is_number(rule):
+        _check(0 < rule < 1, "evaluate.threshold", rule, "a probability strictly between 0 "
+               "and 1, best_iou or max_false_alarm_rate=<r>")
+        return
+    found = THRESHOLD_RULE.fullmatch(rule) if isinstance(rule, str) else None
+    rate = found and found["rate"]
+    _check(found is not None and (rate is None or _is_rate(rate)), "evaluate.threshold", rule,
+           "0.5 (a fixed probability in (0, 1)), best_iou or max_false_alarm_rate=<r> with "
+           "0 <= r <= 1, e.g. max_false_alarm_rate=0.05")
+    _check(val > 0, "evaluate.threshold", rule, f"a fixed probability such as 0.5 while "
+           f"split.val_fraction is 0: {rule} is chosen on validation images, so set "
+           f"split.val_fraction (e.g. 0.2)")
+    _check(rate is None or params["prepare"]["good_images"] != 0, "evaluate.threshold", rule,
+           "best_iou or a fixed probability while prepare.good_images is 0: the false-alarm "
+           "rate needs good (defect-free) validation images, so set prepare.good_images "
+           "(e.g. all)")
+
+
+def _is_rate(text: str) -> bool:
+    try:
+        return 0 <= float(text) <= 1
+    except ValueError:
+        return False
+
+
+def _check_image_level(params: dict[str, Any]) -> None:
+    """``evaluate.image_score``, ``min_defect_area`` and ``fit_for_use`` (docs/params.md)."""
+    _choice(params, "evaluate.image_score", IMAGE_SCORES)
+    area = _get(params, "evaluate.min_defect_area")
+    _check(_is_int(area) and area >= 1, "evaluate.min_defect_area", area,
+           "a whole number of pixels, at least 1")
+    fit = _get(params, "evaluate.fit_for_use")
+    _check(isinstance(fit, dict) and set(fit) == set(FIT_FOR_USE_KEYS)
+           and all(_is_number(v) and 0 <= v <= 1 for v in fit.values()),
+           "evaluate.fit_for_use", fit, "a mapping {pixel_auroc: 0.85, iou: 0.25}: both keys, "
+           "each a number in [0, 1]")
+
+
+def _check_layout(params: dict[str, Any]) -> None:
+    """`data.layout`, `data.folder`, `prepare.good_images`, `synthetic.good_images`."""
+    _choice(params, "data.layout", LAYOUTS)
+    layout = params["data"]["layout"]
+    _check(not (layout != "mvtec" and params["data"]["source"] == "synthetic"), "data.layout",
+           layout, "mvtec with data.source: synthetic (the generator writes MVTec's layout)")
+    folder = _get(params, "data.folder")
+    _check(folder is None or isinstance(folder, dict), "data.folder", folder,
+           "null or a mapping (images:, masks:, ...)")
+    if layout == "folder":
+        _check(isinstance(folder, dict) and all(
+            isinstance(folder.get(k), str) and folder[k] for k in ("images", "masks")),
+            "data.folder", folder, "a mapping with at least images: and masks: (folders or "
+            "globs relative to the data set's root)")
+        lists = folder.get("split_lists")
+        _check(lists is None or (isinstance(lists, dict) and set(lists) == {"train", "test"}),
+               "data.folder.split_lists", lists, "null or {train: <file>, test: <file>}")
+        _check(isinstance(folder.get("category", "custom"), str), "data.folder.category",
+               folder.get("category"), "a name")
+    good = _get(params, "prepare.good_images")
+    _check(good == "all" or (_is_int(good) and good >= 0), "prepare.good_images", good,
+           "0 (the paper: defective images only), a number per category, or all")
+    count = _get(params, "synthetic.good_images")
+    _check(_is_int(count) and count >= 0, "synthetic.good_images", count, "an integer >= 0")
+
+
+def _check_tiles(params: dict[str, Any]) -> None:
+    """`prepare.mode` and the tiles knobs (mr2unet.data.prepare, mr2unet.models.tiling)."""
+    _choice(params, "prepare.mode", ("resize", "tiles"))
+    crop = params["prepare"]["image_size"]
+    source = _get(params, "prepare.tile_source_size")
+    _check(source is None or (_is_int(source) and source >= crop), "prepare.tile_source_size",
+           source, f"null (native size) or an integer >= prepare.image_size ({crop}, the crop)")
+    stride = _get(params, "prepare.tile_stride")
+    _check(stride is None or (_is_int(stride) and 0 < stride <= crop), "prepare.tile_stride",
+           stride, f"null (half a crop) or an integer in 1..{crop}")
+    share = _get(params, "prepare.defect_crop_fraction")
+    _check(_is_number(share) and 0 <= share <= 1, "prepare.defect_crop_fraction", share,
+           "a number in [0, 1]")
+
+
 def validate(params: dict[str, Any]) -> None:
     """Raise :class:`UserError` naming the first key whose value cannot work."""
     _choice(params, "data.source", SOURCES)
+    _check_layout(params)
     source = params["data"]["source"]
     if source == "url":
         url = _get(params, "data.url")
@@ -221,6 +325,7 @@ def validate(params: dict[str, Any]) -> None:
     _check(isinstance(size, int) and size >= 16 and size % 16 == 0, "prepare.image_size",
            size, "a multiple of 16 (the networks down-sample four times)")
     _choice(params, "prepare.resize", ("squash", "pad"))
+    _check_tiles(params)
     threshold = _get(params, "prepare.mask_threshold")
     _check(isinstance(threshold, int | float) and 0 < threshold <= 1, "prepare.mask_threshold",
            threshold, "a number in (0, 1]")
@@ -230,6 +335,9 @@ def validate(params: dict[str, Any]) -> None:
     for key in ("train.epochs", "train.batch_size", "train.checkpoint_every", "train.log_every",
                 "train.base_width", "evaluate.batch_size"):
         _positive_int(params, key)
+    steps = _get(params, "train.steps")
+    _check(steps is None or (_is_int(steps) and steps > 0), "train.steps", steps,
+           "null (train.epochs decides) or a positive number of optimiser steps")
     _positive_number(params, "train.lr")
     decay = _get(params, "train.weight_decay")
     _check(_is_number(decay) and decay >= 0,
@@ -250,6 +358,8 @@ def validate(params: dict[str, Any]) -> None:
     empty = _get(params, "evaluate.empty_score")
     _check(_is_number(empty) and empty in (0, 1),
            "evaluate.empty_score", empty, "1.0 or 0.0")
+    _check_image_level(params)
+    _check_threshold(params)
     options = _get(params, "train.model_options")
     _check(isinstance(options, dict) and set(options) <= set(MODEL_NAMES),
            "train.model_options", options, "a mapping keyed by model name")

@@ -12,6 +12,10 @@ is not resolved at run time; ``mr2unet profile NAME`` writes its effective value
   paper's values.  ``params.yaml = paper.yaml`` with the overlay merged in key by key,
   keeping the base file's comments and key order (ruamel.yaml round trip).
 
+Overlays combine: ``mr2unet profile user-data neu-sample`` (the name ``user-data+neu-sample``)
+merges them in that order, a later one's values winning, so a recipe and a data set live
+in separate files.
+
 The first line of ``params.yaml`` records which profile it came from, as a comment
 (``# profile: demo ...``): no stage depends on it, so switching profiles re-runs only the
 stages whose values changed.
@@ -32,7 +36,8 @@ from mr2unet.errors import UserError
 
 PROFILES_DIR = Path("profiles")
 BASE = "paper"
-NOTE = re.compile(r"^# profile: (?P<name>[A-Za-z0-9_.-]+)")
+NOTE = re.compile(r"^# profile: (?P<name>[A-Za-z0-9_.+-]+)")
+JOIN = "+"  # user-data+neu-sample: overlays merged in this order
 
 
 def _yaml() -> YAML:
@@ -67,20 +72,27 @@ def read_overlay(path: Path) -> dict[str, Any]:
 
 
 def render(name: str, root: Path = Path(".")) -> str:
-    """The text of ``params.yaml`` for profile ``name`` (the paper's file + the overlay)."""
+    """The text of ``params.yaml`` for profile ``name`` (the paper's file + the overlay,
+    or the overlays of ``a+b`` in that order)."""
     base_text = profile_file(BASE, root).read_text()
     if name == BASE:
         return base_text
-    path = profile_file(name, root)
-    read_overlay(path)  # checks every key first
+    names = name.split(JOIN)
+    if BASE in names:
+        raise UserError(f"profile {name!r}: {BASE} is the base of every profile; name only "
+                        f"the overlays (e.g. `mr2unet profile user-data neu-sample`).")
+    paths = [profile_file(n, root) for n in names]
     rt = _yaml()
     values = rt.load(base_text)
-    merge_into(values, rt.load(path.read_text()) or {})  # round trip: 3.0e-3 stays 3.0e-3
+    for path in paths:
+        read_overlay(path)  # checks every key first
+        merge_into(values, rt.load(path.read_text()) or {})  # round trip: 3.0e-3 stays 3.0e-3
     out = io.StringIO()
     rt.dump(values, out)
     text = out.getvalue()
-    note = (f"# profile: {name} (written by `mr2unet profile {name}`: profiles/{BASE}.yaml "
-            f"with profiles/{name}.yaml merged in)")
+    files = ", ".join(f"profiles/{n}.yaml" for n in names)
+    note = (f"# profile: {name} (written by `mr2unet profile {' '.join(names)}`: "
+            f"profiles/{BASE}.yaml with {files} merged in)")
     first, _, rest = text.partition("\n")
     return (f"{note}\n{rest}" if NOTE.match(first) else f"{note}\n{text}")
 
@@ -103,8 +115,8 @@ def apply(name: str, params_path: Path = Path("params.yaml"), root: Path = Path(
 
     text = render(name, root)
     values = yaml.safe_load(text)
-    where = f"profiles/{name}.yaml" if name == BASE else f"profiles/{name}.yaml over " \
-        f"profiles/{BASE}.yaml"
+    where = f"profiles/{name}.yaml" if name == BASE else ", ".join(
+        f"profiles/{n}.yaml" for n in name.split(JOIN)) + f" over profiles/{BASE}.yaml"
     check_known_keys(values, where=where)
     try:
         validate(values)

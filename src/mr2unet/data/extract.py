@@ -1,7 +1,8 @@
-"""Safe, selective extraction of MVTec AD archives (full or per-category).
+"""Safe, selective extraction of data set archives (MVTec AD full or per-category, others).
 
-Only what the pipeline needs is extracted: ``<category>/test/``,
-``<category>/ground_truth/`` and the license/readme files.  Members that would land
+Only what the pipeline needs is extracted: for MVTec AD ``<category>/test/``,
+``<category>/ground_truth/`` and the license/readme files (:func:`wanted`); other layouts
+pass their own choice (:func:`mr2unet.data.layouts.keeps_member`).  Members that would land
 outside the target (absolute paths, ``..``), links and device files are refused before
 anything is written for them, and ``tarfile``'s ``data`` filter guards the rest.
 """
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from mr2unet.data.images import IMAGE_SUFFIXES
 from mr2unet.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -64,10 +66,13 @@ def open_decompressed(archive: Path) -> BinaryIO:
     return archive.open("rb")
 
 
-def extract(archive: Path, dest: Path, categories: list[str] | None = None) -> int:
-    """Extract the needed members of ``archive`` into ``dest``.
+def extract(archive: Path, dest: Path, categories: list[str] | None = None,
+            keep: Callable[[tarfile.TarInfo, set[str] | None], bool] = wanted,
+            what: str = "MVTec AD test/ground_truth files") -> int:
+    """Extract the members of ``archive`` that ``keep(member, categories)`` wants into
+    ``dest`` (by default MVTec AD's, :func:`wanted`).
 
-    Returns the number of PNG files (test images and masks) written.
+    Returns the number of image files (images and masks) written.
     """
     selected = set(categories) if categories else None
     count = 0
@@ -76,8 +81,8 @@ def extract(archive: Path, dest: Path, categories: list[str] | None = None) -> i
         nonlocal count
         for member in tar:
             check_member(member, archive)
-            if wanted(member, selected):
-                count += member.isfile() and member.name.lower().endswith(".png")
+            if keep(member, selected):
+                count += member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES)
                 yield member
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -94,7 +99,7 @@ def extract(archive: Path, dest: Path, categories: list[str] | None = None) -> i
         raise UserError(f"cannot extract {archive} into {dest}: {exc}. Check the free disk "
                         f"space and the permissions there.") from None
     if count == 0:
-        raise UserError(f"{archive} contains no MVTec AD test/ground_truth files"
+        raise UserError(f"{archive} contains no {what}"
                         + (f" for categories {sorted(selected)}" if selected else "") + ".")
     log.info("extracted %d images and masks from %s", count, archive)
     return count

@@ -1,15 +1,19 @@
-"""The MVTec AD layout: finding defective images and their masks, validating a tree.
+"""The MVTec AD layout (``data.layout: mvtec``): finding images and masks, validating a tree.
 
 ``<category>/test/<defect_type>/NNN.png`` with its mask at
-``<category>/ground_truth/<defect_type>/NNN_mask.png``; ``test/good`` has no masks.
+``<category>/ground_truth/<defect_type>/NNN_mask.png``; ``test/good`` has no masks. Any
+image format of :data:`~mr2unet.data.images.IMAGE_SUFFIXES` is read, and a mask may also
+carry its image's own stem (``ground_truth/<defect_type>/NNN.<ext>``), as data sets
+arranged by hand into this layout often do.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
+from mr2unet.data.images import is_image
+from mr2unet.data.samples import GOOD, Sample, check_pairs
 from mr2unet.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -21,24 +25,23 @@ PAPER_COUNTS: dict[str, int] = {
     "leather": 92, "metal_nut": 93, "pill": 141, "screw": 119, "tile": 84, "toothbrush": 30,
     "transistor": 40, "wood": 60, "zipper": 119,
 }
-IMAGE_SUFFIXES = (".png",)
-GOOD = "good"
 CATEGORY_PARTS = ("test", "ground_truth")
+MASK_SUFFIX = "_mask"
+FIX = ("Every image under test/<type>/ (except test/good/) needs a mask "
+       "ground_truth/<type>/<stem>_mask.<ext> (or <stem>.<ext>); extract the data set again, "
+       "or fix the files listed.")
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One defective test image and its mask, as paths relative to the dataset root."""
-
-    category: str
-    defect_type: str
-    image: str
-    mask: str
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if is_image(p)) if folder.is_dir() else []
 
 
-def mask_path(root: Path, category: str, defect_type: str, image: Path) -> Path:
-    """Where MVTec AD keeps the mask of ``image``."""
-    return root / category / "ground_truth" / defect_type / f"{image.stem}_mask.png"
+def _mask_index(folder: Path) -> dict[str, Path]:
+    """Mask files of ``folder`` by the stem of the image they belong to."""
+    index: dict[str, Path] = {}
+    for mask in _images(folder):
+        index.setdefault(mask.stem.removesuffix(MASK_SUFFIX), mask)
+    return index
 
 
 def _has_all_parts(folder: Path) -> bool:
@@ -92,28 +95,39 @@ def validate_layout(root: Path, categories: list[str] | None = None) -> list[str
     return sorted(set(categories))
 
 
-def scan(root: Path, categories: list[str]) -> list[Sample]:
-    """Every defective test image with its mask, sorted; a missing mask is a UserError.
+def scan(root: Path, categories: list[str], good: bool = False) -> list[Sample]:
+    """Every defective test image with its mask (and with ``good``, every ``test/good``
+    image after them), sorted; every image without a mask, mask without an image and mask
+    of another size is listed in one UserError.
 
     Sorting (category, defect type, file name) makes everything downstream independent
     of the order in which the file system lists a directory.
     """
-    samples = []
+    samples: list[Sample] = []
+    good_samples: list[Sample] = []
+    problems: list[str] = []
     for category in sorted(categories):
         test_dir = root / category / "test"
         for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
             if defect_dir.name == GOOD:
+                good_samples += [Sample(category, GOOD, image.relative_to(root).as_posix(), "")
+                                 for image in _images(defect_dir)]
                 continue
-            for image in sorted(p for p in defect_dir.iterdir()
-                                if p.suffix.lower() in IMAGE_SUFFIXES):
-                mask = mask_path(root, category, defect_dir.name, image)
-                if not mask.is_file():
-                    raise UserError(f"defective image {image} has no mask (expected {mask}); "
-                                    f"the dataset copy is incomplete: extract it again.")
+            masks = _mask_index(root / category / "ground_truth" / defect_dir.name)
+            for image in _images(defect_dir):
+                mask = masks.pop(image.stem, None)
+                if mask is None:
+                    expected = (Path(category) / "ground_truth" / defect_dir.name
+                                / f"{image.stem}{MASK_SUFFIX}.png")
+                    problems.append(f"image {image.relative_to(root)} has no mask (expected "
+                                    f"{expected})")
+                    continue
                 samples.append(Sample(category, defect_dir.name,
                                       image.relative_to(root).as_posix(),
                                       mask.relative_to(root).as_posix()))
-    return samples
+            problems += [f"mask {m.relative_to(root)} has no image" for m in masks.values()]
+    check_pairs(root, samples, problems, FIX)
+    return samples + (good_samples if good else [])
 
 
 def count_by_category(samples: list[Sample]) -> dict[str, int]:

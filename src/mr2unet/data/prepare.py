@@ -1,4 +1,15 @@
-"""Preparing the defective images: seeded stratified split, resize, one array per split.
+"""Preparing the images: seeded stratified split, resize, one array per split.
+
+The defective images of any layout (``data.layout``, :mod:`mr2unet.data.layouts`) and, with
+``good_images``, defect-free ones (all-zero masks; split stratified and seeded like the
+defective ones, with generators of their own, so that adding them never moves a defective
+image to the other split).
+
+With ``val_fraction`` > 0 a validation split (``val.npz``, the manifest's ``split`` = ``val``)
+is carved out of what would have been training images, per category, seeded with generators
+of its own (one for the defective images, one for the good ones): the test split is the
+same with or without it (:func:`carve_validation`). With ``val_fraction`` 0 (the default)
+``val.npz`` holds no image and every other file is as before.
 
 Images are converted to RGB and resized with PIL's bilinear filter, which widens its
 support when shrinking (antialiased, close to area averaging); ``reducing_gap`` first
@@ -29,6 +40,13 @@ happened is logged and written to ``summary.json``.
 
 Masks are area-resampled to the content size in both modes, so ``mask_threshold`` and
 ``keep_thin_defects`` mean the same thing; a square image gives the same arrays in both.
+
+``mode: tiles`` keeps the images near full resolution for training on crops
+(:mod:`mr2unet.training.crops`) and predicting by sliding windows
+(:mod:`mr2unet.models.tiling`): each image's long side is scaled to ``tile_source_size``
+(``pad`` as above, at that size), or with ``tile_source_size: None`` left at its native size
+and centred on a square as large as the data set's longest side (padding ignored as
+above). ``image_size`` is then the crop size; ``resize`` is not used.
 """
 
 from __future__ import annotations
@@ -36,31 +54,33 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
-from mr2unet.data.mvtec import (
-    Sample,
-    check_counts,
-    count_by_category,
-    is_full_dataset,
-    scan,
-    validate_layout,
-)
+from mr2unet.data import layouts
+from mr2unet.data.images import defect_pixels, mask_values, read_image, to_rgb
+from mr2unet.data.layouts import DataLayout
+from mr2unet.data.mvtec import check_counts, count_by_category, is_full_dataset
 from mr2unet.data.prepared import PreparedSplit
+from mr2unet.data.samples import Sample
 from mr2unet.errors import UserError
 from mr2unet.metrics.segmentation import IGNORE_LABEL
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
+VAL = "val"  # the validation split, carved out of the training images (val_fraction > 0)
 RESIZE_MODES = ("squash", "pad")
+MODES = ("resize", "tiles")
+NATIVE = "native"  # tiles at native size: centred on the square, not scaled
 MANIFEST_COLUMNS = ["category", "defect_type", "image", "mask", "split", "width", "height"]
+GOOD_COLUMN = "good"  # added to the manifest only when good images were prepared
+__all__ = ["defect_pixels", "read_image"]  # re-exported: tests and callers read them here
 
 
 @dataclass(frozen=True)
@@ -73,9 +93,31 @@ class PrepareConfig:
     test_fraction: float = 0.2
     seed: int = 42
     resize: str = "squash"
+    # defect-free images per category that join the splits: 0 (the paper), a number, "all"
+    good_images: int | str = 0
+    # resize (the paper: images become image_size squares) | tiles (see the module doc)
+    mode: str = "resize"
+    tile_source_size: int | None = None
+    # share of each category's training images moved to the validation split (0: none)
+    val_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        check_resize_mode(self.resize)
+        if self.resize != NATIVE:
+            check_resize_mode(self.resize)
+        if self.mode not in MODES:
+            raise UserError(f"prepare.mode {self.mode!r}: expected one of {', '.join(MODES)}.")
+        if self.mode == "tiles" and self.tile_source_size is not None and \
+                self.tile_source_size < self.image_size:
+            raise UserError(f"prepare.tile_source_size {self.tile_source_size} is smaller than "
+                            f"the {self.image_size} px crops (prepare.image_size): raise it, "
+                            f"or set it to null for the images' native size.")
+        if not (self.good_images == "all" or (isinstance(self.good_images, int)
+                                              and self.good_images >= 0)):
+            raise UserError(f"good_images {self.good_images!r}: expected 0, a number per "
+                            f"category, or 'all'.")
+        if not 0 <= self.val_fraction < 1:
+            raise UserError(f"split.val_fraction {self.val_fraction!r}: expected a number in "
+                            f"[0, 1) (0: no validation split).")
 
 
 def check_resize_mode(mode: str) -> None:
@@ -92,6 +134,7 @@ class PreparedImage:
     thin_defect_kept: bool
     width: int
     height: int
+    mask_values: tuple[int, ...] = ()  # the distinct values of the mask file
 
 
 def n_test_images(n: int, test_fraction: float) -> int:
@@ -101,13 +144,16 @@ def n_test_images(n: int, test_fraction: float) -> int:
     return min(max(math.floor(n * test_fraction + 0.5), 1), n - 1)
 
 
-def split_samples(samples: list[Sample], test_fraction: float, seed: int) -> list[str]:
+def split_samples(samples: list[Sample], test_fraction: float, seed: int | list[int]
+                  ) -> list[str]:
     """``"train"``/``"test"`` per sample, stratified per category and seeded.
 
     Categories are taken in sorted order; each draws a permutation of its images (in
     the order of ``samples``, which :func:`~mr2unet.data.mvtec.scan` sorts) from one
     generator, and its first :func:`n_test_images` images are test images.
     """
+    if samples and all(s.split for s in samples):  # the data set's own split lists
+        return [s.split for s in samples]
     rng = np.random.default_rng(seed)
     splits = ["train"] * len(samples)
     for category in sorted({s.category for s in samples}):
@@ -117,15 +163,38 @@ def split_samples(samples: list[Sample], test_fraction: float, seed: int) -> lis
     return splits
 
 
-def read_image(path: Path) -> Image.Image:
-    """Open and decode an image; a corrupt or unreadable file is a UserError naming it."""
-    try:
-        img = Image.open(path)
-        img.load()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise UserError(f"cannot read image {path} ({exc}); the file is corrupt: extract "
-                        f"the dataset again.") from None
-    return img
+def carve_validation(samples: list[Sample], splits: list[str], val_fraction: float,
+                     seed: int | list[int]) -> list[str]:
+    """``splits`` with some ``"train"`` samples turned ``"val"``, stratified and seeded.
+
+    Per category (sorted), :func:`n_test_images` of its training images (``val_fraction``
+    of them, rounded half up, at least 1 and at least one left for training) are drawn
+    by one permutation of a generator of their own; ``val_fraction`` 0 changes nothing.
+    Test samples are never touched.
+    """
+    if val_fraction <= 0:
+        return list(splits)
+    rng = np.random.default_rng(seed)
+    carved = list(splits)
+    for category in sorted({s.category for s in samples}):
+        idx = [i for i, s in enumerate(samples) if s.category == category and
+               splits[i] == "train"]
+        for j in rng.permutation(len(idx))[:n_test_images(len(idx), val_fraction)]:
+            carved[idx[j]] = VAL
+    return carved
+
+
+def choose_good(good: list[Sample], per_category: int | str, seed: int) -> list[Sample]:
+    """``per_category`` good images of each category (all with ``"all"``), seeded; in the
+    order of ``good``."""
+    if per_category == "all":
+        return good
+    rng = np.random.default_rng([seed, 2])
+    chosen: set[int] = set()
+    for category in sorted({s.category for s in good}):
+        idx = [i for i, s in enumerate(good) if s.category == category]
+        chosen.update(idx[j] for j in rng.permutation(len(idx))[:per_category])
+    return [s for i, s in enumerate(good) if i in chosen]
 
 
 def pad_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
@@ -141,6 +210,8 @@ def pad_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
 
 def content_size(width: int, height: int, size: int, mode: str) -> tuple[int, int]:
     """The ``(width, height)`` an image is resized to before any padding."""
+    if mode == NATIVE:
+        return width, height
     return (size, size) if mode == "squash" else pad_box(width, height, size)[2:]
 
 
@@ -161,7 +232,9 @@ def resize_image(img: Image.Image, size: int, mode: str = "squash") -> np.ndarra
     ``mode`` is ``squash`` (stretch to the square) or ``pad`` (keep the aspect ratio, pad
     centred with replicated edges; see the module docstring).
     """
-    rgb = img.convert("RGB")
+    rgb = to_rgb(img)
+    if mode == NATIVE:
+        return _pad(np.asarray(rgb), size, None)
     small = np.asarray(rgb.resize(content_size(*img.size, size, mode),
                                   Image.Resampling.BILINEAR, reducing_gap=3.0))
     return small if mode == "squash" else _pad(small, size, None)
@@ -176,18 +249,6 @@ def crop_padding(array: np.ndarray, width: int, height: int, mode: str) -> np.nd
     return array[top:top + h, left:left + w]
 
 
-def defect_pixels(img: Image.Image) -> np.ndarray:
-    """Boolean ``(H, W)``: any non-zero value (ignoring an alpha channel) is a defect."""
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    values = np.asarray(img)
-    if values.ndim == 2:
-        return values != 0
-    if img.mode in ("RGBA", "LA", "PA"):
-        values = values[..., :-1]
-    return values.any(axis=2)
-
-
 def resize_mask(img: Image.Image, size: int, threshold: float, keep_thin: bool,
                 mode: str = "squash") -> tuple[np.ndarray, bool]:
     """Binary ``(size, size)`` uint8 mask by area coverage; (mask, thin defect kept).
@@ -196,8 +257,8 @@ def resize_mask(img: Image.Image, size: int, threshold: float, keep_thin: bool,
     :data:`~mr2unet.metrics.segmentation.IGNORE_LABEL`.
     """
     binary = Image.fromarray(defect_pixels(img).astype(np.float32))  # mode F: exact fractions
-    coverage = np.asarray(binary.resize(content_size(*img.size, size, mode),
-                                        Image.Resampling.BOX))
+    coverage = np.asarray(binary if mode == NATIVE else binary.resize(
+        content_size(*img.size, size, mode), Image.Resampling.BOX))
     mask = coverage >= threshold
     kept = bool(keep_thin and not mask.any() and coverage.max() > 0)
     if kept:
@@ -207,9 +268,9 @@ def resize_mask(img: Image.Image, size: int, threshold: float, keep_thin: bool,
 
 
 def prepare_sample(raw: Path, sample: Sample, cfg: PrepareConfig) -> PreparedImage:
-    """Read one image and its mask from the tree ``raw`` and resize both."""
+    """Read one image and its mask (all zeros for a good image) from ``raw``; resize both."""
     img = read_image(raw / sample.image)
-    mask_img = read_image(raw / sample.mask)
+    mask_img = Image.new("L", img.size, 0) if sample.good else read_image(raw / sample.mask)
     if mask_img.size != img.size:
         raise UserError(f"mask {raw / sample.mask} is {mask_img.size[0]}x{mask_img.size[1]} "
                         f"but its image is {img.size[0]}x{img.size[1]}; the dataset copy is "
@@ -219,7 +280,24 @@ def prepare_sample(raw: Path, sample: Sample, cfg: PrepareConfig) -> PreparedIma
     if kept:
         log.info("thin defect kept in %s (it would vanish at %d px)", sample.mask,
                  cfg.image_size)
-    return PreparedImage(resize_image(img, cfg.image_size, cfg.resize), mask, kept, *img.size)
+    values = () if sample.good else tuple(int(v) for v in np.unique(mask_values(mask_img)))
+    return PreparedImage(resize_image(img, cfg.image_size, cfg.resize), mask, kept, *img.size,
+                         mask_values=values)
+
+
+def tile_config(raw: Path, samples: list[Sample], cfg: PrepareConfig) -> PrepareConfig:
+    """The config ``prepare_sample`` applies in tiles mode: ``pad`` at
+    ``tile_source_size``, or ``native`` on a square of the data set's longest side."""
+    if cfg.tile_source_size is not None:
+        return replace(cfg, image_size=cfg.tile_source_size, resize="pad")
+    longest = 0
+    for sample in samples:
+        with Image.open(raw / sample.image) as img:  # the header only
+            longest = max(longest, *img.size)
+    if longest < cfg.image_size:
+        raise UserError(f"the largest image is {longest} px, smaller than the "
+                        f"{cfg.image_size} px crops (prepare.image_size): lower image_size.")
+    return replace(cfg, image_size=longest, resize=NATIVE)
 
 
 def count_check(counts: dict[str, int], check: bool) -> str:
@@ -239,17 +317,26 @@ def count_check(counts: dict[str, int], check: bool) -> str:
 def _manifest(samples: list[Sample], splits: list[str], prepared: list[PreparedImage]
               ) -> pd.DataFrame:
     rows = [{"category": s.category, "defect_type": s.defect_type, "image": s.image,
-             "mask": s.mask, "split": split, "width": p.width, "height": p.height}
+             "mask": s.mask, "split": split, "width": p.width, "height": p.height,
+             GOOD_COLUMN: int(s.good)}
             for s, split, p in zip(samples, splits, prepared, strict=True)]
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    with_good = any(s.good for s in samples)
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS + ([GOOD_COLUMN] if with_good else []))
+
+
+def _stack(arrays: list[np.ndarray], like: np.ndarray) -> np.ndarray:
+    """``np.stack`` that also stacks no array: ``(0, *like.shape)`` of ``like``'s dtype."""
+    return np.stack(arrays) if arrays else np.zeros((0, *like.shape), like.dtype)
 
 
 def _save_splits(out: Path, manifest: pd.DataFrame, prepared: list[PreparedImage]) -> None:
-    for name in SPLITS:
+    """``train.npz``, ``test.npz`` and ``val.npz`` (always written; empty without
+    ``val_fraction``)."""
+    for name in (*SPLITS, VAL):
         rows = np.flatnonzero(manifest["split"].to_numpy() == name)
         PreparedSplit(
-            images=np.stack([prepared[i].image for i in rows]),
-            masks=np.stack([prepared[i].mask for i in rows]),
+            images=_stack([prepared[i].image for i in rows], prepared[0].image),
+            masks=_stack([prepared[i].mask for i in rows], prepared[0].mask),
             categories=manifest["category"].to_numpy()[rows],
             defect_types=manifest["defect_type"].to_numpy()[rows],
             sources=manifest["image"].to_numpy()[rows],
@@ -258,47 +345,75 @@ def _save_splits(out: Path, manifest: pd.DataFrame, prepared: list[PreparedImage
 
 def _summary(out: Path, cfg: PrepareConfig, manifest: pd.DataFrame,
              prepared: list[PreparedImage], count_status: str) -> dict[str, Any]:
+    # the validation split is listed only where there is one (the default's file as before)
+    splits = (*SPLITS, VAL) if cfg.val_fraction > 0 else SPLITS
     manifest = manifest.assign(kept=[p.thin_defect_kept for p in prepared],
                                empty=[not (p.mask == 1).any() for p in prepared])
     per_category = {
-        str(category): {**{name: int((group["split"] == name).sum()) for name in SPLITS},
+        str(category): {**{name: int((group["split"] == name).sum()) for name in splits},
                         "thin_defects_kept": int(group["kept"].sum())}
         for category, group in manifest.groupby("category", sort=True)
     }
     sizes = sorted({f"{w}x{h}" for w, h in zip(manifest["width"], manifest["height"],
                                                strict=True)})
+    good = {}
+    if GOOD_COLUMN in manifest:
+        is_good = manifest[GOOD_COLUMN] == 1
+        good = {"good_images": {name: int((is_good & (manifest["split"] == name)).sum())
+                                for name in splits}}
+        for category, group in manifest.groupby("category", sort=True):
+            per_category[str(category)]["good"] = int(group[GOOD_COLUMN].sum())
     return {
         "images": len(manifest),
-        **{name: int((manifest["split"] == name).sum()) for name in SPLITS},
+        **{name: int((manifest["split"] == name).sum()) for name in splits},
         "image_size": cfg.image_size,
         "resize": cfg.resize,
         "source_sizes": sizes,
         "count_check": count_status,
         "thin_defects_kept": int(manifest["kept"].sum()),
-        "empty_masks": int(manifest["empty"].sum()),
+        "empty_masks": int((manifest["empty"] & (manifest.get(GOOD_COLUMN, 0) == 0)).sum()),
+        **good,
+        # the distinct values seen in the mask files: 0/255, 0/1, or a label map's classes
+        "mask_values": sorted({v for p in prepared for v in p.mask_values}),
         "per_category": per_category,
-        "bytes": {name: (out / f"{name}.npz").stat().st_size for name in SPLITS},
+        "bytes": {name: (out / f"{name}.npz").stat().st_size for name in splits},
     }
 
 
 def prepare(raw: Path, out: Path, cfg: PrepareConfig, categories: list[str] | None = None,
-            check: bool = True) -> dict[str, Any]:
-    """Prepare the MVTec tree ``raw`` into ``out``; returns the summary (also written).
+            check: bool = True, layout: DataLayout | None = None) -> dict[str, Any]:
+    """Prepare the data set ``raw`` (in ``layout``, MVTec AD's by default) into ``out``;
+    returns the summary (also written).
 
-    ``out`` receives ``train.npz``, ``test.npz``, ``manifest.csv`` and ``summary.json``;
-    the same inputs and ``cfg`` give byte-identical files.
+    ``out`` receives ``train.npz``, ``test.npz``, ``val.npz`` (empty without
+    ``val_fraction``), ``manifest.csv`` and ``summary.json``; the same inputs and ``cfg``
+    give byte-identical files. The defective images come first, in the layout's sorted
+    order, then the good ones.
     """
-    chosen = validate_layout(raw, categories or None)
-    samples = scan(raw, chosen)
+    layout = layout or DataLayout()
+    chosen = layouts.choose_categories(raw, layout, categories or None)
+    found = layouts.scan(raw, layout, chosen, good=cfg.good_images != 0)
+    samples = [s for s in found if not s.good]
     if not samples:
         raise UserError(f"no defective images with masks under {raw} (categories: "
-                        f"{', '.join(chosen)}).")
+                        f"{', '.join(chosen)}, layout {layout.name}); docs/data.md shows "
+                        f"the layouts.")
     status = count_check(count_by_category(samples), check)
     splits = split_samples(samples, cfg.test_fraction, cfg.seed)
+    splits = carve_validation(samples, splits, cfg.val_fraction, [cfg.seed, 3])
     if "test" not in splits:
         raise UserError(f"{len(samples)} defective images are too few for a train/test "
                         f"split: every category needs at least 2.")
-    prepared = [prepare_sample(raw, sample, cfg)
+    if cfg.good_images != 0:
+        good = choose_good([s for s in found if s.good], cfg.good_images, cfg.seed)
+        if not good:
+            log.warning("prepare.good_images is %s but %s holds no defect-free images",
+                        cfg.good_images, raw)
+        samples += good
+        splits += carve_validation(good, split_samples(good, cfg.test_fraction, [cfg.seed, 1]),
+                                   cfg.val_fraction, [cfg.seed, 4])
+    sample_cfg = tile_config(raw, samples, cfg) if cfg.mode == "tiles" else cfg
+    prepared = [prepare_sample(raw, sample, sample_cfg)
                 for sample in tqdm(samples, desc="prepare", unit="img")]
 
     out.mkdir(parents=True, exist_ok=True)
@@ -306,8 +421,12 @@ def prepare(raw: Path, out: Path, cfg: PrepareConfig, categories: list[str] | No
     manifest.to_csv(out / "manifest.csv", index=False, lineterminator="\n")
     _save_splits(out, manifest, prepared)
     summary = _summary(out, cfg, manifest, prepared, status)
+    if cfg.mode == "tiles":
+        summary.update(mode="tiles", tile_source_size=sample_cfg.image_size,
+                       crop_size=cfg.image_size)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("prepared %d images (%d train / %d test) at %d px (%s); %d thin defects kept",
-             summary["images"], summary["train"], summary["test"], cfg.image_size,
+    log.info("prepared %d images (%d train / %d test%s) at %d px (%s); %d thin defects kept",
+             summary["images"], summary["train"], summary["test"],
+             f" / {summary[VAL]} val" if VAL in summary else "", cfg.image_size,
              cfg.resize, summary["thin_defects_kept"])
     return summary

@@ -41,6 +41,11 @@ class PreparedSplit:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def select(self, rows: np.ndarray) -> PreparedSplit:
+        """The images at ``rows`` (indices or a boolean mask), as a split of their own."""
+        return PreparedSplit(self.images[rows], self.masks[rows], self.categories[rows],
+                             self.defect_types[rows], self.sources[rows])
+
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

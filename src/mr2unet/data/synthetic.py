@@ -224,10 +224,17 @@ def _defective(rng: np.random.Generator, category: Category, defect: str
     return surface.image, mask
 
 
-def generate(root: str | Path, seed: int = 0, images_per_defect: int = 12) -> dict[str, int]:
-    """Write the synthetic dataset under ``root``; returns defective images per category."""
+def generate(root: str | Path, seed: int = 0, images_per_defect: int = 12,
+             good_images: int = GOOD_IMAGES) -> dict[str, int]:
+    """Write the synthetic dataset under ``root``; returns defective images per category.
+
+    Each category also gets ``good_images`` defect-free ``test/good`` images, drawn after
+    its defective ones, so their number never changes the defective images.
+    """
     if images_per_defect < 1:
         raise UserError(f"images_per_defect is {images_per_defect}; it must be at least 1.")
+    if good_images < 0:
+        raise UserError(f"synthetic.good_images is {good_images}; it must be 0 or more.")
     root = Path(root)
     counts = {}
     for index, category in enumerate(CATEGORIES):
@@ -239,7 +246,7 @@ def generate(root: str | Path, seed: int = 0, images_per_defect: int = 12) -> di
                 _save(image, base / "test" / defect / f"{i:03d}.png", category.grayscale)
                 _save(mask.astype(np.float32) * 255,
                       base / "ground_truth" / defect / f"{i:03d}_mask.png", grayscale=True)
-        for i in range(GOOD_IMAGES):
+        for i in range(good_images):
             _save(SURFACES[category.surface](rng, category.size).image,
                   base / "test" / "good" / f"{i:03d}.png", category.grayscale)
         (base / "readme.txt").write_text(README.format(seed=seed))

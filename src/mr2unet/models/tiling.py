@@ -1,0 +1,125 @@
+"""Predicting a whole image by overlapping sliding windows (``prepare.mode: tiles``).
+
+A network trained on ``tile x tile`` crops sees a larger image window by window: windows
+start every ``stride`` pixels along each axis, the last one flush with the image's end, so
+every pixel is covered and windows never leave the image. The logits of the windows that
+cover a pixel are **averaged with equal weights** (mean blending):
+
+    z(p) = (1 / |W(p)|) * sum over windows w in W(p) of z_w(p)
+
+For a network whose output does not depend on where a window lies (a constant one), the
+tiled output equals the untiled one exactly. Mean rather than Gaussian weights, because
+with a stride of half a tile every pixel is seen by 1-4 windows and the windows' borders
+(where zero padding inside the network hurts most) are averaged with interiors of others
+either way; equal weights keep the result independent of a window's position.
+
+An image smaller than a tile along an axis is padded to the tile by edge replication
+first, and the padding cropped off the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mr2unet.data.prepare import crop_padding, resize_image
+from mr2unet.data.transforms import to_input
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a model trained on crops predicts whole images (stored in its model file).
+
+    ``tile``: the crop (network input) size; ``stride``: the windows' step;
+    ``source_size``: the long side images are scaled to first (None: native size).
+    """
+
+    tile: int
+    stride: int
+    source_size: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tile": self.tile, "stride": self.stride, "source_size": self.source_size}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> Tiling | None:
+        if not values:
+            return None
+        source = values.get("source_size")
+        return cls(int(values["tile"]), int(values["stride"]),
+                   None if source is None else int(source))
+
+
+def window_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of the windows along an axis of ``length`` (>= ``tile``): every
+    ``stride``, plus one flush with the end."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    return [*starts, length - tile]
+
+
+def tiled_logits(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int,
+                 stride: int, windows_per_call: int = 16) -> torch.Tensor:
+    """Logits ``(N, C, H, W)`` of float input ``x`` ``(N, 3, H, W)`` by sliding windows.
+
+    ``forward`` maps ``(B, 3, tile, tile)`` to ``(B, C, tile, tile)``; windows of all images
+    go through it ``windows_per_call`` at a time.
+    """
+    n, _, height, width = x.shape
+    pad_h, pad_w = max(0, tile - height), max(0, tile - width)
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+    h, w = x.shape[-2:]
+    boxes = [(top, left) for top in window_starts(h, tile, stride)
+             for left in window_starts(w, tile, stride)]
+    total: torch.Tensor | None = None
+    cover = torch.zeros((1, 1, h, w), device=x.device)
+    for top, left in boxes:
+        cover[..., top:top + tile, left:left + tile] += 1
+    jobs = [(i, top, left) for i in range(n) for top, left in boxes]
+    for start in range(0, len(jobs), windows_per_call):
+        chunk = jobs[start:start + windows_per_call]
+        batch = torch.stack([x[i, :, top:top + tile, left:left + tile] for i, top, left in chunk])
+        out = forward(batch).float()
+        if total is None:
+            total = torch.zeros((n, out.shape[1], h, w), device=x.device)
+        for (i, top, left), logits in zip(chunk, out, strict=True):
+            total[i, :, top:top + tile, left:left + tile] += logits
+    assert total is not None
+    return (total / cover)[..., :height, :width]
+
+
+def tiling_of(payload: dict[str, Any]) -> Tiling | None:
+    """The :class:`Tiling` a model file records (None: it predicts a resized image)."""
+    return Tiling.from_dict((payload.get("meta") or {}).get("tiling"))
+
+
+def tiling_input(rgb: np.ndarray, tiling: Tiling) -> np.ndarray:
+    """An RGB image ``(H, W, 3)`` at the scale a tiled model predicts it: its long side
+    scaled to ``tiling.source_size`` exactly as ``prepare`` does, or as it is (native)."""
+    if tiling.source_size is None:
+        return rgb
+    height, width = rgb.shape[:2]
+    square = resize_image(Image.fromarray(rgb), tiling.source_size, "pad")
+    return crop_padding(square, width, height, "pad")
+
+
+def whole_image_logits(forward: Callable[[torch.Tensor], torch.Tensor], rgb: np.ndarray,
+                       tiling: Tiling, device: torch.device | str = "cpu",
+                       windows_per_call: int = 16) -> torch.Tensor:
+    """Logits ``(1, 2, H, W)`` of one uint8 RGB image ``(H, W, 3)`` of any size: scaled
+    (:func:`tiling_input`), predicted by windows, and resized back (bilinear) when it was
+    scaled. ``mr2unet predict`` and the MLflow pyfunc both call this."""
+    scaled = np.array(tiling_input(rgb, tiling), copy=True)  # writable, contiguous
+    x = to_input(torch.from_numpy(scaled)[None].to(device))
+    logits = tiled_logits(forward, x, tiling.tile, tiling.stride, windows_per_call)
+    if scaled.shape[:2] != rgb.shape[:2]:
+        logits = F.interpolate(logits, size=rgb.shape[:2], mode="bilinear", align_corners=False)
+    return logits

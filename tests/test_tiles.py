@@ -1,0 +1,219 @@
+"""prepare.mode: tiles: full-resolution images, random training crops (some centred on
+defects), sliding-window prediction; a thin line that resizing loses is found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from mr2unet.data.prepare import PrepareConfig, prepare
+from mr2unet.data.prepared import load_split
+from mr2unet.errors import UserError
+from mr2unet.evaluation.evaluate import evaluate
+from mr2unet.metrics.segmentation import IGNORE_LABEL
+from mr2unet.models.tiling import Tiling, tiled_logits, window_starts
+from mr2unet.training.crops import crop_origins, crop_table, gather_crops
+from mr2unet.training.loop import TrainConfig, train
+
+
+@pytest.mark.parametrize(("length", "tile", "stride", "starts"), [
+    (64, 32, 16, [0, 16, 32]),
+    (70, 32, 16, [0, 16, 32, 38]),   # the last window flush with the end
+    (32, 32, 16, [0]),
+    (20, 32, 16, [0]),               # smaller than a tile: padded, one window
+    (100, 32, 32, [0, 32, 64, 68]),
+])
+def test_window_starts_cover_the_axis(length: int, tile: int, stride: int,
+                                      starts: list[int]) -> None:
+    assert window_starts(length, tile, stride) == starts
+    covered = np.zeros(max(length, tile), bool)
+    for s in starts:
+        covered[s:s + tile] = True
+    assert covered[:length].all()
+
+
+class Pointwise(nn.Module):
+    """A network whose output at a pixel depends on that pixel only (1x1 convolutions)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Tanh(), nn.Conv2d(4, 2, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Constant(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.tensor([0.3, -0.2]).view(1, 2, 1, 1)
+        return logits.expand(x.shape[0], 2, *x.shape[2:]).clone()
+
+
+@pytest.mark.parametrize("net", [Pointwise(), Constant()], ids=["pointwise", "constant"])
+@pytest.mark.parametrize(("height", "width"), [(64, 64), (50, 77), (20, 40)])
+def test_tiled_equals_untiled_for_a_position_free_network(net: nn.Module, height: int,
+                                                           width: int) -> None:
+    x = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = net(x)
+        tiled = tiled_logits(net, x, tile=32, stride=16, windows_per_call=3)
+    assert tiled.shape == whole.shape
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-6)
+
+
+def test_mean_blending_averages_the_overlapping_windows() -> None:
+    """A network that outputs its window's left offset marker: overlaps are averaged."""
+    calls: list[int] = []
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(batch.shape[0])
+        # each window's logit is the mean of its input: distinct per window position
+        return batch.mean(dim=(1, 2, 3), keepdim=True).expand(-1, 2, 4, 4).clone()
+
+    x = torch.arange(6, dtype=torch.float32).view(1, 1, 1, 6).expand(1, 3, 4, 6).clone()
+    out = tiled_logits(forward, x, tile=4, stride=2)
+    # windows at columns 0-3 (mean 1.5) and 2-5 (mean 3.5): columns 2-3 average to 2.5
+    assert out[0, 0, 0].tolist() == [1.5, 1.5, 2.5, 2.5, 3.5, 3.5]
+    assert calls == [2]
+
+
+def test_crop_table_and_crops_stay_in_the_content() -> None:
+    masks = torch.full((2, 20, 20), IGNORE_LABEL, dtype=torch.long)
+    masks[0, 5:15, 2:18] = 0          # content rows 5-14, columns 2-17
+    masks[0, 7, 11] = 1               # one defect pixel
+    masks[1] = 0                      # a good image, no padding
+    table = crop_table(masks)
+    assert table.boxes.tolist() == [[5, 2, 15, 18], [0, 0, 20, 20]]
+    assert table.counts.tolist() == [1, 0]
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.tensor([0, 1] * 50)
+    origins = crop_origins(table, idx, 8, (20, 20), 1.0, gen)
+    first, second = origins[idx == 0], origins[idx == 1]
+    # centred on (7, 11) and shifted inside the content: top 5 (7 - 4 < 5), left 7
+    assert (first == torch.tensor([5, 7])).all()
+    assert second.min() >= 0 and second.max() <= 12 and len(set(map(tuple,
+                                                                     second.tolist()))) > 5
+    images = torch.arange(2 * 20 * 20 * 3, dtype=torch.int64).view(2, 20, 20, 3)
+    crop_x, crop_y = gather_crops(images, masks, idx[:2], origins[:2], 8)
+    assert torch.equal(crop_x[0], images[0, 5:13, 7:15]) and crop_y[0, 2, 4] == 1
+
+
+def test_uniform_crops_cover_the_content_evenly() -> None:
+    masks = torch.zeros((1, 12, 12), dtype=torch.long)
+    table = crop_table(masks)
+    idx = torch.zeros(4000, dtype=torch.long)
+    origins = crop_origins(table, idx, 8, (12, 12), 0.0, torch.Generator().manual_seed(3))
+    counts = np.bincount(origins[:, 0].numpy(), minlength=5)
+    assert counts.shape == (5,) and counts.min() > 650  # 5 positions, ~800 each
+
+
+def _line_images(root: Path, n: int, size: int = 256) -> Path:
+    """An MVTec tree: noisy texture, one dark line 2 px wide, at a random place and angle."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        image = rng.normal(150, 12, (size, size)).clip(0, 255)
+        mask = Image.new("L", (size, size), 0)
+        from PIL import ImageDraw
+
+        draw = ImageDraw.Draw(mask)
+        x0, y0 = rng.integers(20, size - 20, 2)
+        angle = rng.uniform(0, np.pi)
+        length = rng.integers(size // 3, size // 2)
+        x1, y1 = x0 + length * np.cos(angle), y0 + length * np.sin(angle)
+        draw.line([(x0, y0), (x1, y1)], fill=255, width=2)
+        line = np.asarray(mask) > 0
+        image[line] = 95
+        for sub, array, name in (("test", image, f"{i:03d}.png"),
+                                 ("ground_truth", np.asarray(mask), f"{i:03d}_mask.png")):
+            path = root / "sheet" / sub / "line" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array.astype(np.uint8)).save(path)
+    return root
+
+
+def _full_masks(raw: Path, sources: np.ndarray) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(raw / str(s).replace("/test/", "/ground_truth/")
+                                           .replace(".png", "_mask.png"))) > 0
+                     for s in sources])
+
+
+def test_tiles_prepare_keeps_native_size_and_validates(tmp_path: Path) -> None:
+    raw = _line_images(tmp_path / "raw", 5, size=96)
+    summary = prepare(raw, tmp_path / "out", PrepareConfig(image_size=32, mode="tiles"))
+    assert (summary["tile_source_size"], summary["crop_size"]) == (96, 32)
+    split = load_split(tmp_path / "out" / "test.npz")
+    assert split.images.shape[1:] == (96, 96, 3)
+    source = np.asarray(Image.open(raw / split.sources[0]))
+    assert np.array_equal(split.images[0, ..., 0], source)  # no resampling at native size
+    with pytest.raises(UserError, match="smaller than the 128 px crops"):
+        prepare(raw, tmp_path / "bad", PrepareConfig(image_size=128, mode="tiles"))
+
+
+def test_a_thin_line_that_resizing_loses_is_found_by_tiles(tmp_path: Path) -> None:
+    """256 px images, a line 2 px wide: at 64 px (resize) it is half a pixel of faint
+    contrast; tiles train on 64 px crops of the full image and predict it by windows."""
+    raw = _line_images(tmp_path / "raw", 16)
+    cfg = TrainConfig(arch="unet", epochs=25, batch_size=4, lr=3e-3, base_width=4,
+                      loss="focal_dice", cpu_threads=1, device="cpu", seed=0)
+    scores = {}
+    for mode in ("resize", "tiles"):
+        out = tmp_path / mode
+        prepare(raw, out, PrepareConfig(image_size=64, mode=mode, test_fraction=0.25))
+        tiling = Tiling(64, 32) if mode == "tiles" else None
+        run = cfg if mode == "resize" else TrainConfig(**{**cfg.__dict__, "crop_size": 64,
+                                                          "defect_crop_fraction": 0.7})
+        result = train(run, load_split(out / "train.npz"), progress=False)
+        test = load_split(out / "test.npz")
+        evaluation = evaluate(result.model, test, torch.device("cpu"), progress=False,
+                              tiling=tiling)
+        # both scored at 256 px against the full-resolution masks (the same test images)
+        pred = evaluation.predictions.repeat(256 // test.images.shape[1], 1).repeat(
+            256 // test.images.shape[2], 2).astype(bool)
+        truth = _full_masks(raw, test.sources)
+        scores[mode] = (pred & truth).sum() / (pred | truth).sum()
+    assert scores["tiles"] > 0.3, scores
+    assert scores["tiles"] > scores["resize"] + 0.15, scores
+
+
+@pytest.mark.parametrize("source_size", [None, 48])
+def test_predict_tiles_a_whole_image_at_its_own_size(tmp_path: Path,
+                                                     source_size: int | None) -> None:
+    from mr2unet.data.transforms import to_input
+    from mr2unet.deploy.predict import load_predictor, predict_images
+    from mr2unet.models import build_model
+    from mr2unet.models.checkpoint import save_model
+
+    torch.manual_seed(0)
+    model = build_model("unet", base_width=2).eval()
+    tiling = Tiling(32, 16, source_size)
+    save_model(tmp_path / "m.pt", model, "unet", {"base_width": 2}, 32,
+               meta={"tiling": tiling.as_dict()})
+    rgb = np.random.default_rng(0).integers(0, 255, (50, 77, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "part.png")
+    loaded = load_predictor(str(tmp_path / "m.pt"))
+    assert loaded.tiling == tiling
+    result = predict_images(loaded, [tmp_path / "part.png"], tmp_path / "out")
+    assert result.written == [tmp_path / "part.png"]
+    mask = np.asarray(Image.open(tmp_path / "out" / "part_mask.png"))
+    assert mask.shape == (50, 77)
+    # the MLflow pyfunc (what `mlflow models serve` runs) gives the same mask
+    from types import SimpleNamespace
+
+    from mr2unet.tracking.pyfunc import SegmentationModel, signature
+
+    served = SegmentationModel()
+    served.load_context(SimpleNamespace(artifacts={"checkpoint": str(tmp_path / "m.pt")}))
+    assert np.array_equal(served.predict(None, rgb[None])[0] * 255, mask)
+    assert tuple(signature(32, tiled=True).inputs.to_dict()[0]["tensor-spec"]["shape"]) == \
+        (-1, -1, -1, 3)
+    if source_size is None:  # native: the windows see the image itself
+        with torch.no_grad():
+            logits = tiled_logits(model, to_input(torch.from_numpy(rgb)[None]), 32, 16)
+        expected = (logits[0, 1] > logits[0, 0]).numpy().astype(np.uint8) * 255
+        assert np.array_equal(mask, expected)
