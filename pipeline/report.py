@@ -1,5 +1,8 @@
 """Stage `report`: registry aliases (champion, challenger) and reports/report.{md,html}.
 
+Only a network whose verdict is `learned` gets an alias; when none has learned, the old
+aliases are removed and the report says so at the top.
+
 Reads metrics/, metrics/pooled/, metrics/history/, data/eval/ and data/models/; writes
 reports/ (report.html, report.md + figures/, category_scores.csv).  docs/evaluation.md.
 """
@@ -16,9 +19,11 @@ from mr2unet.config.provenance import read_run_info
 from mr2unet.evaluation.evaluate import ModelFiles
 from mr2unet.reporting.report import (
     LABELS,
+    alias_candidates,
     collapsed_models,
     load_report,
     rankable_iou,
+    verdict_lines,
     write_report,
 )
 
@@ -34,11 +39,19 @@ def main(params: dict[str, Any]) -> None:
     collapsed = collapsed_models(inputs)
     for note in collapsed.values():
         log.warning(note)
+    # Only a learned network (mr2unet.evaluation.verdict) is given an alias; with none, the
+    # old aliases are removed, so a deployment reading @champion does not pick up a dud.
+    eligible = alias_candidates(inputs)
+    for line in verdict_lines(inputs):
+        log.warning(line)
     if tracking["enabled"] and any(r.get("tracking") for r in runs.values()):
         from mr2unet.deploy.publish import attach_onnx
         from mr2unet.tracking.registry import set_aliases
+        from mr2unet.tracking.sync import catch_up
 
-        inputs.registry = set_aliases(runs, mean_iou, tracking["registry_prefix"],
+        for uri in sorted({r["tracking_uri"] for r in runs.values() if r.get("tracking")}):
+            catch_up(uri)  # fail fast; send what the train stages could not
+        inputs.registry = set_aliases(runs, eligible, tracking["registry_prefix"],
                                       tracking["champion_alias"], tracking["challenger_alias"])
         # The champion's logged model carries model.onnx (docs/deploy.md)
         onnx_note = attach_onnx(inputs.registry, runs, tracking["champion_alias"],

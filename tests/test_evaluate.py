@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import (
+    AREAS,
+    SIZE,
+    RedThreshold,
+    constant_model,
+    fake_project,
+    fake_split,
+    stage_params,
+)
 from torch import nn
 
-from mr2unet.config.params import load_params
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.errors import UserError
 from mr2unet.evaluation.cost import count_parameters, forward_flops, measure_latency, model_cost
 from mr2unet.evaluation.evaluate import (
-    TEST_SPLIT,
     ModelFiles,
     dequantise,
     evaluate,
@@ -37,69 +42,7 @@ from mr2unet.metrics.segmentation import IGNORE_LABEL
 from mr2unet.models import build_model
 from mr2unet.models.checkpoint import save_model
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SIZE = 32
-# Defect areas (pixels) of the fake test images: 3 "bottle" (a paper category), 3 "weave".
-AREAS = {"bottle": [16, 64, 4], "weave": [100, 1, 36]}
-
-
-class RedThreshold(nn.Module):
-    """Stand-in network: a pixel is a defect where its red channel exceeds 0.5."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        red = x[:, 0] - 0.5
-        return torch.stack([torch.zeros_like(red), red], dim=1)
-
-
-def constant_model(arch: str, defect: bool) -> nn.Module:
-    """A real (tiny) architecture whose output is the head's bias: all defect or none."""
-    model = build_model(arch, base_width=4)
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.copy_(torch.tensor([0.0, 1.0] if defect else [1.0, 0.0]))
-    return model
-
-
-def fake_split() -> PreparedSplit:
-    """Six test images whose defects are squares of the areas in AREAS, top-left."""
-    rng = np.random.default_rng(0)
-    images, masks, categories, types = [], [], [], []
-    for category, areas in AREAS.items():
-        for i, area in enumerate(areas):
-            side = int(area ** 0.5)
-            mask = np.zeros((SIZE, SIZE), np.uint8)
-            mask[:side, :side] = 1
-            images.append(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
-            masks.append(mask)
-            categories.append(category)
-            types.append("crack" if i % 2 else "hole")
-    return PreparedSplit(np.stack(images), np.stack(masks), np.array(categories),
-                         np.array(types), np.array([f"{c}/test/{i}.png" for i, c in
-                                                    enumerate(categories)]))
-
-
-def stage_params(models: list[str]) -> dict[str, Any]:
-    params = copy.deepcopy(load_params(REPO / "params.yaml"))
-    params["train"].update(models=models, device="cpu")
-    params["evaluate"].update(batch_size=4, report_samples=2)
-    params["tracking"]["enabled"] = False
-    return params
-
-
-def fake_project(root: Path, models: dict[str, nn.Module]) -> Path:
-    """The files `evaluate` and `report` read: test split, checkpoints, histories."""
-    fake_split().save(root / TEST_SPLIT)
-    for arch, model in models.items():
-        files = ModelFiles(arch, root)
-        save_model(files.checkpoint, model, arch, {"base_width": 4}, SIZE,
-                   meta={"device": "cpu", "epochs": 3, "git_commit": "abc123"})
-        files.history.parent.mkdir(parents=True, exist_ok=True)
-        files.history.write_text("epoch,loss,train_iou,train_dice,lr,seconds\n" + "".join(
-            f"{e},{1 / e:.4f},{e / 10:.4f},{e / 8:.4f},0.001,1.0\n" for e in (1, 2, 3)))
-    return root
-
-
 # Every image predicted all-defect: IOU = area / SIZE^2, Dice = 2 area / (area + SIZE^2).
 def _all_defect(area: int) -> tuple[float, float]:
     return area / SIZE**2, 2 * area / (area + SIZE**2)
@@ -179,11 +122,13 @@ def test_threshold_free_scores_by_hand() -> None:
     cats = np.array(["a", "clean"])
     counts = np.array([[1, 1, 1], [0, 1, 0]])
     primary, pooled = summarise(counts, cats, 1.0, levels, masks)
+    # AUPRO: one region (pixels 0-1), normals at 150, 50, 50. PRO is 1/2 from FPR 0 (level
+    # 200) until FPR 1/3 (level 150), past the limit 0.3: AUPRO = 0.3 * 0.5 / 0.3 = 0.5.
     assert primary["per_category"]["a"] == {"iou": 0.333333, "dice": 0.5, "pixel_auroc": 0.833333,
-                                            "pixel_ap": 0.833333}
+                                            "pixel_ap": 0.833333, "aupro": 0.5}
     assert primary["per_category"]["clean"] == {"iou": 0.0, "dice": 0.0}  # no AUROC: 1 class
     assert primary["mean"] == {"iou": 0.166667, "dice": 0.25,
-                               "pixel_auroc": 0.833333, "pixel_ap": 0.833333}
+                               "pixel_auroc": 0.833333, "pixel_ap": 0.833333, "aupro": 0.5}
     assert pooled["single_class_categories"] == ["clean"]
     assert pooled["oracle"]["per_category"] == {
         "a": {"iou": 0.666667, "dice": 0.8, "threshold": 0.2}}
@@ -246,13 +191,14 @@ def test_stage_outputs_exact_scores_and_stable_files(tmp_path: Path) -> None:
     assert json.loads(files.metrics.read_text()) == primary
     for category, areas in AREAS.items():
         expected = np.mean([_all_defect(a) for a in areas], axis=0)
-        # One probability for every pixel: AUROC 1/2, AP = the share of defect pixels.
+        # One probability for every pixel: AUROC 1/2, AP = the share of defect pixels;
+        # the PRO curve is the line (0, 0)-(1, 1): AUPRO = (0.3^2 / 2) / 0.3 = 0.15.
         assert primary["per_category"][category] == pytest.approx(
             {"iou": expected[0], "dice": expected[1], "pixel_auroc": 0.5,
-             "pixel_ap": sum(areas) / (3 * SIZE**2)}, abs=1e-6)
+             "pixel_ap": sum(areas) / (3 * SIZE**2), "aupro": 0.15}, abs=1e-6)
     assert primary["mean"]["iou"] == pytest.approx(
         np.mean([primary["per_category"][c]["iou"] for c in AREAS]), abs=1e-6)
-    assert list(primary["mean"]) == ["iou", "dice", "pixel_auroc", "pixel_ap"]
+    assert list(primary["mean"]) == ["iou", "dice", "pixel_auroc", "pixel_ap", "aupro"]
 
     pooled = json.loads(files.pooled.read_text())
     assert pooled["per_category"]["weave"]["iou"] == pytest.approx(137 / (3 * SIZE**2), abs=1e-6)

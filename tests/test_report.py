@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from helpers import AREAS, REPO, SIZE, constant_model, fake_project, fake_split, stage_params
 from PIL import Image
-from test_evaluate import REPO, constant_model, fake_project, stage_params
 
 from mr2unet.errors import UserError
 from mr2unet.evaluation.evaluate import run_evaluation
@@ -72,7 +72,6 @@ def test_paper_mean_is_compared_when_all_15_categories_are_there() -> None:
 
 
 def test_samples_cover_the_defect_types_in_turn() -> None:
-    from test_evaluate import fake_split
 
     split = fake_split()  # bottle: hole, crack, hole
     assert pick_samples(split, "bottle", 2) == [1, 0]  # crack first (sorted), then hole
@@ -152,7 +151,6 @@ def test_html_is_self_contained(reported: Path) -> None:
 
 
 def test_report_says_whether_the_differences_are_significant(reported: Path) -> None:
-    from test_evaluate import AREAS, SIZE
 
     data = json.loads((reported / "reports/pairwise.json").read_text())
     assert data["models"] == ["unet", "mr2unet"] and data["images"] == 6
@@ -250,12 +248,17 @@ def _register(client: Any, uri: str, arch: str, checkpoint: Path, experiment: st
             "registered_model": name, "model_version": str(version.version)}
 
 
-def test_champion_and_challenger_aliases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def local_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str, str]:
+    """(client, URI, experiment id) of a throw-away SQLite store, the cwd moved there."""
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(uri, uri)
-    experiment = client.create_experiment("t", str(tmp_path / "artifacts"))
+    return client, uri, client.create_experiment("t", str(tmp_path / "artifacts"))
+
+
+def test_champion_and_challenger_aliases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, uri, experiment = local_registry(tmp_path, monkeypatch)
     runs = {}
     for arch, size in (("unet", 32), ("resunet", 48), ("mr2unet", 64)):
         path = tmp_path / arch / f"{arch}.pt"  # told apart by image size
@@ -298,7 +301,6 @@ def collapsed_project(tmp_path_factory: pytest.TempPathFactory
                       ) -> tuple[Path, dict[str, Any]]:
     """U-Net predicts all defect; MR2U-Net finds image 1's defect exactly and nothing on the
     other 5: the better mean IOU (1/6 against ~0.04), but empty on 5 of 6 images."""
-    from test_evaluate import AREAS, fake_split
 
     from mr2unet.evaluation.evaluate import Evaluation, ModelFiles, write_outputs
 
@@ -360,3 +362,70 @@ def test_a_collapsed_network_gets_no_alias(collapsed_project: tuple[Path, dict[s
     # Without the exclusion, the collapsed network's better mean IOU would win.
     all_iou = {m: inputs.metrics[m]["mean"]["iou"] for m in inputs.models}
     assert rank_models(all_iou)[0] == "mr2unet"
+
+
+# ------------------------------------------------------------------- did it learn?
+
+
+def test_report_gives_verdicts_and_no_alias_to_a_network_that_did_not_learn(
+        reported: Path) -> None:
+    from mr2unet.reporting.report import alias_candidates, detection_table, verdict_table
+
+    inputs = load_report(stage_params(["unet", "mr2unet"]), reported)
+    # Constant networks: U-Net *is* "defect everywhere", MR2U-Net "no defect anywhere".
+    assert alias_candidates(inputs) == {}
+    header, rows = verdict_table(inputs)
+    assert [c.text for c in rows[0]][:2] == ["U-Net", "not learned"]
+    assert rows[0][5].text == "0.5000 [0.5000, 0.5000]"
+    md = (reported / "reports/report.md").read_text()
+    top = md[:md.index("## Provenance")]
+    # (The grey threshold, fitted on these very random images, edges out both.)
+    assert "**U-Net has not learned: IOU 0.036 against 0.039 for \"intensity threshold\"" in top
+    assert "the pixel AUROC interval includes 0.5 (chance) and the IOU is not above" in top
+    assert "**No network has learned" in top and "champion" in top
+    # "defect everywhere": mean of (16 + 64 + 4) / 3 / 1024 and (100 + 1 + 36) / 3 / 1024.
+    assert "## Did it learn?" in md and "| defect everywhere | 0.0360 |" in md
+    assert "## AUPRO and image-level detection" in md
+    # No good test image: AUPRO only. All probabilities equal: AUPRO = 0.15.
+    _, rows = detection_table(inputs)
+    assert [c.text for c in rows[0]] == ["bottle", "U-Net", "0.1500", "–", "–", "–", "–"]
+
+
+def test_good_images_reach_the_report(tmp_path: Path) -> None:
+
+    from mr2unet.data.prepared import PreparedSplit
+    from mr2unet.reporting.report import detection_table
+
+    root = fake_project(tmp_path, {"unet": constant_model("unet", True)})
+    split = fake_split()
+    masks = split.masks.copy()
+    masks[[2, 5]] = 0  # one good image per category
+    PreparedSplit(split.images, masks, split.categories, split.defect_types,
+                  split.sources).save(root / "data/prepared/test.npz")
+    params = stage_params(["unet"])
+    run_evaluation(params, "unet", root)
+    metrics = json.loads((root / "metrics/unet.json").read_text())
+    # Everything flagged: every good image a false alarm, no miss; equal scores: AUROC 1/2.
+    assert metrics["per_category"]["weave"]["false_alarm_rate"] == 1.0
+    assert metrics["mean"]["miss_rate"] == 0.0 and metrics["mean"]["image_auroc"] == 0.5
+    pooled = json.loads((root / "metrics/pooled/unet.json").read_text())
+    assert pooled["image_level"]["false_alarms"] == pooled["image_level"]["good_images"] == 2
+    write_report(load_report(params, root), root / "reports")
+    _, rows = detection_table(load_report(params, root))
+    assert [c.text for c in rows[-1]][3:] == ["0.5000", "0.6667", "1.0000 (2/2)",
+                                              "0.0000 (0/4)"]
+
+
+def test_aliases_are_removed_when_no_network_learned(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    client, uri, experiment = local_registry(tmp_path, monkeypatch)
+    runs = {}
+    for arch in ("unet", "mr2unet"):
+        path = tmp_path / arch / f"{arch}.pt"
+        save_model(path, build_model(arch, base_width=4), arch, {"base_width": 4}, 32)
+        runs[arch] = _register(client, uri, arch, path, experiment)
+    set_aliases(runs, {"unet": 0.6, "mr2unet": 0.5}, "mr2unet-")  # last run's aliases
+    assert client.get_registered_model("mr2unet-best").aliases
+    assert set_aliases(runs, {}, "mr2unet-") == []  # this run: none learned
+    for name in ("mr2unet-unet", "mr2unet-mr2unet", "mr2unet-best"):
+        assert client.get_registered_model(name).aliases == {}

@@ -8,8 +8,10 @@ The file holds one graph with a dynamic batch axis and the model's square input 
   output  logits              float32 [batch, 2, S, S]  class 0 = good, 1 = defect
   output  defect_probability  float32 [batch, S, S]     softmax(logits)[:, 1]
 
-Defect mask: defect_probability > t (t = 0.5 is exactly logits[:,1] > logits[:,0], what
-``mr2unet predict`` writes). Resize an image to S x S first as ``prepare`` does (bilinear,
+Defect mask: defect_probability > t, with t the model's threshold (``mask.default_threshold``
+in the metadata: the one stored in the model file, chosen on validation images by
+``evaluate.threshold``, what ``mr2unet predict`` uses; 0.5, exactly logits[:,1] >
+logits[:,0], for a model without one). Resize an image to S x S first as ``prepare`` does (bilinear,
 antialiased), and the mask back to the image's size with nearest neighbour. The same
 contract is written into the file's metadata (``metadata_props``: input.layout,
 input.scale, ...), read it with ``onnx.load(path).metadata_props`` or ONNX Runtime's
@@ -107,8 +109,10 @@ def checkpoint_file(model_ref: str, tracking_uri: str | None = None) -> Iterator
 
 
 def contract(arch: str, image_size: int, opset: int, exporter: str, source: str = "",
-             checkpoint_sha256: str = "") -> dict[str, str]:
-    """The ``metadata_props`` written into the file: what a caller needs to feed it."""
+             checkpoint_sha256: str = "", threshold: float = DEFAULT_THRESHOLD,
+             threshold_rule: str = "") -> dict[str, str]:
+    """The ``metadata_props`` written into the file: what a caller needs to feed it
+    (``threshold``: the model's mask threshold, ``threshold_rule`` how it was chosen)."""
     import mr2unet
 
     s = image_size
@@ -129,10 +133,11 @@ def contract(arch: str, image_size: int, opset: int, exporter: str, source: str 
                         "with reducing_gap=3); no crop, no padding",
         "output.logits": f"float32 [{BATCH_AXIS}, 2, {s}, {s}]: class 0 good, class 1 defect",
         "output.defect_probability": f"float32 [{BATCH_AXIS}, {s}, {s}]: softmax(logits)[:, 1]",
-        "mask.rule": "defect where defect_probability > threshold; threshold 0.5 equals "
-                     "logits[:,1] > logits[:,0] (mr2unet predict); resize the mask to the "
-                     "image size with nearest neighbour",
-        "mask.default_threshold": str(DEFAULT_THRESHOLD),
+        "mask.rule": "defect where defect_probability > threshold (mask.default_threshold, "
+                     "what mr2unet predict uses); threshold 0.5 equals logits[:,1] > "
+                     "logits[:,0]; resize the mask to the image size with nearest neighbour",
+        "mask.default_threshold": f"{threshold:g}",
+        "mask.threshold_rule": threshold_rule,
         "onnx.opset": str(opset),
         "onnx.exporter": f"torch.onnx ({exporter}), torch {torch.__version__}",
         "mr2unet.version": mr2unet.__version__,
@@ -146,7 +151,8 @@ def contract(arch: str, image_size: int, opset: int, exporter: str, source: str 
 
 def export_onnx(model: nn.Module, arch: str, image_size: int, out: str | Path,
                 exporter: str = "torchscript", opset: int | None = None, source: str = "",
-                checkpoint_sha256: str = "") -> ExportResult:
+                checkpoint_sha256: str = "", threshold: float = DEFAULT_THRESHOLD,
+                threshold_rule: str = "") -> ExportResult:
     """Write ``model`` (eval mode, CPU) as ONNX to ``out`` with the metadata of :func:`contract`."""
     import onnx
 
@@ -174,7 +180,8 @@ def export_onnx(model: nn.Module, arch: str, image_size: int, out: str | Path,
                 _export_dynamo(head, example, tmp, opset)
     proto = onnx.load(str(tmp))
     opset_written = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    meta = contract(arch, image_size, opset_written, exporter, source, checkpoint_sha256)
+    meta = contract(arch, image_size, opset_written, exporter, source, checkpoint_sha256,
+                    threshold, threshold_rule)
     del proto.metadata_props[:]
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
@@ -219,11 +226,13 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, exporter: str = "
                       opset: int | None = None, source: str = "") -> ExportResult:
     """Export the network stored in ``checkpoint`` (a ``.pt`` written by training)."""
     from mr2unet.config.provenance import file_sha256
-    from mr2unet.models.checkpoint import load_model
+    from mr2unet.models.checkpoint import load_model, stored_threshold, threshold_record
 
     model, payload = load_model(checkpoint)
+    chosen = threshold_record(payload) or {}
     return export_onnx(model, payload["arch"], int(payload["image_size"]), out, exporter, opset,
-                       source or str(checkpoint), file_sha256(checkpoint))
+                       source or str(checkpoint), file_sha256(checkpoint),
+                       stored_threshold(payload), str(chosen.get("rule", "")))
 
 
 # ------------------------------------------------------------------------- checks

@@ -1,18 +1,20 @@
 """mr2unet predict: segment images with a trained model, at their original size.
 
 For each image, <stem>_mask.png (0 = background, 255 = defect) and <stem>_overlay.png
-(defect pixels tinted red on the input) are written at the image's own size.  With
---probabilities, also <stem>_prob.png (the defect probability, 8-bit: value = round(255 p))
-and <stem>_heatmap.png (the probability in the "jet" colour map, blended 50/50 with
-the input).  A pixel is a defect where its probability exceeds --threshold (default 0.5:
-exactly the argmax of the two classes).  The image is converted to RGB and resized to
-the model's input size exactly like `prepare` resizes (PIL bilinear with reducing_gap=3,
-i.e. antialiased), squashed or padded to a square as the model was trained
-(``prepare.resize``, recorded in the model file; older files: squash); the predicted
-mask is cropped to the image's part of the square (pad) and resized back to the image's
-own size and aspect with nearest neighbour, the probability bilinearly.  Images found
-inside a directory keep their sub-folders under --out.  Unreadable files are reported
-and skipped; the others are still written; the exit code is 1 if any file failed.
+(defect pixels tinted red on the input) are written at the image's own size. With
+--probabilities, also <stem>_prob.png (the defect probability, 8-bit: value = round(255
+p)) and <stem>_heatmap.png (the probability in the "jet" colour map, blended 50/50 with
+the input). A pixel is a defect where its probability exceeds --threshold (default: the
+threshold stored in the model file, chosen on validation images by `evaluate.threshold`;
+0.5, exactly the argmax of the two classes, for a model without one). The image is
+converted to RGB and resized to the model's input size exactly like `prepare` resizes
+(PIL bilinear with reducing_gap=3, i.e. antialiased), squashed or padded to a square as
+the model was trained (``prepare.resize``, recorded in the model file; older files:
+squash); the predicted mask is cropped to the image's part of the square (pad) and
+resized back to the image's own size and aspect with nearest neighbour, the probability
+bilinearly. Images found inside a directory keep their sub-folders under --out.
+Unreadable files are reported and skipped; the others are still written; the exit code
+is 1 if any file failed.
 """
 
 from __future__ import annotations
@@ -30,14 +32,21 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from mr2unet.data.images import IMAGE_SUFFIXES, to_rgb
 from mr2unet.data.prepare import pad_box, resize_image
 from mr2unet.errors import UserError
 from mr2unet.evaluation.evaluate import predict_maps, quantise
-from mr2unet.models.inference import DEFAULT_THRESHOLD, check_threshold
+from mr2unet.models.inference import (
+    DEFAULT_THRESHOLD,
+    check_threshold,
+    defect_mask,
+    defect_probability,
+)
+from mr2unet.models.tiling import Tiling, tiling_of, whole_image_logits
 from mr2unet.reporting.pictures import overlay
 
 log = logging.getLogger(__name__)
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SUFFIXES = IMAGE_SUFFIXES
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # models:/, runs:/, s3://, http://
 HEATMAP_COLOURS = "jet"  # matplotlib colour map of <stem>_heatmap.png (anomalib's choice)
 HEATMAP_ALPHA = 0.5  # weight of the colour map over the image
@@ -52,6 +61,8 @@ class LoadedModel:
     image_size: int
     source: str
     resize: str = "squash"
+    tiling: Tiling | None = None  # a model trained on crops: predicted by sliding windows
+    threshold: float = DEFAULT_THRESHOLD  # the mask threshold the model file carries
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,7 @@ class PredictResult:
 def load_predictor(model_ref: str, device: torch.device | str = "cpu",
                    tracking_uri: str | None = None) -> LoadedModel:
     """A model from a ``.pt`` file, a downloaded model folder or an MLflow URI."""
-    from mr2unet.models.checkpoint import load_model, resize_mode
+    from mr2unet.models.checkpoint import load_model, resize_mode, stored_threshold
     from mr2unet.tracking.registry import download_checkpoint, find_checkpoint
 
     if URI.match(model_ref) and not Path(model_ref).exists():
@@ -85,7 +96,8 @@ def load_predictor(model_ref: str, device: torch.device | str = "cpu",
             module, payload = load_model(download_checkpoint(model_ref, Path(tmp), uri), device)
     else:
         module, payload = load_model(find_checkpoint(Path(model_ref)), device)
-    return LoadedModel(module, int(payload["image_size"]), model_ref, resize_mode(payload))
+    return LoadedModel(module, int(payload["image_size"]), model_ref, resize_mode(payload),
+                       tiling_of(payload), stored_threshold(payload))
 
 
 # ------------------------------------------------------------------------- images
@@ -120,16 +132,13 @@ def read_rgb(path: Path) -> Image.Image:
     """Any PIL-readable image as 8-bit RGB (16-bit grayscale scaled, alpha dropped)."""
     with Image.open(path) as img:
         img.load()
-        if img.mode.startswith("I"):  # 16/32-bit integer grayscale: keep the 16-bit range
-            gray = np.clip(np.asarray(img, dtype=np.float64) / 257.0, 0, 255)
-            return Image.fromarray(np.round(gray).astype(np.uint8)).convert("RGB")
-        return img.convert("RGB")
+        return to_rgb(img)
 
 
 def to_image_size(small: Image.Image, width: int, height: int,
                   resample: Image.Resampling, resize: str = "squash") -> Image.Image:
     """A map at the model's input size, back at the image's own ``width x height``
-    (in ``pad`` mode the padding is cropped off first)."""
+    (in ``pad`` mode the padding is cropped off first; a tiled map has no padding)."""
     if resize == "pad":
         left, top, w, h = pad_box(width, height, small.width)
         small = small.crop((left, top, left + w, top + h))
@@ -167,16 +176,41 @@ def write_outputs(job: ImageJob, rgb: np.ndarray, small_mask: np.ndarray,
         Image.fromarray(heatmap(rgb, levels)).save(f"{job.out_stem}_heatmap.png")
 
 
+TILES = "tiles"  # write_outputs' mode for a tiled model's maps: already at the image's size
+
+
+def model_maps(model: LoadedModel, rgbs: Sequence[np.ndarray], device: torch.device,
+               batch_size: int, threshold: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(masks, probabilities) of RGB images: at the model's square input size, or (a tiled
+    model) at each image's own size, predicted by sliding windows."""
+    if model.tiling is None:
+        small = np.stack([resize_image(Image.fromarray(rgb), model.image_size, model.resize)
+                          for rgb in rgbs])
+        masks, probs = predict_maps(model.module, small, device, batch_size,
+                                    progress=False, threshold=threshold)
+        return list(masks), list(probs)
+    masks, probs = [], []
+    with torch.inference_mode():
+        for rgb in rgbs:
+            logits = whole_image_logits(model.module.eval().to(device), rgb, model.tiling,
+                                        device, batch_size)
+            masks.append(defect_mask(logits, threshold)[0].cpu().numpy())
+            probs.append(defect_probability(logits)[0].cpu().numpy())
+    return masks, probs
+
+
 def predict_images(model: LoadedModel, paths: Sequence[Path], out_dir: Path,
                    device: torch.device | str = "cpu", batch_size: int = 16,
-                   threshold: float = DEFAULT_THRESHOLD, probabilities: bool = False
+                   threshold: float | None = None, probabilities: bool = False
                    ) -> PredictResult:
     """Segment ``paths`` (files or directories) in batches; write PNGs to ``out_dir``.
 
-    Masks are ``probability > threshold`` (0.5: the argmax); ``probabilities`` also
-    writes ``<stem>_prob.png`` and ``<stem>_heatmap.png``.
+    Masks are ``probability > threshold`` (None: the model's own, ``model.threshold``;
+    0.5 is the argmax); ``probabilities`` also writes ``<stem>_prob.png`` and
+    ``<stem>_heatmap.png``.
     """
-    device, threshold = torch.device(device), check_threshold(threshold)
+    device = torch.device(device)
+    threshold = check_threshold(model.threshold if threshold is None else threshold)
     jobs = find_images([Path(p) for p in paths], Path(out_dir))
     result = PredictResult()
     with tqdm(total=len(jobs), desc="predict", unit="image", disable=len(jobs) < 10) as bar:
@@ -189,14 +223,12 @@ def predict_images(model: LoadedModel, paths: Sequence[Path], out_dir: Path,
                     log.error("skipping %s: %s", job.path, exc)
                     result.failed.append((job.path, str(exc)))
             if batch:
-                small = np.stack([resize_image(Image.fromarray(rgb), model.image_size,
-                                               model.resize) for _, rgb in batch])
-                masks, probs = predict_maps(model.module, small, device, batch_size,
-                                            progress=False, threshold=threshold)
+                masks, probs = model_maps(model, [rgb for _, rgb in batch], device,
+                                          batch_size, threshold)
+                resize = TILES if model.tiling else model.resize
                 for (job, rgb), mask, prob in zip(batch, masks, probs, strict=True):
                     try:
-                        write_outputs(job, rgb, mask, prob if probabilities else None,
-                                      model.resize)
+                        write_outputs(job, rgb, mask, prob if probabilities else None, resize)
                         result.written.append(job.path)
                     except OSError as exc:
                         log.error("cannot write %s: %s", job.out_stem, exc)
@@ -226,7 +258,9 @@ def run(args: argparse.Namespace) -> int:
                             args.probabilities)
     what = "masks, overlays, probabilities and heatmaps" if args.probabilities \
         else "masks and overlays"
-    print(f"wrote {what} of {len(result.written)} images to {args.out}"
+    used = (f"{args.threshold:g}" if args.threshold is not None
+            else f"{model.threshold:g}, the model's")
+    print(f"wrote {what} of {len(result.written)} images to {args.out} (threshold {used})"
           + (f"; {len(result.failed)} failed:" if result.failed else ""))
     for path, reason in result.failed:
         print(f"  {path}: {reason}")
@@ -269,9 +303,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
     p.add_argument("--batch-size", type=_positive_int, default=16,
                    help="images per forward pass (default 16)")
-    p.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD, metavar="T",
+    p.add_argument("--threshold", type=_threshold, default=None, metavar="T",
                    help="a pixel is a defect where its defect probability exceeds T, "
-                        "0 < T < 1 (default 0.5: the argmax of the two classes)")
+                        "0 < T < 1 (default: the threshold stored in the model file; 0.5, "
+                        "the argmax of the two classes, for a model without one)")
     p.add_argument("--probabilities", action="store_true",
                    help="also write <stem>_prob.png (defect probability x 255, 8-bit, at the "
                         "image's size) and <stem>_heatmap.png (colour map over the image)")

@@ -51,8 +51,9 @@ def attach_onnx(assignments: list[AliasAssignment], runs: dict[str, dict[str, An
         result = export_checkpoint(checkpoints[arch], Path(tmp) / ONNX_FILE,
                                    source=f"models:/{runs[arch]['registered_model']}/"
                                           f"{runs[arch]['model_version']}")
-        parity = check_parity(result.path, load_model(checkpoints[arch])[0],
-                              images[:PARITY_IMAGES])
+        network, payload = load_model(checkpoints[arch])
+        size = int(payload["image_size"])  # a tiled model's file is the per-crop network
+        parity = check_parity(result.path, network, images[:PARITY_IMAGES, :size, :size])
         if parity.max_abs_logit_diff > 1e-3:
             log.error("%s: ONNX Runtime disagrees with PyTorch (%s): not attached",
                       holders[0].uri, parity.summary())

@@ -34,7 +34,9 @@ from PIL import Image, ImageDraw
 from mr2unet.config.params import MODEL_NAMES
 from mr2unet.data.prepared import PreparedSplit, load_split
 from mr2unet.errors import UserError
+from mr2unet.evaluation import verdict as verdicts
 from mr2unet.evaluation.evaluate import TEST_SPLIT, ModelFiles
+from mr2unet.models.inference import DEFAULT_THRESHOLD
 from mr2unet.reporting import significance as report_stats
 from mr2unet.reporting.markup import (
     Cell,
@@ -193,7 +195,8 @@ def summary_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
     paper = paper_table()
     comparable = set(inputs.categories) == paper_categories()
     header = ["model", "mean IOU", "mean Dice", "paper IOU", "paper Dice", "pooled IOU",
-              "pooled Dice", "test images", "empty predictions", "pixel AUROC", "pixel AP"]
+              "pooled Dice", "test images", "empty predictions", "pixel AUROC", "pixel AP",
+              "verdict", "mask threshold"]
     collapsed = collapsed_models(inputs)
     best = _best(list(rankable_iou(inputs).values()))  # a collapsed network is not "best"
     rows = []
@@ -207,8 +210,21 @@ def summary_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
                      Cell(_fmt(pooled["all_images"]["iou"])),
                      Cell(_fmt(pooled["all_images"]["dice"])), Cell(str(pooled["images"])),
                      Cell(str(pooled["empty_predictions"])),
-                     Cell(_fmt(mean.get("pixel_auroc"))), Cell(_fmt(mean.get("pixel_ap")))])
+                     Cell(_fmt(mean.get("pixel_auroc"))), Cell(_fmt(mean.get("pixel_ap"))),
+                     Cell(verdict_of(inputs, m).get("verdict", MISSING)),
+                     Cell(threshold_of(inputs, m))])
     return header, rows
+
+
+def threshold_of(inputs: ReportInputs, model: str) -> str:
+    """The mask threshold the model was evaluated at, and how it was chosen: ``0.37
+    (best_iou, 12 validation images)``; ``0.5`` for a model without a stored one."""
+    found = inputs.pooled[model].get("threshold")
+    if not found:
+        return f"{DEFAULT_THRESHOLD:g}"
+    how = found["rule"] + (f", {found['val_images']} validation images"
+                           if found.get("val_images") else "")
+    return f"{found['value']:g} ({how})"
 
 
 def collapsed_models(inputs: ReportInputs) -> dict[str, str]:
@@ -228,6 +244,112 @@ def rankable_iou(inputs: ReportInputs) -> dict[str, float]:
     """Mean test IOU of the models that may be ranked (and be champion): not collapsed."""
     collapsed = collapsed_models(inputs)
     return {m: inputs.metrics[m]["mean"]["iou"] for m in inputs.models if m not in collapsed}
+
+
+def verdict_of(inputs: ReportInputs, model: str) -> dict[str, Any]:
+    """The ``verdict`` block of ``metrics/pooled/<model>.json`` (empty when absent)."""
+    return inputs.pooled[model].get("verdict", {})
+
+
+def verdict_lines(inputs: ReportInputs) -> list[str]:
+    """The report's first lines: each network that is not learned or weak, in words, and
+    what it means for the aliases."""
+    lines = [verdicts.sentence(LABELS[m], verdict_of(inputs, m)) for m in inputs.models
+             if verdict_of(inputs, m).get("verdict", verdicts.LEARNED) != verdicts.LEARNED]
+    if not alias_candidates(inputs):
+        lines.append("No network has learned (mr2unet.evaluation.verdict): none is given the "
+                     "champion or challenger alias, and the old ones are removed.")
+    return lines
+
+
+def alias_candidates(inputs: ReportInputs) -> dict[str, float]:
+    """Mean test IOU of the networks that may get a registry alias: not collapsed, and
+    ``learned`` (a network that is weak or has not learned, or has no verdict, gets none)."""
+    return {m: iou for m, iou in rankable_iou(inputs).items()
+            if verdict_of(inputs, m).get("verdict") == verdicts.LEARNED}
+
+
+VERDICT_NOTE = (
+    "Against what no network would do, on the same test images and with the same averaging "
+    "as the mean IOU: \"no defect anywhere\", \"defect everywhere\", and a grey-level "
+    "threshold per category fitted on the training split. Not learned: the 95 % bootstrap "
+    "interval of the mean pixel AUROC (images resampled within each category, 1000 times) "
+    "includes 0.5, or the mean IOU is not above the best baseline's. Weak: learned, but "
+    "below evaluate.fit_for_use. Only a learned network can get a registry alias.")
+
+
+def verdict_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
+    """One row per model: verdict, mean IOU, the best baseline, pixel AUROC [95 % CI]."""
+    header = ["model", "verdict", "mean IOU", "best baseline", "its IOU", "pixel AUROC [95 % CI]"]
+    rows = []
+    for m in inputs.models:
+        found = verdict_of(inputs, m)
+        if not found:
+            rows.append([Cell(LABELS[m]), *(Cell(MISSING) for _ in header[1:])])
+            continue
+        ci = found.get("pixel_auroc_ci")
+        auroc = _fmt(found.get("pixel_auroc")) + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+        rows.append([Cell(LABELS[m]), Cell(found["verdict"], found["verdict"] == "learned"),
+                     Cell(_fmt(found["iou"])),
+                     Cell(verdicts.BASELINE_LABELS.get(found["best_baseline"],
+                                                       found["best_baseline"])),
+                     Cell(_fmt(found["best_baseline_iou"])), Cell(auroc)])
+    return header, rows
+
+
+def baseline_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
+    """The trivial baselines' mean IOU and Dice (the same for every model's test images)."""
+    found = next((verdict_of(inputs, m)["baselines"] for m in inputs.models
+                  if "baselines" in verdict_of(inputs, m)), {})
+    return ["baseline", "mean IOU", "mean Dice"], [
+        [Cell(verdicts.BASELINE_LABELS.get(name, name)), Cell(_fmt(b["iou"])),
+         Cell(_fmt(b["dice"]))] for name, b in found.items()]
+
+
+DETECTION_NOTE = (
+    "AUPRO: area under the per-region overlap curve up to a false-positive rate of 0.3, "
+    "normalised (Bergmann et al., IJCV 2021), each category's regions together; Mean: plain "
+    "mean of the categories. Image-level (only when the test split holds good images): "
+    "image AUROC and AP of the image score (evaluate.image_score) over good vs defective "
+    "images; at the network's pixel threshold an image is flagged when its predicted mask "
+    "has a connected component of at least evaluate.min_defect_area pixels: false alarms = "
+    "good images flagged, misses = defective images not flagged. Mean: plain mean of the "
+    "categories; all images: every test image at once, with the counts.")
+
+
+def _rate(rate: float | None, count: int | None, total: int | None) -> str:
+    if rate is None:
+        return MISSING
+    return f"{rate:.4f}" + (f" ({count}/{total})" if count is not None else "")
+
+
+def detection_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
+    """Rows (category, model), then the Mean of the categories and all images pooled:
+    AUPRO, image AUROC and AP, the false-alarm and miss rates (with counts)."""
+    header = ["category", "model", "AUPRO", "image AUROC", "image AP", "false alarms",
+              "misses"]
+    rows = []
+    for category in [*inputs.categories, "mean", "all images"]:
+        for m in inputs.models:
+            level = inputs.pooled[m].get("image_level", {})
+            if category == "all images":
+                scores = {**inputs.pooled[m].get("all_images", {}),
+                          **level.get("all_images", {})}
+                counts = level
+            else:
+                scores = inputs.metrics[m]["mean"] if category == "mean" else \
+                    inputs.metrics[m]["per_category"].get(category, {})
+                counts = {} if category == "mean" else \
+                    level.get("per_category", {}).get(category, {})
+            name = "Mean" if category == "mean" else category
+            rows.append([Cell(name, category in ("mean", "all images")), Cell(LABELS[m]),
+                         Cell(_fmt(scores.get("aupro"))), Cell(_fmt(scores.get("image_auroc"))),
+                         Cell(_fmt(scores.get("image_ap"))),
+                         Cell(_rate(scores.get("false_alarm_rate"), counts.get("false_alarms"),
+                                    counts.get("good_images"))),
+                         Cell(_rate(scores.get("miss_rate"), counts.get("misses"),
+                                    counts.get("defective_images")))])
+    return header, rows
 
 
 RANKING_NOTE = (
@@ -454,6 +576,10 @@ def write_report(inputs: ReportInputs, out: Path) -> None:
               "dice": table1(inputs.metrics, "dice"), "registry": registry_table(inputs.registry)}
     no_registry = "Tracking is off: no registry aliases were set."
     warnings = list(collapsed_models(inputs).values())
+    top = verdict_lines(inputs)
+    did_it_learn = (markdown_table(*verdict_table(inputs)) + "\n\n"
+                    + markdown_table(*baseline_table(inputs)),
+                    html_table(*verdict_table(inputs)) + html_table(*baseline_table(inputs)))
     sections: list[tuple[str, str, str]] = [  # (title, markdown, html)
         ("Provenance", markdown_table(["", ""], _prov_rows(inputs)),
          html_table(["", ""], _prov_rows(inputs))),
@@ -461,6 +587,8 @@ def write_report(inputs: ReportInputs, out: Path) -> None:
          + markdown_table(*tables["summary"]),
          "".join(f"<p><b>Warning: {html.escape(n)}</b></p>" for n in warnings)
          + html_table(*tables["summary"])),
+        ("Did it learn?", f"{VERDICT_NOTE}\n\n" + did_it_learn[0],
+         f"<p>{html.escape(VERDICT_NOTE)}</p>" + did_it_learn[1]),
         ("Summary: model cost", f"{COST_NOTE}\n\n" + markdown_table(*cost_table(inputs)),
          f"<p>{COST_NOTE}</p>" + html_table(*cost_table(inputs))),
         ("Table 1: IOU", f"{NOTE}\n\n" + markdown_table(*tables["iou"]),
@@ -469,6 +597,9 @@ def write_report(inputs: ReportInputs, out: Path) -> None:
         ("Pixel AUROC and AP (threshold-free)",
          f"{RANKING_NOTE}\n\n" + markdown_table(*ranking_table(inputs)),
          f"<p>{RANKING_NOTE}</p>" + html_table(*ranking_table(inputs))),
+        ("AUPRO and image-level detection",
+         f"{DETECTION_NOTE}\n\n" + markdown_table(*detection_table(inputs)),
+         f"<p>{DETECTION_NOTE}</p>" + html_table(*detection_table(inputs))),
         (report_stats.TITLE, *report_stats.section(comparisons, LABELS)),
         ("Model registry", markdown_table(*tables["registry"]) if inputs.registry
          else no_registry, html_table(*tables["registry"]) if inputs.registry
@@ -477,8 +608,9 @@ def write_report(inputs: ReportInputs, out: Path) -> None:
          "".join(svgs.values())),
         ("Test images (Fig. 4 style)", GRID_NOTE + "\n", f"<p>{GRID_NOTE}</p>"),
     ]
-    md = ["# MR2U-Net reproduction report\n"]
-    body = ["<h1>MR2U-Net reproduction report</h1>"]
+    md = ["# MR2U-Net reproduction report\n", *(f"**{line}**\n" for line in top)]
+    body = ["<h1>MR2U-Net reproduction report</h1>",
+            *(f"<p><b>{html.escape(line)}</b></p>" for line in top)]
     for title, md_text, html_text in sections:
         md += [f"## {title}\n", md_text]
         body += [f"<h2>{title}</h2>", html_text]

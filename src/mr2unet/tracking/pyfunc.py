@@ -4,11 +4,14 @@
 RGB images (any N, S the model's input size) and returns
 
 - ``params={"output": "mask"}`` (default): uint8 ``(N, S, S)`` masks, 1 = defect, where the
-  defect probability exceeds ``threshold`` (default 0.5, exactly the argmax);
+  defect probability exceeds ``threshold`` (default: the threshold stored in the model file,
+  :func:`mr2unet.models.checkpoint.stored_threshold`; 0.5, exactly the argmax, for a model
+  without one);
 - ``params={"output": "probabilities"}``: float32 ``(N, S, S)`` defect probabilities.
 
-Both params are declared in the model signature, so ``mlflow models serve`` accepts them in
-the request's ``"params"`` (docs/deploy.md).
+Both params are declared in the model signature, the threshold with the model's own as
+its default, so ``mlflow models serve`` accepts them in the request's ``"params"`` and a
+request without ``threshold`` gets the model's masks (docs/deploy.md).
 
 Nothing executable is pickled. The model is logged with MLflow's *models from code*: the
 logged model holds :mod:`mr2unet.tracking.model_code` (a few lines that build
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,14 @@ from mlflow.exceptions import MlflowException
 
 import mr2unet
 from mr2unet.data.transforms import to_input
-from mr2unet.models.checkpoint import load_model, read_checkpoint
+from mr2unet.models.checkpoint import load_model, read_checkpoint, stored_threshold
 from mr2unet.models.inference import (
     DEFAULT_THRESHOLD,
     check_threshold,
     defect_mask,
     defect_probability,
 )
+from mr2unet.models.tiling import tiling_of, whole_image_logits
 
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 OUTPUTS = ("mask", "probabilities")
@@ -60,10 +63,16 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.model, payload = load_model(context.artifacts["checkpoint"])
         self.image_size = int(payload["image_size"])
+        self.threshold = stored_threshold(payload)  # params.threshold's default
+        # a model trained on tiles: images of any size, predicted by sliding windows
+        self.tiling = tiling_of(payload)
 
-    # No type hints on predict: MLflow would try to derive a schema from them.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        options = {**DEFAULT_PARAMS, **(params or {})}
+    # np.ndarray is one of the type hints MLflow 3 accepts without deriving a schema from it
+    # (mlflow.types.type_hints): the explicit tensor signature of log_segmentation_model
+    # stays the model's, and MLflow no longer warns that predict has no type hints.
+    def predict(self, context: Any, model_input: np.ndarray,
+                params: dict[str, Any] | None = None) -> np.ndarray:
+        options = {**default_params(self.threshold), **(params or {})}
         if options["output"] not in OUTPUTS:
             raise _bad_request(f"params.output must be one of {', '.join(OUTPUTS)}, "
                                f"got {options['output']!r}")
@@ -72,6 +81,8 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         except (TypeError, ValueError) as exc:
             raise _bad_request(f"params.threshold: {exc}") from None
         images = np.asarray(model_input)
+        if self.tiling is not None:
+            return self._predict_tiled(images, options["output"], threshold)
         s = self.image_size
         if images.ndim != 4 or images.shape[1:] != (s, s, 3) or images.dtype != np.uint8:
             raise _bad_request(f"expected uint8 RGB images of shape (N, {s}, {s}, 3), got "
@@ -86,6 +97,24 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         if not outputs:
             dtype = np.uint8 if options["output"] == "mask" else np.float32
             return np.zeros((0, s, s), dtype)
+        return torch.cat(outputs).numpy()
+
+    def _predict_tiled(self, images: np.ndarray, output: str, threshold: float) -> np.ndarray:
+        """uint8 ``(N, H, W, 3)`` of any one size -> ``(N, H, W)``, each image predicted
+        by sliding windows as ``mr2unet predict`` does."""
+        assert self.tiling is not None
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise _bad_request(f"expected uint8 RGB images of shape (N, H, W, 3), got "
+                               f"{images.dtype} {images.shape}")
+        outputs = []
+        with torch.inference_mode():
+            for rgb in images:
+                logits = whole_image_logits(self.model, rgb, self.tiling, "cpu", BATCH_SIZE)
+                outputs.append(defect_mask(logits, threshold) if output == "mask"
+                               else defect_probability(logits))
+        if not outputs:
+            return np.zeros((0, *images.shape[1:3]), np.uint8 if output == "mask"
+                            else np.float32)
         return torch.cat(outputs).numpy()
 
 
@@ -104,26 +133,43 @@ def _package_source(dest: Path) -> Path:
     return target
 
 
-def signature(image_size: int) -> Any:
-    """Tensor in/out schema (uint8 ``(-1, S, S, 3)`` -> ``(-1, S, S)``) and the params."""
+def default_params(threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """The params a request gets by default: masks at the model's ``threshold``."""
+    return {**DEFAULT_PARAMS, "threshold": float(threshold)}
+
+
+def signature(image_size: int, tiled: bool = False, threshold: float = DEFAULT_THRESHOLD
+              ) -> Any:
+    """Tensor in/out schema (uint8 ``(-1, S, S, 3)`` -> ``(-1, S, S)``; a tiled model:
+    ``(-1, -1, -1, 3)`` -> ``(-1, -1, -1)``, any image size) and the params (default
+    threshold: the model's)."""
     example = np.zeros((1, image_size, image_size, 3), dtype=np.uint8)
-    return mlflow.models.infer_signature(
-        example, np.zeros((1, image_size, image_size), np.uint8), params=DEFAULT_PARAMS)
+    inferred = mlflow.models.infer_signature(
+        example, np.zeros((1, image_size, image_size), np.uint8),
+        params=default_params(threshold))
+    if not tiled:
+        return inferred
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+                          outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
+                          params=inferred.params)
 
 
 def log_segmentation_model(checkpoint: Path) -> Any:
     """Log ``checkpoint`` as a pyfunc model named ``model`` in the active run (as code)."""
-    size = int(read_checkpoint(checkpoint)["image_size"])
+    payload = read_checkpoint(checkpoint)
+    size = int(payload["image_size"])
     example = np.zeros((1, size, size, 3), dtype=np.uint8)
-    with tempfile.TemporaryDirectory(prefix="mr2unet-code-") as tmp, warnings.catch_warnings():
-        # MLflow suggests type hints on predict; its tensor signature is given explicitly.
-        warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning)
+    with tempfile.TemporaryDirectory(prefix="mr2unet-code-") as tmp:
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=str(MODEL_CODE),
             artifacts={"checkpoint": str(checkpoint)},
             code_paths=[str(_package_source(Path(tmp)))],
-            signature=signature(size),
+            signature=signature(size, tiled=tiling_of(payload) is not None,
+                                threshold=stored_threshold(payload)),
             input_example=example,
             pip_requirements=_requirements(),
         )

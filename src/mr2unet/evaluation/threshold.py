@@ -1,0 +1,173 @@
+"""Choosing the mask threshold on the validation split (``evaluate.threshold``).
+
+A pixel is a defect where its defect probability exceeds the threshold ``t``
+(:func:`mr2unet.models.inference.defect_mask`). ``evaluate.threshold`` is one of
+
+``0.5`` (any fixed probability in (0, 1))
+    used as it is; 0.5 is exactly the argmax of the two logits (the paper);
+``best_iou``
+    the candidate with the best mean IOU on the defective validation images, computed as
+    the test score is: per image, averaged per category, then the plain mean of the
+    categories; good images are left out, as the test's IOU leaves them out (an empty
+    prediction on one would score a perfect 1); of equal bests the one closest to 0.5
+    (then the lower) wins;
+``max_false_alarm_rate=<r>``
+    the lowest candidate at which at most a share ``r`` of the good (defect-free)
+    validation images is flagged (a predicted component of at least ``min_defect_area``
+    pixels, :func:`mr2unet.metrics.image.flagged`, as the test's false-alarm rate);
+    the lowest such threshold misses the fewest defects. When no candidate reaches
+    ``r``, the highest candidate is taken and a warning says so.
+
+The candidates are the 99 probabilities 0.01, 0.02, ..., 0.99 (:data:`CANDIDATES`): fine
+enough for a mask, and a chosen value reads as what it is. Functions here are pure; the
+train stage (``pipeline/train.py``) predicts the validation split, calls :func:`choose`
+and stores the result in the model file (:func:`mr2unet.models.checkpoint.stored_threshold`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mr2unet.errors import UserError
+from mr2unet.metrics.image import flagged
+from mr2unet.metrics.segmentation import confusion_counts, iou_from_counts
+from mr2unet.models.inference import DEFAULT_THRESHOLD, check_threshold
+
+log = logging.getLogger(__name__)
+CANDIDATES = tuple(round(k / 100, 2) for k in range(1, 100))
+BEST_IOU = "best_iou"
+MAX_FALSE_ALARM_RATE = "max_false_alarm_rate"
+FIXED = "fixed"
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """A parsed ``evaluate.threshold``: ``kind`` fixed / best_iou / max_false_alarm_rate
+    and its number (the fixed threshold, the rate ``r``; none for best_iou)."""
+
+    kind: str
+    value: float | None = None
+
+    @property
+    def needs_validation(self) -> bool:
+        return self.kind != FIXED
+
+    def __str__(self) -> str:
+        if self.kind == FIXED:
+            return f"{self.value:g}"
+        return BEST_IOU if self.kind == BEST_IOU else f"{MAX_FALSE_ALARM_RATE}={self.value:g}"
+
+
+def parse_rule(setting: float | str) -> ThresholdRule:
+    """``0.5`` / ``"best_iou"`` / ``"max_false_alarm_rate=0.05"`` as a :class:`ThresholdRule`."""
+    if isinstance(setting, int | float) and not isinstance(setting, bool):
+        try:
+            return ThresholdRule(FIXED, check_threshold(setting))
+        except ValueError:
+            pass
+    elif setting == BEST_IOU:
+        return ThresholdRule(BEST_IOU)
+    elif isinstance(setting, str) and setting.startswith(MAX_FALSE_ALARM_RATE + "="):
+        try:
+            rate = float(setting.split("=", 1)[1])
+        except ValueError:
+            rate = -1.0
+        if 0 <= rate <= 1:
+            return ThresholdRule(MAX_FALSE_ALARM_RATE, rate)
+    raise UserError(f"evaluate.threshold {setting!r}: expected a probability in (0, 1) such "
+                    f"as 0.5, {BEST_IOU} or {MAX_FALSE_ALARM_RATE}=<r> with 0 <= r <= 1.")
+
+
+def mean_iou(probabilities: np.ndarray, masks: np.ndarray, categories: np.ndarray,
+             threshold: float, empty_score: float = 1.0) -> float:
+    """Mean IOU of the masks ``probabilities > threshold``: per image, per category, then
+    the plain mean of the categories (the test score's definition)."""
+    counts = confusion_counts(torch.from_numpy(np.asarray(probabilities) > threshold),
+                              torch.from_numpy(np.asarray(masks))).numpy()
+    iou = iou_from_counts(counts, empty_score)
+    categories = np.asarray(categories)
+    return float(np.mean([iou[categories == c].mean() for c in sorted(set(categories.tolist()))]))
+
+
+def false_alarm_rate(probabilities: np.ndarray, masks: np.ndarray, threshold: float,
+                     min_area: int = 1) -> float:
+    """Share of the (good) images ``probabilities`` that the mask at ``threshold`` flags."""
+    return float(flagged(np.asarray(probabilities) > threshold, masks, min_area).mean())
+
+
+def best_iou(probabilities: np.ndarray, masks: np.ndarray, categories: np.ndarray,
+             empty_score: float = 1.0) -> tuple[float, float]:
+    """(threshold, its mean IOU): the best candidate; ties go to the one closest to 0.5."""
+    scores = [mean_iou(probabilities, masks, categories, t, empty_score) for t in CANDIDATES]
+    top = max(scores)
+    best = min((abs(t - DEFAULT_THRESHOLD), t) for t, s in zip(CANDIDATES, scores, strict=True)
+               if s == top)[1]
+    return best, top
+
+
+def lowest_within_rate(probabilities: np.ndarray, masks: np.ndarray, rate: float,
+                       min_area: int = 1) -> tuple[float, float, bool]:
+    """(threshold, its false-alarm rate, whether it is <= ``rate``) on good images: the
+    lowest candidate within ``rate``, else the highest candidate."""
+    for t in CANDIDATES:  # flagging only falls as t rises: the first within rate is it
+        found = false_alarm_rate(probabilities, masks, t, min_area)
+        if found <= rate:
+            return t, found, True
+    return CANDIDATES[-1], found, False
+
+
+def choose(rule: ThresholdRule, probabilities: np.ndarray, masks: np.ndarray,
+           categories: np.ndarray, good: np.ndarray, empty_score: float = 1.0,
+           min_area: int = 1) -> dict[str, Any]:
+    """The threshold of ``rule`` on the validation split, with how it was chosen.
+
+    ``probabilities`` float ``(N, H, W)`` of the validation images, ``masks`` their ground
+    truth, ``categories`` and ``good`` (boolean) per image. Returns ``{"value", "rule",
+    "val_images", "val_good_images"}`` plus, at the chosen value, ``val_mean_iou`` (over
+    the defective images, where there are any) and ``val_false_alarm_rate`` (over the good
+    ones, where there are any). A rule that needs validation
+    images without any, or the false-alarm rule without good ones, is a UserError.
+    """
+    good = np.asarray(good, bool)
+    n = int(len(good))
+    if rule.needs_validation and n == 0:
+        raise UserError(f"evaluate.threshold {rule} is chosen on the validation split, which "
+                        "is empty: set split.val_fraction (e.g. 0.2) and run `dvc repro`.")
+    if rule.kind == BEST_IOU and good.all():
+        raise UserError(f"evaluate.threshold {rule} needs defective validation images and "
+                        "there are none: raise split.val_fraction.")
+    if rule.kind == MAX_FALSE_ALARM_RATE and not good.any():
+        raise UserError(f"evaluate.threshold {rule} needs good (defect-free) validation "
+                        "images and there are none: set prepare.good_images (e.g. all; the "
+                        "data set must hold defect-free images) and run `dvc repro`.")
+    met = True
+    if rule.kind == FIXED:
+        assert rule.value is not None
+        value = rule.value
+    elif rule.kind == BEST_IOU:
+        value, _ = best_iou(probabilities[~good], masks[~good], categories[~good],
+                            empty_score)
+    else:
+        assert rule.value is not None
+        value, _, met = lowest_within_rate(probabilities[good], masks[good], rule.value,
+                                           min_area)
+        if not met:
+            log.warning("no threshold up to %.2f keeps the false-alarm rate on the %d good "
+                        "validation images within %g: using %.2f", value, int(good.sum()),
+                        rule.value, value)
+    found: dict[str, Any] = {"value": float(value), "rule": str(rule), "val_images": n,
+                             "val_good_images": int(good.sum())}
+    if (~good).any():  # over the defective images, as the test's mean IOU
+        found["val_mean_iou"] = round(mean_iou(probabilities[~good], masks[~good],
+                                               categories[~good], value, empty_score), 6)
+    if good.any():
+        found["val_false_alarm_rate"] = round(false_alarm_rate(
+            probabilities[good], masks[good], value, min_area), 6)
+    if not met:
+        found["rate_met"] = False
+    return found

@@ -1,0 +1,283 @@
+"""Did it learn? Trivial baselines on the same test images and a verdict in words.
+
+A mean IOU of 0.09 means nothing until it is set against what no network would do. On
+the test images the network is scored on, with the same averaging as its primary score
+(per image, then per category, then the plain mean of the categories):
+
+- ``no_defect``: the empty mask everywhere ("no defect anywhere");
+- ``defect_everywhere``: every valid pixel a defect;
+- ``intensity``: the simplest classical method, a per-pixel grey-level threshold: per
+  category, the threshold ``t`` and side (defect = grey ``>= t`` or ``<= t``; grey = the
+  mean of R, G, B) that maximise the pooled IOU of the **training** split's pixels, then
+  applied unchanged to the test images (a category missing from the training split
+  takes the threshold fitted on all training images).
+
+Then one verdict per network, from this one evaluation of the test split (nothing is
+tuned on it: the baselines' thresholds come from the training split, the rule and its
+thresholds from params.yaml):
+
+- **not learned** when the 95 % bootstrap interval of its mean pixel AUROC includes 0.5,
+  or its mean IOU is not above the best baseline's;
+- **weak** when it learned but its mean pixel AUROC or mean IOU is below
+  ``evaluate.fit_for_use`` (defaults 0.85 and 0.25);
+- **learned** otherwise.
+
+The interval is a percentile bootstrap over images, stratified by category (each
+resample draws each category's images with replacement, keeping its image count), of the
+plain mean over categories of the pooled pixel AUROC: ``N_RESAMPLES`` resamples from a
+fresh ``numpy.random.default_rng(SEED)``, each computed exactly from per-image histograms
+of the 8-bit probability levels (:func:`auroc_from_histograms`), so it costs a few
+matrix products, not a thousand calls of scikit-learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mr2unet.data.prepared import PreparedSplit
+from mr2unet.metrics.segmentation import IGNORE_LABEL, confusion_counts, mean_scores
+
+SEED = 0
+N_RESAMPLES = 1000
+CONFIDENCE = 0.95
+LEVELS = 256  # 8-bit probabilities
+NOT_LEARNED, WEAK, LEARNED = "not learned", "weak", "learned"
+BASELINE_LABELS = {"no_defect": "no defect anywhere", "defect_everywhere": "defect everywhere",
+                   "intensity": "intensity threshold"}
+FIT_FOR_USE = {"pixel_auroc": 0.85, "iou": 0.25}
+ADVICE = ("try a higher prepare.image_size (or tiles of the full-resolution image), a loss "
+          "for rare defects (train.loss: weighted_ce_dice, focal_dice or ce_dice), or more "
+          "train.epochs; docs/evaluation.md, 'Did it learn?'")
+
+
+# -------------------------------------------------------------------------- baselines
+
+
+def category_mean_iou(counts: np.ndarray, categories: np.ndarray, empty_score: float = 1.0
+                      ) -> dict[str, float]:
+    """``{"iou", "dice"}``: per-image scores averaged per category, then over categories
+    (the averaging of ``metrics/<model>.json``'s ``mean``)."""
+    categories = np.asarray(categories)
+    per = [mean_scores(counts[categories == c], empty_score) for c in sorted(set(categories))]
+    return {k: float(np.mean([s[k] for s in per])) for k in ("iou", "dice")}
+
+
+def _counts(pred: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    return confusion_counts(torch.from_numpy(np.ascontiguousarray(pred, np.uint8)),
+                            torch.from_numpy(np.ascontiguousarray(masks))).numpy()
+
+
+def grey(images: np.ndarray) -> np.ndarray:
+    """uint8 ``(N, S, S, 3)`` -> uint8 ``(N, S, S)``: ``floor((R + G + B) / 3)``."""
+    return (np.asarray(images, np.uint16).sum(-1) // 3).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class IntensityRule:
+    """defect where grey ``>= threshold`` (``brighter``) or ``<= threshold`` (darker)."""
+
+    threshold: int
+    brighter: bool
+    train_iou: float  # pooled IOU on the training pixels it was fitted on
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        g = grey(images)
+        return (g >= self.threshold if self.brighter else g <= self.threshold).astype(np.uint8)
+
+
+def fit_intensity(images: np.ndarray, masks: np.ndarray) -> IntensityRule:
+    """The grey threshold and side with the best pooled IOU on these pixels (exact, from
+    256-bin histograms; of equal IOUs the brighter side and then the lower threshold win).
+
+    ``IOU(t) = TP(t) / (TP(t) + FP(t) + FN(t))`` with ``TP(t)`` the defect pixels on the
+    defect side of ``t``; padding (``IGNORE_LABEL``) is left out.
+    """
+    g, masks = grey(images), np.asarray(masks)
+    valid = masks != IGNORE_LABEL
+    labels = masks[valid] != 0
+    values = g[valid].astype(np.int64)
+    pos = np.bincount(values[labels], minlength=LEVELS)
+    neg = np.bincount(values[~labels], minlength=LEVELS)
+    best = IntensityRule(LEVELS - 1, True, 0.0)
+    for brighter in (True, False):
+        order = slice(None, None, -1) if brighter else slice(None)
+        tp = np.cumsum(pos[order])[order]  # defect pixels on the defect side of t
+        fp = np.cumsum(neg[order])[order]
+        union = tp + fp + (pos.sum() - tp)
+        iou = np.where(union > 0, tp / np.maximum(union, 1), 0.0)
+        t = int(np.argmax(iou))
+        if iou[t] > best.train_iou:
+            best = IntensityRule(t, brighter, float(iou[t]))
+    return best
+
+
+def intensity_rules(train: PreparedSplit, categories: list[str]) -> dict[str, IntensityRule]:
+    """One rule per test category, fitted on its training images (else on all of them)."""
+    fallback = None
+    rules = {}
+    for c in categories:
+        rows = train.categories == c
+        if rows.any():
+            rules[c] = fit_intensity(train.images[rows], train.masks[rows])
+        else:
+            fallback = fallback or fit_intensity(train.images, train.masks)
+            rules[c] = fallback
+    return rules
+
+
+def baselines(test: PreparedSplit, train: PreparedSplit | None, empty_score: float = 1.0
+              ) -> dict[str, dict[str, Any]]:
+    """Mean IOU / Dice of each trivial baseline on ``test`` (module docstring).
+
+    ``intensity`` only with a training split; its entry also holds the rule per category.
+    """
+    valid = (test.masks != IGNORE_LABEL).astype(np.uint8)
+    out: dict[str, dict[str, Any]] = {
+        "no_defect": category_mean_iou(_counts(np.zeros_like(valid), test.masks),
+                                       test.categories, empty_score),
+        "defect_everywhere": category_mean_iou(_counts(valid, test.masks), test.categories,
+                                               empty_score),
+    }
+    if train is not None and len(train):
+        names = sorted(set(test.categories.tolist()))
+        rules = intensity_rules(train, names)
+        pred = np.zeros_like(valid)
+        for c, rule in rules.items():
+            rows = test.categories == c
+            pred[rows] = rule.apply(test.images[rows])
+        out["intensity"] = {**category_mean_iou(_counts(pred, test.masks), test.categories,
+                                                empty_score),
+                            "rules": {c: asdict(r) for c, r in rules.items()}}
+    return out
+
+
+def best_baseline(found: Mapping[str, Mapping[str, Any]]) -> tuple[str, float]:
+    """``(name, mean IOU)`` of the baseline with the highest mean IOU."""
+    name = max(found, key=lambda k: (found[k]["iou"], k))
+    return name, float(found[name]["iou"])
+
+
+# ----------------------------------------------------------- pixel AUROC, bootstrap
+
+
+def auroc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """AUROC from score histograms ``(..., L)`` of defect (``pos``) and normal pixels.
+
+    ``AUROC = sum_k neg_k (sum_{j > k} pos_j + pos_k / 2) / (P N)``: the probability that
+    a defect pixel scores higher than a normal one, ties counting one half (scikit-learn's
+    ``roc_auc_score`` on the same levels). NaN where ``P`` or ``N`` is 0.
+    """
+    pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
+    above = np.cumsum(pos[..., ::-1], axis=-1)[..., ::-1] - pos  # defect pixels above k
+    total = pos.sum(-1) * neg.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (neg * (above + pos / 2)).sum(-1) / total, np.nan)
+
+
+def level_histograms(levels: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image histograms ``(N, 256)`` of the levels of defect and of normal pixels."""
+    levels, masks = np.asarray(levels), np.asarray(masks)
+    n = len(levels)
+    index = (np.arange(n)[:, None, None] * LEVELS + levels).ravel()
+    flat = masks.ravel()
+    valid = flat != IGNORE_LABEL
+    pos = np.bincount(index[valid & (flat != 0)], minlength=n * LEVELS).reshape(n, LEVELS)
+    neg = np.bincount(index[valid & (flat == 0)], minlength=n * LEVELS).reshape(n, LEVELS)
+    return pos, neg
+
+
+def pixel_auroc_interval(levels: np.ndarray, masks: np.ndarray, categories: np.ndarray,
+                         n_resamples: int = N_RESAMPLES, seed: int = SEED,
+                         confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean over categories of the pixel AUROC
+    (stratified by category; module docstring). ``None`` when no category has one."""
+    pos, neg = level_histograms(levels, masks)
+    categories = np.asarray(categories)
+    rng = np.random.default_rng(seed)
+    per_category = []
+    for c in sorted(set(categories.tolist())):
+        rows = np.flatnonzero(categories == c)
+        draws = rng.integers(0, rows.size, (n_resamples, rows.size))
+        weights = np.zeros((n_resamples, rows.size))
+        np.add.at(weights, (np.arange(n_resamples)[:, None], draws), 1.0)
+        per_category.append(auroc_from_histograms(weights @ pos[rows], weights @ neg[rows]))
+    stacked = np.stack(per_category)  # (categories, resamples)
+    defined = ~np.isnan(stacked)
+    if not defined.any(axis=0).all():
+        return None
+    means = np.nansum(stacked, 0) / defined.sum(0)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+# ---------------------------------------------------------------------------- verdict
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The verdict on one network and the figures it rests on."""
+
+    verdict: str  # NOT_LEARNED, WEAK, LEARNED
+    reason: str
+    iou: float
+    baseline: str  # the best baseline
+    baseline_iou: float
+    pixel_auroc: float | None
+    pixel_auroc_ci: tuple[float, float] | None
+
+    def as_dict(self, decimals: int = 6) -> dict[str, Any]:
+        ci = [round(v, decimals) for v in self.pixel_auroc_ci] if self.pixel_auroc_ci else None
+        return {"verdict": self.verdict, "reason": self.reason,
+                "iou": round(self.iou, decimals), "best_baseline": self.baseline,
+                "best_baseline_iou": round(self.baseline_iou, decimals),
+                "pixel_auroc": None if self.pixel_auroc is None
+                else round(self.pixel_auroc, decimals), "pixel_auroc_ci": ci}
+
+
+def _auroc_text(auroc: float | None, ci: tuple[float, float] | None) -> str:
+    if auroc is None:
+        return "no pixel AUROC"
+    return f"pixel AUROC {auroc:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def decide(iou: float, pixel_auroc: float | None, ci: tuple[float, float] | None,
+           found: Mapping[str, Mapping[str, Any]],
+           fit_for_use: Mapping[str, float] | None = None) -> Verdict:
+    """The verdict (module docstring) from the network's mean IOU, its mean pixel AUROC
+    and interval, and the baselines' scores ``found`` (:func:`baselines`)."""
+    fit = {**FIT_FOR_USE, **(fit_for_use or {})}
+    name, base_iou = best_baseline(found)
+    against = f"IOU {iou:.3f} against {base_iou:.3f} for \"{BASELINE_LABELS[name]}\""
+    figures = f"{against}, {_auroc_text(pixel_auroc, ci)}"
+    why = []
+    if ci is not None and ci[0] <= 0.5 <= ci[1]:
+        why.append("the pixel AUROC interval includes 0.5 (chance)")
+    if not iou > base_iou:
+        why.append(f"the IOU is not above \"{BASELINE_LABELS[name]}\"")
+    if why:
+        reason = f"{figures}; {' and '.join(why)}"
+        return Verdict(NOT_LEARNED, reason, iou, name, base_iou, pixel_auroc, ci)
+    short = [f"IOU below {fit['iou']:.2f}"] if iou < fit["iou"] else []
+    if pixel_auroc is not None and pixel_auroc < fit["pixel_auroc"]:
+        short.append(f"pixel AUROC below {fit['pixel_auroc']:.2f}")
+    if short:
+        reason = f"{figures}; {' and '.join(short)}: not fit for a line"
+        return Verdict(WEAK, reason, iou, name, base_iou, pixel_auroc, ci)
+    reason = (f"{figures}; above the baselines and evaluate.fit_for_use "
+              f"(IOU {fit['iou']:.2f}, pixel AUROC {fit['pixel_auroc']:.2f})")
+    return Verdict(LEARNED, reason, iou, name, base_iou, pixel_auroc, ci)
+
+
+PHRASES = {NOT_LEARNED: "has not learned", WEAK: "is weak", LEARNED: "learned"}
+
+
+def sentence(label: str, verdict: Mapping[str, Any]) -> str:
+    """``U-Net is weak: IOU 0.09 against 0.04 for "defect everywhere", pixel AUROC 0.70
+    [0.61, 0.78]; IOU below 0.25: not fit for a line.``"""
+    return f"{label} {PHRASES[verdict['verdict']]}: {verdict['reason']}."
