@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,10 +19,34 @@ from mr2unet.errors import UserError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM raises SystemExit(143): ``finally`` blocks run (the run is marked FAILED,
+    the checkpoint written so far stays) instead of the process vanishing mid-write.
+
+    Also when the parent goes away (``kill <dvc pid>`` leaves its stage orphaned): a
+    watcher thread sees the parent change and sends this process SIGTERM.
+    """
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        print(f"error: the parent process {parent} ended: stopping", file=sys.stderr)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if parent > 1:
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def run_stage(body: Callable[[dict[str, Any]], None], params_path: str = "params.yaml") -> None:
     """Load and validate params, run ``body(params)``; a UserError exits 2 with its message."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop_on_sigterm()
     try:
         body(load_params(params_path))
     except UserError as exc:

@@ -3,6 +3,10 @@
     python pipeline/train.py <model>            (dvc.yaml: train@unet, train@mr2unet, ...)
     torchrun --nproc-per-node N pipeline/train.py <model>   (DistributedDataParallel)
 
+With a validation split (split.val_fraction > 0) or evaluate.threshold other than 0.5, the
+mask threshold is chosen after training (mr2unet.evaluation.threshold) on
+data/prepared/val.npz and stored in the model file.
+
 Outputs: data/models/<model>.pt (weights + architecture), data/models/<model>.run.json
 (MLflow run and registered version; training seconds and device), metrics/history/<model>.csv
 (DVC plots).
@@ -12,15 +16,21 @@ Resume state lives in data/checkpoints/<model>/ until the run finishes.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from _common import run_model_stage
 
 from mr2unet.config.params import MODEL_NAMES
 from mr2unet.data.prepared import load_split
 from mr2unet.errors import UserError
+from mr2unet.evaluation import threshold as thresholds
+from mr2unet.evaluation.evaluate import good_images, predict_maps
+from mr2unet.models.inference import DEFAULT_THRESHOLD
+from mr2unet.models.tiling import Tiling
 from mr2unet.training.loop import (
     TrainConfig,
     history_metrics,
@@ -31,6 +41,41 @@ from mr2unet.training.loop import (
 )
 
 TRAIN_SPLIT = Path("data/prepared/train.npz")
+VAL_SPLIT = Path("data/prepared/val.npz")
+MANIFEST = Path("data/prepared/manifest.csv")
+
+
+def tiling_meta(prepare: dict[str, Any]) -> dict[str, Any]:
+    """``{"tiling": ...}`` for the model file in tiles mode (how predict tiles), else {}."""
+    if prepare["mode"] != "tiles":
+        return {}
+    size = prepare["image_size"]
+    return {"tiling": Tiling(size, prepare["tile_stride"] or size // 2,
+                             prepare["tile_source_size"]).as_dict()}
+
+
+def threshold_meta(params: dict[str, Any], model: torch.nn.Module, device: str,
+                   tiling: dict[str, Any]) -> dict[str, Any]:
+    """``{"threshold": ...}`` for the model file: ``evaluate.threshold`` applied to the
+    validation split (predicted as evaluate predicts, by windows for a tiled model); {}
+    for the default (0.5 and no validation split: the model file as before)."""
+    rule = thresholds.parse_rule(params["evaluate"]["threshold"])
+    # an older prepared folder has no val.npz: fine for a fixed threshold
+    val = load_split(VAL_SPLIT) if VAL_SPLIT.is_file() or rule.needs_validation else None
+    if val is None or len(val) == 0:
+        if rule == thresholds.ThresholdRule(thresholds.FIXED, DEFAULT_THRESHOLD):
+            return {}
+        empty = np.zeros((0, 1, 1), np.uint8)
+        return {"threshold": thresholds.choose(rule, empty.astype(np.float32), empty,
+                                               np.zeros(0, str), np.zeros(0, bool))}
+    _, probs = predict_maps(model, val.images, torch.device(device),
+                            params["train"]["batch_size"], progress=False,
+                            tiling=Tiling.from_dict(tiling.get("tiling")))
+    # IOU of an image with nothing to find and nothing found: 1 (not evaluate.empty_score,
+    # which re-scores without retraining); a false alarm as the test counts it
+    return {"threshold": thresholds.choose(rule, probs, val.masks, val.categories,
+                                           good_images(val, MANIFEST), empty_score=1.0,
+                                           min_area=params["evaluate"]["min_defect_area"])}
 
 
 def main(params: dict[str, Any], arch: str) -> None:
@@ -70,17 +115,22 @@ def main(params: dict[str, Any], arch: str) -> None:
 
     model_path = Path("data/models") / f"{arch}.pt"
     history_path = Path("metrics/history") / f"{arch}.csv"
+    tiling = tiling_meta(params["prepare"])
+    chosen = threshold_meta(params, result.model, result.device, tiling)
     save_trained_model(model_path, result, cfg, image_size=params["prepare"]["image_size"],
                        meta={"git_commit": git_commit(), "device": result.device,
                              "torch_version": str(torch.__version__),
-                             "resize": params["prepare"]["resize"]})
+                             "resize": params["prepare"]["resize"],
+                             **tiling, **chosen})
+    threshold = chosen["threshold"]["value"] if chosen else DEFAULT_THRESHOLD
     write_history(history_path, result.history)
     info: dict[str, Any] = {"tracking": False}
     if tracker:
         tracker.log_metrics({**history_metrics(result.history),
-                             "train_seconds": result.seconds})
+                             "train_seconds": result.seconds, "threshold": threshold})
         # Filter with `tags.collapsed = 'true'`; the history's `collapsed` column per epoch.
-        tracker.set_tags({"collapsed": "true" if result.collapsed else "false"})
+        tracker.set_tags({"collapsed": "true" if result.collapsed else "false",
+                          "threshold": f"{threshold:g}"})
         info = tracker.finish(model_path, history_path, TRAIN_SPLIT,
                               system={"device": result.device})
     # Wall-clock training time for the report's cost table (metrics/timing/<model>.json via
@@ -90,9 +140,14 @@ def main(params: dict[str, Any], arch: str) -> None:
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     print(f"{arch}: {len(result.history)} epochs in {result.seconds:.1f}s on {result.device}; "
           f"final loss {result.history[-1]['loss']:.4f}, train IOU "
-          f"{result.history[-1]['train_iou']:.4f} -> {model_path}"
+          f"{result.history[-1]['train_iou']:.4f}; mask threshold {threshold:g}"
+          + (f" ({chosen['threshold']['rule']} on {chosen['threshold']['val_images']} "
+             "validation images)" if chosen else "") + f" -> {model_path}"
           + (f" (COLLAPSED to {result.collapsed}: see the warning above)"
              if result.collapsed else ""))
+    if tracker and tracker.pending:
+        # Exit 0: the outputs are complete, so DVC records the stage and does not retrain.
+        print(f"warning: {tracker.pending_message()}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """The ``mr2unet`` command: small utilities around the pipeline.
 
-``mr2unet profile NAME``      write profile NAME's values into params.yaml (``make demo``: demo)
+``mr2unet profile NAME...``   write profile NAME's values into params.yaml (``make demo``: demo)
 ``mr2unet synthetic DIR``     write synthetic MVTec-format data to DIR
 ``mr2unet predict ...``       segment images with a trained model (``mr2unet predict --help``)
 ``mr2unet export ...``        a trained model as ONNX for C++/C# callers (``mr2unet export --help``)
 ``mr2unet repro --jobs N``   the DVC pipeline with N networks' stages at a time (``make demo``)
 ``mr2unet spread``            mean +/- std of the DVC experiments' metrics (e.g. over seeds)
                              beside the paper's, and paired tests of the models
+``mr2unet tracking sync``     send the MLflow server what training kept while it was down
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ def _profile(args: argparse.Namespace) -> int:
 
     from mr2unet.config import profiles
 
-    if args.name is None:
+    if not args.name:
         print(f"{args.params}: profile {profiles.applied(Path(args.params))}; "
               f"available: {', '.join(profiles.available())}")
         return 0
-    profiles.apply(args.name, Path(args.params))
-    source = f"profiles/{profiles.BASE}.yaml" + (
-        f" + profiles/{args.name}.yaml" if args.name != profiles.BASE else "")
-    print(f"{args.params}: the values of profile {args.name} ({source})")
+    name = profiles.JOIN.join(args.name)
+    profiles.apply(name, Path(args.params))
+    source = f"profiles/{profiles.BASE}.yaml" + "".join(
+        f" + profiles/{n}.yaml" for n in args.name if n != profiles.BASE)
+    print(f"{args.params}: the values of profile {name} ({source})")
     return 0
 
 
@@ -57,6 +59,17 @@ def _spread(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracking_sync(args: argparse.Namespace) -> int:
+    from mr2unet.tracking.sync import sync_pending
+
+    results = sync_pending(args.repo)
+    for result in results:
+        print(result.summary())
+    if not results:
+        print("nothing to sync: every training run's tracking reached its server")
+    return 0
+
+
 def _repro(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -71,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("profile", help="write a profile's values (paper, demo, ...) into "
-                       "params.yaml; without NAME, say which one it holds")
-    p.add_argument("name", nargs="?")
+                       "params.yaml (several overlays: merged in order); without NAME, say "
+                       "which one it holds")
+    p.add_argument("name", nargs="*")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=_profile)
 
@@ -97,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", default=".")
     p.add_argument("--out", default="reports/seed_spread.md")
     p.set_defaults(func=_spread)
+
+    p = sub.add_parser("tracking", help="the MLflow side of the pipeline")
+    tracking = p.add_subparsers(dest="tracking_command", required=True)
+    p = tracking.add_parser("sync", help="send a tracking server the metrics, params, tags, "
+                            "models and registry entries that training kept while it was "
+                            "down (data/tracking/pending/); idempotent")
+    p.add_argument("--repo", default=".")
+    p.set_defaults(func=_tracking_sync)
 
     from mr2unet.deploy import export, predict
 

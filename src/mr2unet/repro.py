@@ -16,6 +16,10 @@ command with the same parameters as under a plain ``dvc repro``, so its outputs 
 same; only the order of the MLflow runs differs. Jobs share the machine: on a CPU give
 each its share of the cores (``train.cpu_threads``); on one GPU they share the device
 (docs/performance.md measured 1.8x sooner for the four networks at once on an H100).
+
+SIGTERM or Ctrl-C stops every ``dvc`` process it started (each runs in its own process
+group, which gets SIGTERM, then SIGKILL after ``STOP_GRACE_S``), waits for them and exits
+128 + the signal; the stages' checkpoints stay, so the next run resumes them.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import logging
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +50,13 @@ PROGRESS_EVERY_S = 10.0
 # Training cost per image relative to U-Net on 2 CPU cores (docs/performance.md): the
 # costliest network starts first, so that it does not run alone at the end.
 RELATIVE_COST = {"mr2unet": 4.0, "attention_unet": 1.3, "unet": 1.0, "resunet": 1.0}
+# After SIGTERM, how long the stages get to stop before SIGKILL.
+STOP_GRACE_S = 20.0
+
+# The dvc processes running now, and the signal that stops the run once one arrived.
+_children: set[subprocess.Popen] = set()
+_children_lock = threading.RLock()  # the signal handler may interrupt its holder
+_stopping: list[int] = []
 
 
 @dataclass(frozen=True)
@@ -86,7 +99,12 @@ def _stream(cmd: list[str], cwd: Path, prefix: str, lock: threading.Lock,
     until the bar closes: such a line is echoed at most every ``progress_every_s`` seconds,
     so each lane shows its progress while several run at once.
     """
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with _children_lock:
+        if _stopping:
+            return 128 + _stopping[0]
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        _children.add(proc)
     assert proc.stdout is not None
     buffer, last_progress = b"", -math.inf
 
@@ -106,7 +124,42 @@ def _stream(cmd: list[str], cwd: Path, prefix: str, lock: threading.Lock,
                 echo(text)
     if buffer.strip():
         echo(buffer)
-    return proc.wait()
+    code = proc.wait()
+    with _children_lock:
+        _children.discard(proc)
+    return code
+
+
+def _signal_children(sig: int) -> None:
+    with _children_lock:
+        for proc in _children:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+
+
+@contextmanager
+def _stop_children_on_signals() -> Iterator[None]:
+    """While the ``with`` block runs, SIGTERM/SIGINT stop the children (module docstring)."""
+    _stopping.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if not _stopping:
+            log.warning("%s: stopping the running stages", signal.Signals(signum).name)
+            _stopping.append(signum)
+            killer = threading.Timer(STOP_GRACE_S, _signal_children, (signal.SIGKILL,))
+            killer.daemon = True
+            killer.start()
+        _signal_children(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def check_threads(params_path: Path, jobs: int, cores: int | None = None) -> str | None:
@@ -140,6 +193,16 @@ def run(project: Path, jobs: int, repro_args: Sequence[str] = ()) -> int:
     warning = check_threads(project / "params.yaml", jobs)
     if warning:
         log.warning(warning)
+    with _stop_children_on_signals():
+        code = _run_steps(project, dvc, args, steps, jobs)
+    if _stopping:
+        log.error("interrupted: every stage stopped; the checkpoints written so far are kept: "
+                  "run `mr2unet repro` again to resume")
+        return 128 + _stopping[0]
+    return code
+
+
+def _run_steps(project: Path, dvc: str, args: list[str], steps: Plan, jobs: int) -> int:
     lock = threading.Lock()
     if steps.upstream and _stream([dvc, "repro", *args, steps.upstream], project, "", lock):
         return 1

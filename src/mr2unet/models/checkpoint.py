@@ -9,6 +9,11 @@ A checkpoint is a ``torch.save`` dict::
 or ``pad``); `predict` resizes the same way. Files written before it existed have none,
 which means ``squash`` (:func:`resize_mode`). It holds only tensors and plain Python
 values, so ``torch.load(weights_only=True)`` reads it.
+
+``meta["threshold"]``, where present, is the mask threshold chosen for the model and how
+(``{"value": 0.37, "rule": "best_iou", "val_images": 12, ...}``,
+:mod:`mr2unet.evaluation.threshold`); evaluate, ``mr2unet predict``, the pyfunc and the
+ONNX metadata use it (:func:`stored_threshold`). Files without it mean 0.5, the argmax.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 from torch import nn
 
 from mr2unet.errors import UserError
+from mr2unet.models.inference import DEFAULT_THRESHOLD
 
 FORMAT_VERSION = 1
 
@@ -51,6 +57,7 @@ def save_model(
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
+    read_checkpoint(tmp)  # verified before it replaces the previous file
     tmp.replace(path)
 
 
@@ -62,7 +69,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing
-        raise UserError(f"{path} is not a readable mr2unet model file ({exc}).") from None
+        reason = str(exc).strip().split(". ")[0] or type(exc).__name__
+        raise UserError(
+            f"{path} cannot be read: the file is cut off or corrupt ({path.stat().st_size} "
+            f"bytes; {reason}). Restore it with `dvc checkout {path}` (or `dvc pull`), or "
+            "train it again with `dvc repro`.") from None
     if not isinstance(payload, dict) or "arch" not in payload or "state_dict" not in payload:
         raise UserError(f"{path} is not an mr2unet model file (no `arch`/`state_dict`).")
     return payload
@@ -72,6 +83,20 @@ def resize_mode(payload: dict[str, Any]) -> str:
     """``squash`` or ``pad``: how the checkpoint's network saw its images (old files:
     ``squash``)."""
     return str(payload.get("resize") or "squash")
+
+
+def threshold_record(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``meta["threshold"]`` block of a checkpoint (how its threshold was chosen), or
+    None when the file has none (the default 0.5)."""
+    found = (payload.get("meta") or {}).get("threshold")
+    return dict(found) if isinstance(found, dict) else None
+
+
+def stored_threshold(payload: dict[str, Any]) -> float:
+    """The mask threshold the checkpoint carries; 0.5 (exactly the argmax) for files
+    without one."""
+    found = threshold_record(payload)
+    return float(found["value"]) if found else DEFAULT_THRESHOLD
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

@@ -62,10 +62,28 @@ def _process_tracking_uri(uri: str) -> Iterator[None]:
 # ----------------------------------------------------------------------- test metrics
 
 
-def log_evaluation(run_info: dict[str, Any], metrics: dict[str, float]) -> None:
-    """Add test metrics to the model's training run and as tags on its registered version."""
+def with_version(run_info: dict[str, Any]) -> dict[str, Any]:
+    """``run_info`` with its registered version, looked up by run id when the train stage
+    could not register it (the server was down at its end; ``mr2unet tracking sync``)."""
+    if not run_info.get("tracking") or run_info.get("model_version"):
+        return run_info
+    name, run_id = run_info["registered_model"], run_info["run_id"]
+    found = _client(run_info["tracking_uri"]).search_model_versions(
+        f"name = '{name}' and run_id = '{run_id}'")
+    if not found:
+        raise UserError(f"the model of run {run_id} is not in the registry ({name}) yet: the "
+                        "tracking server was down when its training ended. Run `mr2unet "
+                        "tracking sync` once the server answers, then `dvc repro` again.")
+    return {**run_info, "model_version": str(max(int(v.version) for v in found))}
+
+
+def log_evaluation(run_info: dict[str, Any], metrics: dict[str, float],
+                   tags: dict[str, str] | None = None) -> None:
+    """Add test metrics to the model's training run and as tags on its registered version;
+    ``tags`` (e.g. the verdict) go on both as they are."""
     from mlflow.entities import Metric
 
+    run_info = with_version(run_info)
     uri = run_info["tracking_uri"]
     client = _client(uri)
     stamp = int(time.time() * 1000)
@@ -77,6 +95,10 @@ def log_evaluation(run_info: dict[str, Any], metrics: dict[str, float]) -> None:
     for key, value in sorted(metrics.items()):
         locked_write(uri, lambda k=key, v=value: client.set_model_version_tag(
             name, version, k, f"{v:.6f}"))
+    for key, text in sorted((tags or {}).items()):
+        locked_write(uri, lambda k=key, t=text: client.set_tag(run_info["run_id"], k, t))
+        locked_write(uri, lambda k=key, t=text: client.set_model_version_tag(
+            name, version, k, t))
     log.info("MLflow: %d test metrics on run %s and %s version %s", len(metrics),
              run_info["run_id"], name, version)
 
@@ -115,9 +137,13 @@ def set_aliases(runs: dict[str, dict[str, Any]], mean_iou: dict[str, float], pre
     so a stale ``@champion`` never survives).  The winners' versions are also mirrored
     into ``<prefix>best`` (once per source version: rerunning the report adds nothing).
     """
+    runs = {arch: with_version(info) for arch, info in runs.items()}
     ranked = [a for a in rank_models(mean_iou) if runs.get(a, {}).get("tracking")]
     if not ranked:
-        log.info("no tracked models: registry aliases not set")
+        tracked = [info for info in runs.values() if info.get("tracking")]
+        if tracked:  # no eligible network: a deployment must not find last run's @champion
+            drop_all_aliases(tracked[0]["tracking_uri"], prefix, (champion, challenger))
+        log.info("no eligible tracked model: registry aliases not set")
         return []
     uri = runs[ranked[0]]["tracking_uri"]
     client = _client(uri)
@@ -141,6 +167,13 @@ def set_aliases(runs: dict[str, dict[str, Any]], mean_iou: dict[str, float], pre
     _drop_aliases(client, uri, best, tuple(a for a in (champion, challenger) if a not in roles))
     log.info("champion: %s (mean IOU %.4f)", ranked[0], mean_iou[ranked[0]])
     return assignments
+
+
+def drop_all_aliases(uri: str, prefix: str, aliases: tuple[str, ...]) -> None:
+    """Remove ``aliases`` from every architecture's registered model and from ``<prefix>best``."""
+    client = _client(uri)
+    for name in (*(f"{prefix}{arch}" for arch in MODEL_NAMES), f"{prefix}{BEST_SUFFIX}"):
+        _drop_aliases(client, uri, name, aliases)
 
 
 def _mirror_version(client: Any, uri: str, name: str, version: str, target: str,
