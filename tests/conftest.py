@@ -20,11 +20,34 @@ BOTTLE_TAR = SHARED / "data" / "mvtec_ad_bottle_test.tar.xz"
 BOTTLE_SHA256 = "9be336dd3af7738f6478464652eb07309b039059f51d562377e7afe81eb99f2a"
 
 
+def verified_archive(path: Path, sha256: str, what: str) -> Path:
+    """``path`` when it holds the published bytes; skip when ../shared is missing; fail,
+    naming both digests, when the file is another or damaged copy."""
+    if not path.is_file():
+        pytest.skip(f"{what} not found at {path} (../shared is missing)")
+    import hashlib
+
+    with path.open("rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    if digest != sha256:
+        pytest.fail(f"{path} has sha256 {digest}, expected {sha256}: a different or damaged "
+                    f"copy of {what}", pytrace=False)
+    return path
+
+
 @pytest.fixture(scope="session")
 def bottle_tar() -> Path:
-    if not BOTTLE_TAR.is_file():
-        pytest.skip(f"real MVTec sample not found at {BOTTLE_TAR} (../shared is missing)")
-    return BOTTLE_TAR
+    return verified_archive(BOTTLE_TAR, BOTTLE_SHA256, "the real MVTec sample")
+
+
+NEU_TAR = SHARED / "data" / "neu_seg_test.tar.xz"
+NEU_SHA256 = "3da91690a708077f3b61e03a5b9a641562f8d8e8f2653f4df8a56c96923992c1"
+
+
+@pytest.fixture(scope="session")
+def neu_tar() -> Path:
+    """The real NEU-Seg sample (../shared), checked against its published SHA-256."""
+    return verified_archive(NEU_TAR, NEU_SHA256, "the real NEU-Seg sample")
 
 
 @pytest.fixture(scope="session")
@@ -137,3 +160,54 @@ def http_service(cmd: list[str], env: dict[str, str], log_path: Path, health_pat
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
+
+
+def wait_for_http(url: str, proc: subprocess.Popen, log_path: Path, what: str,
+                  timeout_s: float = 180) -> None:
+    """Wait until ``GET url`` answers 200 while ``proc`` runs; fail with its log otherwise."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as answer:
+            if answer.status == 200:
+                return
+        assert proc.poll() is None and time.monotonic() < deadline, \
+            f"{what} did not start:\n{log_path.read_text()[-3000:]}"
+        time.sleep(0.5)
+
+
+def start_mlflow_server(backend_uri: str, artifacts: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` on 127.0.0.1:``port`` in its own process group, ready (``/health``
+    answers); stop it with ``os.killpg(proc.pid, ...)``."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    log_path = artifacts.parent / f"mlflow-server-{port}.log"
+    with log_path.open("a") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+             "--port", str(port), "--backend-store-uri", backend_uri,
+             "--artifacts-destination", str(artifacts), "--workers", "1"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", proc, log_path, "mlflow server")
+    except BaseException:
+        stop_process_group(proc)
+        raise
+    return proc
+
+
+def stop_process_group(proc: subprocess.Popen, sig: int | None = None) -> None:
+    """Send ``sig`` (default SIGTERM, then SIGKILL after 30 s) to ``proc``'s group; reap it."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig or signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from helpers import git, project_copy
 
+from mr2unet.reporting.significance import parse_per_image
 from mr2unet.tracking.experiments import (
     collect,
     group_by_config,
@@ -19,11 +24,6 @@ from mr2unet.tracking.experiments import (
     spread_markdown,
     write_spread,
 )
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
 
 
 def cache_output(repo: Path, path: str, text: str) -> dict[str, str]:
@@ -212,3 +212,72 @@ def test_experiments_without_cached_scores_are_left_out(tmp_path: Path) -> None:
 def test_spread_says_when_there_is_nothing_to_compare(repo: Path) -> None:
     text = spread_markdown(collect(repo))  # U-Net only, no per-image scores
     assert "Fewer than two models: nothing to compare." in text
+
+
+# ------------------------------------------------------------------ a real queued sweep
+
+BIN = Path(sys.executable).parent
+# Two networks, 4-wide, 16 px, 2 epochs on one synthetic image per defect type: the
+# plumbing of `make sweep`, not a result.
+SWEEP_PROFILE = {
+    "data": {"source": "synthetic"},
+    "synthetic": {"images_per_defect": 1, "good_images": 1},
+    "prepare": {"image_size": 16},
+    "train": {"models": ["unet", "mr2unet"], "epochs": 2, "batch_size": 8, "base_width": 4,
+              "device": "cpu", "cpu_threads": 1, "checkpoint_every": 1},
+    "evaluate": {"report_samples": 1},
+    "tracking": {"enabled": False},
+}
+
+
+def run_dvc(project: Path, *args: str) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DVC_NO_UPDATE_CHECK": "1",
+           "PYTHONHASHSEED": "0", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run([str(BIN / "dvc"), *args], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"dvc {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_a_real_queued_sweep_is_read_back(tmp_path: Path) -> None:
+    """`dvc exp run --queue` over two seeds, run by DVC's queue workers as `make sweep`
+    does: each experiment's per-image scores come back from the DVC cache as DVC's own
+    API reads them, and agree with the per-category metrics the experiment committed."""
+    project = project_copy(tmp_path / "project", SWEEP_PROFILE)
+    for seed in (0, 1):
+        run_dvc(project, "exp", "run", "--queue", "-S", f"train.seed={seed}")
+    run_dvc(project, "exp", "run", "--run-all", "-j", "1")
+    status = run_dvc(project, "queue", "status")  # --run-all exits 0 even when one failed
+    failed = [line.split()[1] for line in status.splitlines() if "Failed" in line]
+    assert not failed, "\n".join(run_dvc(project, "queue", "logs", name) for name in failed)
+
+    dvc_api = pytest.importorskip("dvc.api")
+    scores = collect(project)
+    assert sorted((s.seed, s.model) for s in scores) == [
+        (0, "mr2unet"), (0, "unet"), (1, "mr2unet"), (1, "unet")]
+    assert len({s.ref for s in scores}) == 2
+    for s in scores:
+        path = f"data/eval/{s.model}.csv"
+        assert yaml.safe_load(git(project, "show", f"{s.ref}:params.yaml"))["train"]["seed"] \
+            == s.seed
+        assert s.per_image is not None, (s.ref, s.model)
+        expected = parse_per_image(dvc_api.read(path, repo=str(project), rev=s.ref))
+        assert s.per_image.sources.tolist() == expected.sources.tolist()
+        assert len(expected.sources) == 4  # one test image per synthetic category
+        for metric in ("iou", "dice"):
+            np.testing.assert_array_equal(s.per_image.scores[metric], expected.scores[metric])
+        for category, values in s.per_category.items():
+            mine = s.per_image.scores["iou"][s.per_image.categories == category]
+            assert mine.mean() == pytest.approx(values["iou"], abs=1e-6), category
+
+    averaged, used, note = seed_averaged(scores)
+    assert len(used) == 4 and "(seeds 0, 1)" in note
+    by_seed = {(s.seed, s.model): s.per_image.scores["iou"] for s in scores}
+    np.testing.assert_allclose(averaged["unet"].scores["iou"],
+                               (by_seed[0, "unet"] + by_seed[1, "unet"]) / 2, atol=1e-9)
+    assert write_spread(project, project / "reports/seed_spread.md") == 2
+    data = json.loads((project / "reports/seed_spread_pairwise.json").read_text())
+    (group,) = data.values()
+    assert group["seeds"] == [0, 1] and group["seed_averaged"] is True

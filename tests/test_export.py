@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import briefly_trained
 from PIL import Image
-from torch import nn
 
 from mr2unet.cli import main
 from mr2unet.data.prepare import resize_image
@@ -30,7 +30,7 @@ from mr2unet.deploy.export import (
     read_metadata,
     run_onnx,
 )
-from mr2unet.models import MODEL_NAMES, build_model
+from mr2unet.models import MODEL_NAMES
 from mr2unet.models.checkpoint import save_model
 
 pytest.importorskip("onnx")
@@ -38,28 +38,6 @@ pytest.importorskip("onnxruntime")
 
 SIZE = 64
 WIDTH = 8  # the demo's networks
-
-
-def briefly_trained(arch: str, size: int = SIZE, steps: int = 12) -> nn.Module:
-    """A network after a few Adam steps on a learnable task (defect = strongly red pixel),
-    its head's bias then set so that the median pixel sits on the decision boundary."""
-    torch.manual_seed(0)
-    model = build_model(arch, base_width=WIDTH)
-    images = random_images(16, size, seed=1)
-    x = to_input(torch.from_numpy(images))
-    target = torch.from_numpy((images[..., 0] > 180).astype(np.int64))
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(steps):
-        batch = torch.arange(4 * step, 4 * step + 4) % len(images)
-        loss = nn.functional.cross_entropy(model(x[batch]), target[batch])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    with torch.no_grad():
-        z = model.eval()(x)
-        model.head.bias[1] -= (z[:, 1] - z[:, 0]).median()
-    return model
 
 
 @pytest.fixture(scope="module")

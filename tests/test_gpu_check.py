@@ -1,38 +1,42 @@
-"""benchmarks/gpu_check.py: the GPU check's --smoke run on the CPU, its projections, and the
-speed levers it measures (mr2unet.training.loop: adam_impl, cuda_graphs, compile modes)."""
+"""benchmarks/gpu_check.py (the package benchmarks/gpucheck/): the GPU check's --smoke run
+on the CPU, its projections, and the speed levers it measures (mr2unet.training.loop:
+adam_impl, cuda_graphs, compile modes)."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import CFG, states_equal, tiny_split
 
 from mr2unet.config.params import load_params
 from mr2unet.errors import UserError
 from mr2unet.training.loop import TrainConfig, compile_mode, make_optimizer, train
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import CFG, states_equal, tiny_split  # noqa: E402
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPT = BENCHMARKS / "gpu_check.py"
+sys.path.insert(0, str(BENCHMARKS))
+from gpucheck import cli, projections, settings  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def test_the_script_is_the_entry_point() -> None:
+    """`python benchmarks/gpu_check.py --help` works without PYTHONPATH and describes the
+    phases (the package's docstring); the worker processes start the same script."""
+    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True,
+                            text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    for text in ("--smoke", "--previous", "--budget-s", "a. correctness", "d. the real bottle"):
+        assert text in result.stdout, text
+    assert settings.ENTRY == SCRIPT
 
 
 def test_smoke_run_writes_every_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    gpu_check = load_script()
-    assert gpu_check.main(["--smoke", "--out", str(tmp_path)]) == 0
+    assert cli.main(["--smoke", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     assert data["phases_done"] == ["a", "b", "c", "d"]
     assert isinstance(data["device"], str) and data["torch"] == torch.__version__
@@ -44,7 +48,7 @@ def test_smoke_run_writes_every_key(tmp_path: Path, capsys: pytest.CaptureFixtur
     for key in ("ours", "fastest", "plain"):
         assert isinstance(speed[key], float) and speed[key] > 0, key
     assert speed["errors"] == {}
-    assert set(speed["modes"]) == {"ours", "plain", *gpu_check.MODES}
+    assert set(speed["modes"]) == {"ours", "plain", *settings.MODES}
     assert speed["fastest"] == max(v for k, v in speed["modes"].items() if k != "plain")
     a = data["correctness"][arch]
     assert a["finite"] and a["falling"] and len(a["loss"]) == 2
@@ -69,9 +73,8 @@ def test_smoke_run_writes_every_key(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_previous_call_is_kept_and_only_the_gaps_are_filled(tmp_path: Path) -> None:
     """--previous: a second device call measures what the first one lacked, nothing else."""
-    gpu_check = load_script()
     first, second = tmp_path / "first", tmp_path / "second"
-    assert gpu_check.main(["--smoke", "--phases", "bd", "--out", str(first)]) == 0
+    assert cli.main(["--smoke", "--phases", "bd", "--out", str(first)]) == 0
     earlier = json.loads((first / "gpu_check.json").read_text())
     (arch,) = earlier["models"]
     modes = earlier["throughput"][arch]["modes"]
@@ -81,7 +84,7 @@ def test_previous_call_is_kept_and_only_the_gaps_are_filled(tmp_path: Path) -> N
     (first / "gpu_check.json").write_text(json.dumps(earlier))
     args = ["--smoke", "--phases", "db", "--previous", str(first / "gpu_check.json"),
             "--bottle-epochs", "3", "--out", str(second)]
-    assert gpu_check.main(args) == 0
+    assert cli.main(args) == 0
     data = json.loads((second / "gpu_check.json").read_text())
     again = data["throughput"][arch]["modes"]
     assert set(again) == set(modes) | {"cuda_graphs"}
@@ -92,17 +95,16 @@ def test_previous_call_is_kept_and_only_the_gaps_are_filled(tmp_path: Path) -> N
     earlier["device"] = "another GPU"
     (first / "gpu_check.json").write_text(json.dumps(earlier))
     with pytest.raises(SystemExit, match="measured on 'another GPU'"):
-        gpu_check.main(args)
+        cli.main(args)
 
 
 def test_protocol_time_measured_or_projected() -> None:
-    gpu_check = load_script()
     runs = {"a": {"finished": True, "epoch_seconds": [3.0, 1.0, 1.0], "epoch_ends": [13, 14, 15]},
             "b": {"finished": True, "epoch_seconds": [2.0, 2.0, 2.0], "epoch_ends": [12, 14, 16]}}
-    measured = gpu_check.protocol_time(runs, launched=10.0, epochs=3, alone={}, images=4)
+    measured = projections.protocol_time(runs, launched=10.0, epochs=3, alone={}, images=4)
     assert measured == {"measured": True, "seconds": 6.0, "strategy": "concurrent"}
     runs["b"]["finished"] = False
-    projected = gpu_check.protocol_time(runs, launched=10.0, epochs=201,
+    projected = projections.protocol_time(runs, launched=10.0, epochs=201,
                                         alone={"a": 4.0, "b": 2.0}, images=4)
     # concurrent: a = 3 + 200 * 1, b = 2 + 200 * 2; sequential: 201 * (1 + 2)
     assert projected["concurrent_projection_s"] == 402.0
@@ -112,7 +114,7 @@ def test_protocol_time_measured_or_projected() -> None:
 
 
 def test_bottle_epochs_fit_the_time_left() -> None:
-    plan = load_script().plan_bottle_epochs
+    plan = projections.plan_bottle_epochs
     # 2 networks at 100 and 50 images/s, 3 runs of 50 images: 4.5 s per epoch alone.
     assert plan({"a": 100.0, "b": 50.0}, None, 3, 50, seconds=900, full=200) == 200
     assert plan({"a": 100.0, "b": 50.0}, None, 3, 50, seconds=450, full=200) == 100

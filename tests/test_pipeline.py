@@ -14,9 +14,7 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,67 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import postgres_cluster
-
-from mr2unet.config import profiles
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-DVC = str(BIN / "dvc")
-ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "DVC_NO_UPDATE_CHECK": "1",
-       "PYTHONHASHSEED": "0", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-ENV.pop("MLFLOW_TRACKING_URI", None)
+from conftest import free_port, postgres_cluster, start_mlflow_server, stop_process_group
+from helpers import BIN, DVC, ENV, TINY, make_project, run, set_param, stale_stages
 
 pytestmark = pytest.mark.slow
-
-TINY = {
-    "data": {"source": "synthetic"},
-    "synthetic": {"images_per_defect": 2},
-    "train": {"epochs": 3, "batch_size": 8, "base_width": 4, "lr": 3.0e-3,
-              "checkpoint_every": 1, "device": "cpu"},
-    "evaluate": {"report_samples": 1},
-}
-
-
-def run(cmd: list[str], cwd: Path, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env or ENV, capture_output=True, text=True, **kw)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-def make_project(dest: Path, models: list[str], tracking: bool = False) -> Path:
-    """A git repo holding the tracked files of this project, params.yaml at tiny values."""
-    dest.mkdir(parents=True, exist_ok=True)
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    (dest / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(
-        {**TINY, "tracking": {"enabled": tracking}, "train": {**TINY["train"], "models": models}}))
-    profiles.apply("tiny", dest / "params.yaml", dest)
-    for args in (["init", "-q"], ["config", "user.email", "t@t"], ["config", "user.name", "t"],
-                 ["add", "-A"], ["commit", "-qm", "tiny project"]):
-        run(["git", *args], dest)
-    return dest
-
-
-def set_param(project: Path, dotted: str, value: object) -> None:
-    """Change one value of params.yaml as a user would, keeping the file's comments."""
-    text = (project / "params.yaml").read_text()
-    section, key = dotted.split(".")
-    pattern = re.compile(rf"(?ms)(^{section}:\n.*?^  {key}: )[^\n]*")
-    new, count = pattern.subn(lambda m: m.group(1) + yaml.safe_dump(value).split("\n")[0],
-                              text, count=1)
-    assert count == 1, dotted
-    (project / "params.yaml").write_text(new)
-
-
-def stale_stages(project: Path) -> set[str]:
-    """The stages `dvc status` reports as changed."""
-    out = run([DVC, "status", "--json"], project).stdout
-    return set(json.loads(out or "{}"))
 
 
 @pytest.fixture(scope="module")
@@ -256,38 +197,16 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path: Path) -> 
     assert not checkpoint.exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def mlflow_server(backend_uri: str, artifacts: Path) -> Iterator[str]:
-    """``mlflow server`` on 127.0.0.1 with ``backend_uri``; yields its tracking URI."""
-    port = _free_port()
-    log_path = artifacts.parent / f"mlflow-server-{port}.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts),
-             "--workers", "1"],
-            env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    """``mlflow server`` on 127.0.0.1 with ``backend_uri`` (conftest's, ready when its
+    ``/health`` answers); yields its tracking URI."""
+    port = free_port()
+    server = start_mlflow_server(backend_uri, artifacts, port)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, \
-                    f"mlflow server did not start:\n{log_path.read_text()[-3000:]}"
-                time.sleep(0.5)
         yield f"http://127.0.0.1:{port}"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_process_group(server)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import tarfile
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,10 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import RedThreshold
 from PIL import Image
-from test_evaluate import RedThreshold
 
 from mr2unet.cli import main
+from mr2unet.data.prepare import resize_image
+from mr2unet.deploy import predict
 from mr2unet.deploy.predict import (
     LoadedModel,
     colour_map,
@@ -38,17 +43,41 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def red_threshold_mask(path: Path, image_size: int) -> np.ndarray:
+    """What ``predict`` must write for RedThreshold: the red channel of the image at the
+    model's size above 127.5 (logit difference red/255 - 0.5 > 0), resized back (nearest)."""
+    rgb = read_rgb(path)
+    small = (resize_image(rgb, image_size)[..., 0] > 127.5).astype(np.uint8) * np.uint8(255)
+    return np.asarray(Image.fromarray(small).resize(rgb.size, Image.Resampling.NEAREST))
+
+
 def test_real_bottles_odd_formats_and_broken_files(checkpoint: Path, tmp_path: Path,
                                                    bottle_tar: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture) -> None:
+    """The checkpoint is loaded as given, then its network replaced by RedThreshold,
+    whose masks are known: each odd format carries a red-enough region of its own."""
+    real_loader = predict.load_predictor
+
+    def known_network(*args: Any) -> LoadedModel:
+        loaded = real_loader(*args)
+        return LoadedModel(RedThreshold(), loaded.image_size, loaded.source, loaded.resize)
+
+    monkeypatch.setattr(predict, "load_predictor", known_network)
     inputs = tmp_path / "in"
     inputs.mkdir()
     with tarfile.open(bottle_tar) as tar:
         for name in BOTTLES:
             (inputs / name.replace("/", "_")).write_bytes(tar.extractfile(name).read())
-    Image.fromarray(np.full((90, 70), 120, np.uint8)).save(inputs / "gray.png")
-    Image.new("RGBA", (33, 21), (10, 200, 30, 100)).save(inputs / "rgba.png")
-    Image.fromarray(np.full((17, 19), 40000, np.uint16)).save(inputs / "deep.tif")
+    gray = np.full((90, 70), 50, np.uint8)
+    gray[:, :35] = 200  # left half red enough (200 > 127.5)
+    Image.fromarray(gray).save(inputs / "gray.png")
+    rgba = Image.new("RGBA", (33, 21), (10, 200, 30, 100))
+    rgba.paste((250, 0, 0, 100), (0, 0, 33, 10))  # top 10 rows red; alpha is dropped
+    rgba.save(inputs / "rgba.png")
+    deep = np.full((17, 19), 10000, np.uint16)  # 10000 / 257 -> 39
+    deep[9:] = 40000  # -> 156: bottom rows defect
+    Image.fromarray(deep).save(inputs / "deep.tif")
     (inputs / "broken.png").write_bytes(b"not an image")
     (inputs / "notes.txt").write_text("ignored: not an image suffix")
     out = tmp_path / "out"
@@ -61,11 +90,21 @@ def test_real_bottles_odd_formats_and_broken_files(checkpoint: Path, tmp_path: P
     assert "broken.png" in printed and "missing.jpg" in printed
     expected = {"bottle_test_broken_large_000": (900, 900), "bottle_test_contamination_001":
                 (900, 900), "gray": (70, 90), "rgba": (33, 21), "deep": (19, 17)}
+    masks = {}
     for stem, size in expected.items():
         mask, tinted = Image.open(out / f"{stem}_mask.png"), Image.open(out / f"{stem}_overlay.png")
         assert mask.size == size and tinted.size == size and tinted.mode == "RGB"
-        assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
+        source = next(inputs.glob(f"{stem}.*"))
+        masks[stem] = np.asarray(mask)
+        assert np.array_equal(masks[stem], red_threshold_mask(source, 64)), stem
     assert len(list(out.iterdir())) == 2 * len(expected)
+    # The regions, away from their edges (a model pixel is up to 2.8 image pixels wide)
+    assert (masks["gray"][:, :32] == 255).all() and (masks["gray"][:, 38:] == 0).all()
+    assert (masks["rgba"][:8] == 255).all() and (masks["rgba"][12:] == 0).all()
+    assert (masks["deep"][:8] == 0).all() and (masks["deep"][10:] == 255).all()
+    for stem in expected:
+        if stem.startswith("bottle"):  # real images: some of each, not a constant mask
+            assert 0 < masks[stem].mean() < 255, stem
 
 
 def test_sixteen_bit_and_rgba_inputs_become_8_bit_rgb(tmp_path: Path) -> None:
@@ -132,7 +171,6 @@ def test_resize_mode_travels_with_the_model_file(tmp_path: Path) -> None:
 
 def _argmax_mask(model: LoadedModel, path: Path) -> np.ndarray:
     """The mask as `predict` wrote it before --threshold: argmax, resized back (nearest)."""
-    from mr2unet.data.prepare import resize_image
     from mr2unet.data.transforms import to_input
 
     img = read_rgb(path)
@@ -144,7 +182,6 @@ def _argmax_mask(model: LoadedModel, path: Path) -> np.ndarray:
 
 
 def test_threshold_half_writes_exactly_the_argmax_masks(tmp_path: Path) -> None:
-    from mr2unet.data.prepare import resize_image
     from mr2unet.data.transforms import to_input
 
     rng = np.random.default_rng(3)
@@ -258,31 +295,109 @@ def mlflow_globals(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     mlflow.set_registry_uri(None)
 
 
-def test_registry_and_run_uris(checkpoint: Path, tmp_path: Path, mlflow_globals: Any,
+def half_defect_unet(seed: int, image: Path, path: Path) -> Path:
+    """A random U-Net (seeded) whose head is shifted so that about half of ``image``'s
+    pixels are defects, saved at ``path``: masks that tell two such networks apart."""
+    from mr2unet.data.transforms import to_input
+
+    torch.manual_seed(seed)
+    net = build_model("unet", base_width=4).eval()
+    with torch.no_grad():
+        logits = net(to_input(torch.from_numpy(resize_image(read_rgb(image), 64)[None].copy())))
+        net.head.bias[1] -= (logits[:, 1] - logits[:, 0]).median()
+    save_model(path, net, "unet", {"base_width": 4}, 64)
+    return path
+
+
+def test_registry_and_run_uris(tmp_path: Path, mlflow_globals: Any,
                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """A model logged the way training logs it (pyfunc + checkpoint artifact)."""
+    """Two versions logged the way training logs them (pyfunc + checkpoint artifact): each
+    URI writes exactly the masks of its own version's checkpoint."""
     mlflow = mlflow_globals
-    from mr2unet.tracking.pyfunc import log_segmentation_model
+    from mr2unet.tracking.pyfunc import log_segmentation_model, signature
     from mr2unet.tracking.registry import set_aliases
 
     monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (50, 60, 3), np.uint8)).save(
+        tmp_path / "x.png")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(uri, uri)
     experiment = client.create_experiment("t", str(tmp_path / "artifacts"))
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(experiment_id=experiment) as run:
-        info = log_segmentation_model(checkpoint)
-    version = mlflow.register_model(info.model_uri, "mr2unet-unet")
-    run_info = {"tracking": True, "tracking_uri": uri, "run_id": run.info.run_id,
-                "registered_model": "mr2unet-unet", "model_version": str(version.version)}
-    set_aliases({"unet": run_info}, {"unet": 0.5}, "mr2unet-")
+    versions = []
+    for seed in (1, 2):
+        checkpoint = half_defect_unet(seed, tmp_path / "x.png", tmp_path / f"unet{seed}.pt")
+        with mlflow.start_run(experiment_id=experiment) as run:
+            info = log_segmentation_model(checkpoint)
+        version = mlflow.register_model(info.model_uri, "mr2unet-unet")
+        versions.append({"checkpoint": checkpoint, "info": info, "run_id": run.info.run_id,
+                         "version": str(version.version)})
+    assert [v["version"] for v in versions] == ["1", "2"]
+    first, second = versions
+    assert mlflow.models.get_model_info(second["info"].model_uri).signature == signature(64)
+    # The champion is version 1, not the latest.
+    set_aliases({"unet": {"tracking": True, "tracking_uri": uri, "run_id": first["run_id"],
+                          "registered_model": "mr2unet-unet", "model_version": "1"}},
+                {"unet": 0.5}, "mr2unet-")
     # The URI given on the command line wins over MLflow's process-wide one.
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/other.db")
     mlflow.set_registry_uri(f"sqlite:///{tmp_path}/other.db")
-    Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(tmp_path / "x.png")
-    for n, model_uri in enumerate(("models:/mr2unet-best@champion", "models:/mr2unet-unet/1",
-                                   info.model_uri, f"runs:/{run.info.run_id}/model")):
-        assert main(["predict", "--model", model_uri, "x.png", "--out", f"o{n}",
-                     "--tracking-uri", uri]) == 0, model_uri
-        assert Image.open(tmp_path / f"o{n}" / "x_mask.png").size == (60, 50)
+
+    def mask_bytes(model: str, out: str) -> bytes:
+        assert main(["predict", "--model", model, "x.png", "--out", out,
+                     "--tracking-uri", uri]) == 0, model
+        return (tmp_path / out / "x_mask.png").read_bytes()
+
+    own = [mask_bytes(str(v["checkpoint"]), f"pt{n}") for n, v in enumerate(versions)]
+    assert own[0] != own[1]  # the two versions' masks differ: the comparisons can fail
+    mask = np.asarray(Image.open(tmp_path / "pt0" / "x_mask.png"))
+    assert mask.shape == (50, 60) and 0 < mask.mean() < 255
+    for n, (model_uri, version) in enumerate((
+            ("models:/mr2unet-best@champion", 0), ("models:/mr2unet-unet@champion", 0),
+            ("models:/mr2unet-unet/1", 0), ("models:/mr2unet-unet/2", 1),
+            (first["info"].model_uri, 0),
+            (f"runs:/{first['run_id']}/model", 0), (f"runs:/{second['run_id']}/model", 1))):
+        assert mask_bytes(model_uri, f"o{n}") == own[version], model_uri
     assert not (tmp_path / "other.db").exists()  # nothing looked in the process-wide store
+
+
+def test_the_pyfunc_has_type_hints_and_keeps_its_tensor_signature(tmp_path: Path) -> None:
+    """Logging and loading the pyfunc shows none of MLflow's type-hint warnings (the
+    demo's first run shows no warnings that are not the user's), and the signature stays
+    the explicit tensor one; a fresh interpreter, as the warning comes at class definition."""
+    script = tmp_path / "log.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys, warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import mlflow
+            import numpy as np
+            from mr2unet.models import build_model
+            from mr2unet.models.checkpoint import save_model
+            from mr2unet.tracking.pyfunc import log_segmentation_model
+
+            save_model("unet.pt", build_model("unet", base_width=4), "unet",
+                       {"base_width": 4}, 32)
+            mlflow.set_tracking_uri("sqlite:///mlflow.db")
+            with mlflow.start_run():
+                info = log_segmentation_model("unet.pt")
+            model = mlflow.pyfunc.load_model(info.model_uri)
+            masks = model.predict(np.zeros((2, 32, 32, 3), np.uint8))
+        json.dump({"warnings": [str(w.message) for w in caught
+                                if issubclass(w.category, UserWarning)],
+                   "signature": model.metadata.signature.to_dict(),
+                   "shape": list(masks.shape), "dtype": str(masks.dtype)}, sys.stdout)
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [w for w in data["warnings"] if "type hint" in w.lower()] == []
+    assert (data["shape"], data["dtype"]) == ([2, 32, 32], "uint8")
+    assert json.loads(data["signature"]["inputs"]) == [
+        {"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, 32, 32, 3]}}]
+    assert json.loads(data["signature"]["outputs"]) == [
+        {"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, 32, 32]}}]
+    assert {p["name"]: p["default"] for p in json.loads(data["signature"]["params"])} == {
+        "output": "mask", "threshold": 0.5}

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import http_service
+from helpers import briefly_trained
 from PIL import Image
-from test_export import briefly_trained
 
 from mr2unet.cli import main
 from mr2unet.data.prepare import resize_image
@@ -92,17 +92,22 @@ def champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-def test_the_served_champion_answers_like_mr2unet_predict(champion: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["generated", "real bottles"])
+def test_the_served_champion_answers_like_mr2unet_predict(champion: str, tmp_path: Path,
+                                                           kind: str,
+                                                           request: pytest.FixtureRequest
+                                                           ) -> None:
     images = tmp_path / "images"
     images.mkdir()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)).save(images / "odd.png")
-    Image.fromarray(rng.integers(0, 256, (48, 160, 3), dtype=np.uint8)).save(images / "wide.png")
-    tar = Path(__file__).resolve().parents[2] / "shared/data/mvtec_ad_bottle_test.tar.xz"
-    if tar.is_file():  # the real sample where it exists; the rest of the test runs anyway
-        with tarfile.open(tar) as archive:
+    if kind == "real bottles":  # 900x900 MVTec images; skips, saying so, without ../shared
+        with tarfile.open(request.getfixturevalue("bottle_tar")) as archive:
             for name in BOTTLES:
                 (images / name.replace("/", "_")).write_bytes(archive.extractfile(name).read())
+    else:
+        rng = np.random.default_rng(0)
+        for name, shape in (("odd", (90, 70, 3)), ("wide", (48, 160, 3))):
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(
+                images / f"{name}.png")
     paths = sorted(images.iterdir())
 
     assert main(["predict", "--model", "models:/mr2unet-best@champion", str(images),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -56,11 +58,38 @@ def test_the_ci_is_seeded_and_reproducible() -> None:
     assert compare(a, b, seed=1).p_value == compare(a, b).p_value
 
 
+def ideal_bca(diffs: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The BCa interval of the mean over the *ideal* bootstrap: all n^n equally likely
+    resamples enumerated, no random draws. Bias correction z0 from the share of resample
+    means below the mean (ties counted half), acceleration from the jackknife (Efron and
+    Tibshirani, ch. 14), the quantiles linearly interpolated."""
+    d = np.asarray(diffs, np.float64)
+    means = np.array([np.mean(r) for r in itertools.product(d, repeat=d.size)])
+    normal = NormalDist()
+    z0 = normal.inv_cdf(((means < d.mean()).mean() + (means <= d.mean()).mean()) / 2)
+    jack = np.array([np.delete(d, i).mean() for i in range(d.size)])
+    u = jack.mean() - jack
+    a = (u ** 3).sum() / (6 * (u ** 2).sum() ** 1.5)
+    ends = []
+    for alpha in ((1 - confidence) / 2, (1 + confidence) / 2):
+        z = normal.inv_cdf(alpha)
+        ends.append(float(np.quantile(means, normal.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))))))
+    return ends[0], ends[1]
+
+
 def test_the_ci_of_a_small_known_case() -> None:
-    # Differences 1..5: the bootstrap means lie in [1, 5], around the mean 3.
+    """Against the ideal bootstrap (3125 resamples of 5 differences, enumerated)."""
+    # Symmetric 1..5: z0 = a = 0, so BCa is the percentile interval of the 3125 means.
+    assert ideal_bca([1, 2, 3, 4, 5]) == pytest.approx((1.8, 4.2))
     r = compare([1.0, 2, 3, 4, 5], [0.0] * 5)
-    assert r.mean_diff == 3.0
-    assert 1.0 <= r.ci_low < 3.0 < r.ci_high <= 5.0
+    assert r.mean_diff == 3.0 and r.ci_method == "BCa"
+    assert (r.ci_low, r.ci_high) == pytest.approx((1.8, 4.2))
+    # Skewed 1, 1, 2, 3, 8: BCa moves the interval right of the percentile one (1.2, 5.6).
+    skewed = [1.0, 1, 2, 3, 8]
+    assert ideal_bca(skewed) == pytest.approx((1.4, 6.6))
+    r = compare(skewed, [0.0] * 5)
+    # 9999 random resamples: within one step (0.2) of the means' grid of the ideal values
+    assert r.ci_low == pytest.approx(1.4, abs=0.21) and r.ci_high == pytest.approx(6.6, abs=0.21)
 
 
 # ---------------------------------------------------------------------------- wilcoxon

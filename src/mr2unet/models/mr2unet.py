@@ -122,6 +122,9 @@ def build(in_channels: int = 3, num_classes: int = 2, base_width: int = 64,
     if not isinstance(recurrent_steps, int) or recurrent_steps < 1:
         raise UserError(f"mr2unet option recurrent_steps must be an integer >= 1, "
                         f"got {recurrent_steps!r}")
+    if not isinstance(base_width, int) or base_width < 3:
+        raise UserError(f"mr2unet needs train.base_width >= 3 (its first block splits the "
+                        f"width into three units of 1/6, 1/3 and 1/2), got {base_width!r}")
     lengths = list(respath_lengths)
     if len(lengths) != LEVELS - 1 or any(not isinstance(n, int) or n < 0 for n in lengths):
         raise UserError(f"mr2unet option respath_lengths must be {LEVELS - 1} integers >= 0 "
