@@ -14,7 +14,7 @@ export PYTHONHASHSEED := 0
 # Stage commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test lint ui repro bench sweep clean-demo
+.PHONY: install demo test lint ui repro bench sweep clean-demo plots
 
 install: $(STAMP)
 
@@ -65,9 +65,20 @@ lint: $(STAMP)
 repro: $(STAMP)
 	$(BIN)/dvc repro $(REPRO_ARGS)
 
+## plots: the DVC plots of dvc.yaml as build/plots/index.html, viewable offline (the Vega
+## scripts come inline from the pinned vl-convert-python, not from a CDN)
+plots: $(STAMP)
+	$(BIN)/python -m mr2unet.reporting.offline_plots --out build/plots
+
 ## ui: the MLflow UI on the tracking store the pipeline writes to
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" --host 127.0.0.1 --port 5000
 
+## bench: training images/s, our loop against a plain PyTorch loop (docs/performance.md).
+## QUICK=1: the regression check - ours/plain per demo-size network, measured side by side,
+## beside the committed ratios (benchmarks/results/cpu_ratios.json); fails when a network
+## is more than 10 % below its committed ratio. BENCH_ARGS: more options for the script.
+QUICK ?=
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/train_throughput.py $(if $(QUICK),--quick) $(BENCH_ARGS)

@@ -9,21 +9,35 @@ MR2U-Net under variations of what the demo feeds it (threads, memory layout, bat
 image size), as milliseconds per image
 and as a ratio to U-Net at the demo's settings measured in the same run.  The ratios are
 what carries over between machines; the milliseconds do not (docs/performance.md).
+
+    python benchmarks/demo_step_profile.py --versus-plain   # ours against the plain loop
+
+profiles a training epoch of our loop (:func:`mr2unet.training.loop.train`, 2 steps, its
+set-up included) and one of the plain loop (``train_throughput.PlainLoop``) per network,
+at the throughput benchmark's settings (128 px, ``ce``, no augmentation, PyTorch's thread
+count; ``--threads N`` to change it) and at the demo's (48 px, ``ce_dice``, flips and
+rotations, fused Adam, deterministic, 1 thread).  It prints each loop's self CPU time per
+step, the operators where the two differ most, and a step's NCHW/NHWC time ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from mr2unet.config.params import MODEL_NAMES
 from mr2unet.models import build_model
+from mr2unet.training.loop import TrainConfig, train
 
+DEFAULT_THREADS = torch.get_num_threads()  # PyTorch's, before a run pins another count
 DEMO = {"size": 64, "width": 8, "batch": 8, "threads": 2, "channels_last": True}
 
 
@@ -86,13 +100,73 @@ def aten_calls_per_step(arch: str) -> float:
     return float(sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")))
 
 
+# Our loop's settings in the two profiles of --versus-plain (the plain loop has none).
+VERSUS = {
+    "benchmark": (128, TrainConfig(arch="unet", batch_size=8, lr=1e-4, base_width=8,
+                                   device="cpu", deterministic=False)),
+    "demo": (48, TrainConfig(arch="unet", batch_size=8, lr=3e-3, base_width=8, device="cpu",
+                             lr_schedule="cosine", loss="ce_dice", augment="flips_rot90",
+                             adam_impl="fused", cpu_threads=1)),
+}
+
+
+def self_ms_per_step(run: Callable[[], None], steps: int) -> dict[str, float]:
+    """Self CPU milliseconds per op and per step of ``run`` (after one unprofiled run)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return {e.key: e.self_cpu_time_total / 1000 / steps for e in prof.key_averages()}
+
+
+def versus_plain(arch: str, profile_name: str, threads: int | None = None, images: int = 16,
+                 rows: int = 6) -> str:
+    """One network's per-step self time, ours against the plain loop, and the top differences
+    (``threads``: instead of the profile's own count)."""
+    from train_throughput import PlainLoop, random_split, write_pngs
+
+    size, cfg = VERSUS[profile_name]
+    threads = threads or cfg.cpu_threads or DEFAULT_THREADS
+    cfg = dataclasses.replace(cfg, arch=arch, epochs=1, cpu_threads=threads)
+    split = random_split(images, size)
+    steps = -(-images // cfg.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_pngs(split, Path(tmp))
+        ours = self_ms_per_step(lambda: train(cfg, split, progress=False), steps)
+        plain_loop = PlainLoop(cfg, Path(tmp), images)
+        plain = self_ms_per_step(plain_loop.epoch, steps)
+    total_o, total_p = sum(ours.values()), sum(plain.values())
+    # The layout rule (train.channels_last: auto, NHWC on the CPU), measured again here.
+    layouts = [step_ms_per_image(arch, size, cfg.base_width, cfg.batch_size, threads, cl,
+                                 repeats=6) for cl in (True, False)]
+    lines = [f"{arch} at {profile_name} ({size} px, {threads} threads): ours {total_o:.1f} ms, "
+             f"plain {total_p:.1f} ms self CPU per step (plain/ours {total_p / total_o:.2f}); "
+             f"a step in NCHW takes {layouts[1] / layouts[0]:.2f}x its NHWC time"]
+    for key in sorted(set(ours) | set(plain),
+                      key=lambda k: -abs(ours.get(k, 0.0) - plain.get(k, 0.0)))[:rows]:
+        o, p = ours.get(key, 0.0), plain.get(key, 0.0)
+        lines.append(f"    {key[:38]:38s} ours {o:8.2f}  plain {p:8.2f}  diff {o - p:+8.2f} ms")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=MODEL_NAMES, default=None,
                         help="also print torch.profiler's top ops for this network")
     parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--versus-plain", nargs="*", choices=list(VERSUS), default=None,
+                        help="profile ours against the plain loop per network, at these "
+                             "settings (default: both) instead")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="with --versus-plain: CPU threads instead of each profile's own")
     args = parser.parse_args()
+    if args.versus_plain is not None:
+        for name in args.versus_plain or list(VERSUS):
+            for arch in MODEL_NAMES:
+                print(versus_plain(arch, name, args.threads), flush=True)
+        return
 
     base = step_ms_per_image("unet", **DEMO, repeats=args.repeats)
     print(f"demo settings {DEMO}; ratio = ms/image over U-Net's at the demo settings "

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pathlib
 
 import numpy as np
 import pytest
 import torch
+from helpers import CFG, states_equal, tiny_split
 
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.errors import UserError
@@ -26,30 +28,6 @@ from mr2unet.training.loop import (
     train,
     write_history,
 )
-
-
-def tiny_split(n: int = 12, size: int = 32, seed: int = 0) -> PreparedSplit:
-    """Bright squares on noise; the mask is the square."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 60, (n, size, size, 3), dtype=np.uint8)
-    masks = np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        y, x = rng.integers(0, size - 10, 2)
-        h, w = rng.integers(4, 10, 2)
-        masks[i, y:y + h, x:x + w] = 1
-        images[i, y:y + h, x:x + w] = 220
-    cats = np.array(["a", "b"] * (n // 2))
-    return PreparedSplit(images, masks, cats, np.array(["d"] * n), np.array([f"{i}.png"
-                                                                               for i in range(n)]))
-
-
-CFG = TrainConfig(arch="unet", epochs=4, batch_size=4, lr=3e-3, base_width=4, seed=3,
-                  device="cpu", checkpoint_every=1, log_every=1)
-
-
-def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_two_runs_are_bit_identical() -> None:
@@ -165,8 +143,16 @@ def test_ce_dice_adds_the_dice_term() -> None:
     target[:, 2:5, 2:5] = 1
     ce = segmentation_loss(logits, target, CFG)
     both = segmentation_loss(logits, target, dataclasses.replace(CFG, loss="ce_dice"))
-    assert ce.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, target).item())
-    assert both.item() > ce.item() + 0.3
+    half = segmentation_loss(logits, target,
+                             dataclasses.replace(CFG, loss="ce_dice", dice_weight=0.5))
+    # By hand: soft Dice of the defect class over the batch, smoothed by 1.
+    p = torch.softmax(logits.double(), 1)[:, 1]
+    t = target.double()
+    dice = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+    expected_ce = torch.nn.functional.cross_entropy(logits.double(), target)
+    assert ce.item() == pytest.approx(expected_ce.item(), rel=1e-6)
+    assert both.item() == pytest.approx((expected_ce + dice).item(), rel=1e-6)
+    assert half.item() == pytest.approx((expected_ce + 0.5 * dice).item(), rel=1e-6)
 
 
 def test_auto_class_weights_are_resolved_recorded_and_fingerprinted(tmp_path) -> None:
@@ -303,3 +289,140 @@ def test_history_csv_has_no_timings(tmp_path) -> None:
     assert path.read_text() == ("epoch,loss,train_iou,train_dice,lr,pred_defect_fraction,"
                                 "true_defect_fraction,collapsed\n1,0.5,0.25,0.4,0.0001,0.0125,"
                                 "0.03,0\n")
+
+
+def test_a_step_budget_sets_the_epochs_and_resumes(tmp_path: pathlib.Path) -> None:
+    """train.steps: 10 at 3 steps per epoch (10 images, batch 4) is 4 epochs; a run
+    stopped after epoch 3 resumes from its epoch-2 checkpoint (the fingerprint ignores the
+    derived epochs) and ends as the uninterrupted run did."""
+
+    split = tiny_split(10)
+    cfg = TrainConfig(arch="unet", epochs=99, steps=10, batch_size=4, base_width=2,
+                      device="cpu", checkpoint_every=2, seed=0, lr_schedule="cosine")
+    whole = train(cfg, split, progress=False)
+    assert len(whole.history) == 4 and whole.config.epochs == 4
+    assert whole.history[-1]["lr"] == pytest.approx(epoch_lr(cfg.lr, 3, 4, "cosine"))
+    assert TrainConfig(arch="unet", epochs=7, steps=10).fingerprint() == \
+        TrainConfig(arch="unet", epochs=99, steps=10).fingerprint()
+    assert TrainConfig(arch="unet", epochs=99).fingerprint() != \
+        TrainConfig(arch="unet", epochs=99, steps=10).fingerprint()
+
+    def stop_at_3(row: dict) -> None:
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, split, checkpoint_dir=tmp_path, on_epoch_end=stop_at_3, progress=False)
+    resumed = train(cfg, split, checkpoint_dir=tmp_path, progress=False)
+    assert resumed.resumed_from_epoch == 2
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]
+
+
+# ------------------------------------- the per-step counts (issue #24): same results, faster
+
+
+def _per_step_scores(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The loop's per-step bookkeeping before EpochTally (argmax, scores, stack every step)."""
+    from mr2unet.metrics.segmentation import IGNORE_LABEL, confusion_counts, scores_from_counts
+
+    pred = logits.argmax(1)
+    iou, dice = scores_from_counts(confusion_counts(pred, target))
+    valid = target != IGNORE_LABEL
+    return torch.stack([iou.sum(), dice.sum(), iou.new_tensor(len(target)),
+                        ((pred == 1) & valid).sum().double(),
+                        (target == 1).sum().double(), valid.sum().double()])
+
+
+def test_epoch_tally_sums_what_the_per_step_sums_gave() -> None:
+    """Every value bit for bit, with NaN and tied logits, padding, a partial last batch."""
+    from mr2unet.training.loop import EpochTally, defect_prediction
+
+    gen = torch.Generator().manual_seed(0)
+    tally, expected = EpochTally(torch.device("cpu")), torch.zeros(6, dtype=torch.float64)
+    for batch in (8, 8, 8, 5):
+        logits = torch.randn(batch, 2, 24, 24, generator=gen).contiguous(
+            memory_format=torch.channels_last)
+        logits[0, :, :2] = float("nan")
+        logits[0, 1, 2:4] = float("nan")
+        logits[1, 0, :3] = float("nan")
+        logits[1, 1, 3:6] = logits[1, 0, 3:6]  # ties go to the background
+        target = (torch.rand(batch, 24, 24, generator=gen) > 0.8).long()
+        target[:, :, -4:] = 255  # padding
+        target[2] = 0  # an image without defect
+        assert torch.equal(defect_prediction(logits), logits.argmax(1) == 1)
+        tally.add(logits, target)
+        expected += _per_step_scores(logits, target)
+    assert tally.totals().tolist() == expected.tolist()
+    assert EpochTally(torch.device("cpu")).totals().tolist() == [0.0] * 6
+
+
+def _reference_training(cfg: TrainConfig, split: PreparedSplit) -> tuple[list[dict], dict]:
+    """train() on the CPU in resize mode, written out as it was before issue #24: argmax and
+    the scores every step.  (history rows, state_dict)"""
+    from mr2unet.data.transforms import to_input
+    from mr2unet.models import build_model
+    from mr2unet.training.loop import (
+        configure_determinism,
+        epoch_lr,
+        make_optimizer,
+        set_cpu_threads,
+    )
+    from mr2unet.training.losses import SegmentationLoss
+
+    configure_determinism(cfg.deterministic, torch.device("cpu"))
+    set_cpu_threads(cfg.cpu_threads)
+    criterion = SegmentationLoss(cfg.loss_config())
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.arch, **cfg.model_kwargs()).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
+    images, masks = torch.from_numpy(split.images), torch.from_numpy(split.masks).long()
+    rows = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(cfg.lr, epoch, cfg.epochs, cfg.lr_schedule)
+        order = torch.randperm(len(split), generator=shuffle_gen)
+        loss_sum, counts = torch.zeros(()), torch.zeros(6, dtype=torch.float64)
+        for start in range(0, len(split), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            x, y = augment_batch(to_input(images[idx]), masks[idx], cfg.augment, aug_gen)
+            logits = model(x.contiguous(memory_format=torch.channels_last))
+            loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                loss_sum += loss.detach() * idx.numel()
+                counts += _per_step_scores(logits, y)
+        t = [float(loss_sum.double()), *counts.tolist()]
+        rows.append({"loss": t[0] / t[3], "train_iou": t[1] / t[3], "train_dice": t[2] / t[3],
+                     "lr": optimizer.param_groups[0]["lr"],
+                     "pred_defect_fraction": t[4] / max(t[6], 1.0),
+                     "true_defect_fraction": t[5] / max(t[6], 1.0)})
+    return rows, model.state_dict()
+
+
+@pytest.mark.parametrize("arch", ["unet", "mr2unet"])
+def test_demo_settings_train_to_the_bits_of_the_loop_before(arch: str) -> None:
+    """The demo profile's training (48 px, ce_dice, flips_rot90, fused Adam, 1 thread) for
+    2 epochs: the history and the weights, byte for byte, as the loop gave before the
+    per-step counts moved to EpochTally (a speed change may not change a result)."""
+    import yaml
+    from helpers import REPO
+
+    from mr2unet.config import profiles
+
+    params = yaml.safe_load(profiles.render("demo", REPO))
+    cfg = dataclasses.replace(TrainConfig.from_params(params, arch), epochs=2)
+    assert (cfg.cpu_threads, cfg.augment, cfg.loss, cfg.crop_size) == (1, "flips_rot90",
+                                                                        "ce_dice", None)
+    split = tiny_split(20, params["prepare"]["image_size"], seed=1)  # batches of 8, 8, 4
+    split.masks[:3, :, -6:] = 255  # padding on some images
+    result = train(cfg, split, progress=False)
+    rows, state = _reference_training(cfg, split)
+    assert [{k: row[k] for k in rows[0]} for row in result.history] == rows
+    got = result.model.state_dict()
+    assert got.keys() == state.keys()
+    assert all(got[k].numpy().tobytes() == state[k].numpy().tobytes() for k in state)

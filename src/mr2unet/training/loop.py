@@ -36,6 +36,7 @@ from mr2unet.metrics.segmentation import IGNORE_LABEL, confusion_counts, scores_
 from mr2unet.models import build_model
 from mr2unet.models.checkpoint import save_model, unwrap
 from mr2unet.training.collapse import collapse_streak, training_warning
+from mr2unet.training.crops import crop_origins, crop_table, gather_crops
 from mr2unet.training.losses import (
     LossConfig,
     SegmentationLoss,
@@ -46,7 +47,8 @@ from mr2unet.training.losses import segmentation_loss as _loss
 
 log = logging.getLogger(__name__)
 # Where `channels_last: auto` trains in NHWC memory format: cuDNN and oneDNN both run
-# fewer layout reorders (measured 1.1-1.4x faster per CPU step at the demo's size).
+# fewer layout reorders. On the CPU at every image size: a 1-thread step took 0.64-0.94 of
+# its NCHW time at 48 and 128 px, for every network (docs/performance.md, issue #24).
 CHANNELS_LAST_DEVICES = ("cuda", "cpu")
 
 EpochCallback = Callable[[dict[str, float]], None]
@@ -61,6 +63,9 @@ class TrainConfig:
 
     arch: str
     epochs: int = 200
+    # A budget of optimiser steps instead (None: `epochs` decides): the epochs become
+    # ceil(steps / steps per epoch), so one recipe costs the same on 50 or 500 images.
+    steps: int | None = None
     batch_size: int = 8
     lr: float = 1e-4
     lr_schedule: str = "constant"
@@ -98,13 +103,24 @@ class TrainConfig:
     deterministic: bool = True
     checkpoint_every: int = 10
     log_every: int = 10
+    # prepare.mode: tiles: train on random crop_size crops of the full-resolution images,
+    # defect_crop_fraction of them centred on a defect pixel (mr2unet.training.crops).
+    # None: the prepared images are the network's input as they are (prepare.mode: resize).
+    crop_size: int | None = None
+    defect_crop_fraction: float = 0.5
 
     @classmethod
     def from_params(cls, params: dict[str, Any], arch: str) -> TrainConfig:
         train = params["train"]
-        names = {f for f in cls.__dataclass_fields__ if f not in ("arch", "model_options")}
+        names = {f for f in cls.__dataclass_fields__
+                 if f not in ("arch", "model_options", "crop_size", "defect_crop_fraction")}
         options = (train.get("model_options") or {}).get(arch) or {}
-        return cls(arch=arch, model_options=dict(options),
+        prepare = params.get("prepare") or {}
+        crops = {}
+        if prepare.get("mode") == "tiles":
+            crops = {"crop_size": prepare["image_size"],
+                     "defect_crop_fraction": prepare["defect_crop_fraction"]}
+        return cls(arch=arch, model_options=dict(options), **crops,
                    **{k: train[k] for k in names if k in train})
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -129,6 +145,12 @@ class TrainConfig:
         """Hash of the fields that change the result: a checkpoint only resumes a twin."""
         keep = {k: v for k, v in asdict(self).items()
                 if k not in ("checkpoint_every", "log_every", "device", *SPEED_LEVERS)}
+        if self.crop_size is None:  # resize mode: the fingerprint of the loop before tiles
+            del keep["crop_size"], keep["defect_crop_fraction"]
+        if self.steps is None:  # an epoch count: the fingerprint before step budgets
+            del keep["steps"]
+        else:  # the epochs follow from the steps (train() resolves them)
+            del keep["epochs"]
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -328,6 +350,55 @@ def augment_batch(
     return images, m.squeeze(1)
 
 
+def defect_prediction(logits: torch.Tensor) -> torch.Tensor:
+    """Where ``logits.argmax(1)`` is the defect class, as bool ``(N, H, W)``.
+
+    For 2-class logits the same values as ``argmax`` (a tie goes to the background; NaN
+    counts as the largest, the first NaN wins) from elementwise comparisons: ``argmax`` over
+    a dimension of 2 is a slow strided reduction on the CPU (128 px, batch 8: 16 ms in NCHW,
+    1 ms in NHWC, against 0.1 ms for this).
+    """
+    if logits.shape[1] != 2:
+        return logits.argmax(1) == 1
+    background, defect = logits[:, 0], logits[:, 1]
+    return background.ge(defect).logical_or_(background.isnan()).logical_not_()
+
+
+class EpochTally:
+    """An epoch's training scores: integer counts every step, float sums once an epoch.
+
+    Each step adds its images' (TP, FP, FN) and its true-defect and valid pixel counts,
+    integers, which any order sums exactly, without a host sync.  :meth:`totals` then sums
+    the per-image IOU and Dice in float64 batch by batch, and the batch sums in step order:
+    the order the loop summed them in when it did so every step, so the values are the
+    same to the bit.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.images: list[torch.Tensor] = []  # per step: (batch, 3) TP, FP, FN
+        self.pixels: list[torch.Tensor] = []  # per step: true-defect and valid pixels
+
+    def add(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        self.images.append(confusion_counts(defect_prediction(logits), target))
+        self.pixels.append(torch.stack([(target == 1).sum(), (target != IGNORE_LABEL).sum()]))
+
+    def totals(self) -> torch.Tensor:
+        """float64 ``(Σ IOU, Σ Dice, images, predicted-defect, true-defect, valid pixels)``."""
+        if not self.images:
+            return torch.zeros(6, dtype=torch.float64, device=self.device)
+        counts = torch.cat(self.images)
+        iou, dice = scores_from_counts(counts)
+        sizes = [len(c) for c in self.images]
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for batch_iou, batch_dice in zip(iou.split(sizes), dice.split(sizes), strict=True):
+            sums += torch.stack([batch_iou.sum(), batch_dice.sum()])
+        predicted = counts[:, :2].sum().view(1)  # TP + FP: valid pixels predicted defect
+        integers = torch.cat([counts.new_tensor([len(counts)]), predicted,
+                              torch.stack(self.pixels).sum(0)])
+        return torch.cat([sums, integers.double()])
+
+
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """``cfg.loss`` of ``logits`` against ``target`` (mr2unet.training.losses; weights resolved)."""
     return _loss(logits, target, cfg.loss_config())
@@ -340,23 +411,59 @@ def _checkpoint_path(directory: Path) -> Path:
     return directory / "last.pt"
 
 
+def _previous_path(directory: Path) -> Path:
+    return directory / "previous.pt"
+
+
 def save_training_state(directory: Path, state: dict[str, Any]) -> None:
-    """Atomically write the resume state (weights, optimiser, generators, history)."""
+    """Write the resume state (weights, optimiser, generators, history), verified.
+
+    The new file is read back before it replaces ``last.pt``, and the checkpoint it
+    replaces stays as ``previous.pt``: at every moment one readable checkpoint exists.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / "last.pt.tmp"
     torch.save(state, tmp)
+    if _read_state(tmp).get("epoch") != state["epoch"]:
+        raise OSError(f"{tmp} did not read back as written (disk full?)")
+    if _checkpoint_path(directory).is_file():
+        _checkpoint_path(directory).replace(_previous_path(directory))
     tmp.replace(_checkpoint_path(directory))
 
 
-def load_training_state(directory: Path | None, fingerprint: str) -> dict[str, Any] | None:
-    """The saved state if it belongs to a run with the same config, else None."""
-    if directory is None or not _checkpoint_path(directory).is_file():
-        return None
-    state = torch.load(_checkpoint_path(directory), map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != fingerprint:
-        log.info("ignoring %s: it belongs to a run with other parameters", directory)
-        return None
+def _read_state(path: Path) -> dict[str, Any]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise ValueError("not a training checkpoint")
     return state
+
+
+def load_training_state(directory: Path | None, fingerprint: str) -> dict[str, Any] | None:
+    """The saved state if it belongs to a run with the same config, else None.
+
+    An unreadable ``last.pt`` (cut off, corrupt) is one warning, and the previous
+    checkpoint is used instead, or, when there is none readable, training starts fresh.
+    """
+    if directory is None:
+        return None
+    for path in (_checkpoint_path(directory), _previous_path(directory)):
+        if not path.is_file():
+            continue
+        try:
+            state = _read_state(path)
+        except Exception as exc:  # noqa: BLE001 - any failure to read means the same
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            fallback = _previous_path(directory)
+            then = (f"falling back to {fallback}" if path != fallback and fallback.is_file()
+                    else "starting fresh from epoch 0")
+            log.warning("checkpoint %s cannot be read (%s): %s", path, reason, then)
+            path.replace(path.with_name(path.name + ".unreadable"))  # never kept as previous
+            continue
+        if state.get("fingerprint") != fingerprint:
+            log.info("ignoring %s: it belongs to a run with other parameters", path)
+            return None
+        return state
+    return None
 
 
 # ------------------------------------------------------------------------------ loop
@@ -450,7 +557,16 @@ def train(
     images = torch.from_numpy(split.images).to(device)  # uint8 (N, H, W, 3), ~50 MB at full size
     masks = torch.from_numpy(split.masks).to(device).long()
     n = len(split)
+    crops = crop_table(masks) if cfg.crop_size is not None else None
+    if cfg.crop_size is not None and min(images.shape[1:3]) < cfg.crop_size:
+        raise UserError(f"the prepared images are {images.shape[2]}x{images.shape[1]}, smaller "
+                        f"than the {cfg.crop_size} px crops: raise prepare.tile_source_size "
+                        f"or lower prepare.image_size.")
     steps_per_epoch = -(-len(range(rank, n, world)) // cfg.batch_size)
+    if cfg.steps is not None:
+        cfg = replace(cfg, epochs=max(1, math.ceil(cfg.steps / steps_per_epoch)))
+        log.info("%s: train.steps %d at %d steps per epoch: %d epochs", cfg.arch, cfg.steps,
+                 steps_per_epoch, cfg.epochs)
 
     t0 = time.perf_counter()
     warned = False
@@ -463,12 +579,16 @@ def train(
         epoch_start = time.perf_counter()
         order = torch.randperm(n, generator=shuffle_gen)[rank::world].to(device)
         loss_sum = torch.zeros((), device=device)
-        # Summed per-image IOU, Dice, n; predicted and true defect pixels, valid pixels.
-        counts = torch.zeros(6, device=device, dtype=torch.float64)
+        tally = EpochTally(device)  # IOU, Dice and the defect fractions, reduced per epoch
         for step in range(steps_per_epoch):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x = to_input(images[idx])
-            y = masks[idx]
+            if crops is None:
+                x, y = to_input(images[idx]), masks[idx]
+            else:  # tiles: one random crop per image (the crop generator is aug_gen)
+                origins = crop_origins(crops, idx, cfg.crop_size, tuple(masks.shape[1:]),
+                                       cfg.defect_crop_fraction, aug_gen)
+                crop_x, y = gather_crops(images, masks, idx, origins, cfg.crop_size)
+                x = to_input(crop_x)
             x, y = augment_batch(x, y, cfg.augment, aug_gen)
             if use_channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -480,15 +600,10 @@ def train(
             optimizer.step()
             with torch.no_grad():
                 loss_sum += loss.detach() * idx.numel()
-                pred = logits.argmax(1)
-                iou, dice = scores_from_counts(confusion_counts(pred, y))
-                valid = y != IGNORE_LABEL
-                counts += torch.stack([iou.sum(), dice.sum(), iou.new_tensor(idx.numel()),
-                                       ((pred == 1) & valid).sum().double(),
-                                       (y == 1).sum().double(), valid.sum().double()])
+                tally.add(logits, y)
             if progress and rank == 0 and (step + 1) % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", step=f"{step + 1}/{steps_per_epoch}")
-        totals = _all_reduce(torch.cat([loss_sum.double().view(1), counts])).cpu().tolist()
+        totals = _all_reduce(torch.cat([loss_sum.double().view(1), tally.totals()])).cpu().tolist()
         seen = totals[3]
         seconds = time.perf_counter() - epoch_start
         row = {
