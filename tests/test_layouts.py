@@ -255,6 +255,8 @@ def test_neu_seg_goes_in_from_its_archive_with_no_conversion(neu_tar: Path,
 def test_folder_layout_needs_images_and_masks() -> None:
     with pytest.raises(UserError, match="data.folder.masks is not set"):
         DataLayout.from_params({"layout": "folder", "folder": {"images": "img"}})
+    with pytest.raises(UserError, match="data.folder.images is not set"):
+        DataLayout.from_params({"layout": "folder", "folder": None})
     with pytest.raises(UserError, match="data.layout 'voc'"):
         DataLayout("voc")
 

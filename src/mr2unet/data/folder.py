@@ -42,7 +42,8 @@ class FolderLayout:
     split_lists: Mapping[str, str] | None = None
 
     @classmethod
-    def from_params(cls, values: Mapping[str, Any]) -> FolderLayout:
+    def from_params(cls, values: Mapping[str, Any] | None) -> FolderLayout:
+        values = values or {}
         for key in ("images", "masks"):
             if not values.get(key):
                 raise UserError(f"data.layout is folder but data.folder.{key} is not set: set "
