@@ -131,35 +131,16 @@ def http_service(cmd: list[str], env: dict[str, str], log_path: Path, health_pat
     """Run ``cmd`` (a server that takes its port from ``{port}`` in the arguments) on
     127.0.0.1, wait until ``GET health_path`` answers 200, yield the base URL, and stop the
     whole process group at the end, whatever happened."""
-    import signal
-    import time
-    import urllib.request
-
     port = free_port()
     with log_path.open("w") as log:
         server = subprocess.Popen([arg.format(port=port) for arg in cmd], env=env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            with contextlib.suppress(OSError), \
-                    urllib.request.urlopen(f"{url}{health_path}", timeout=2) as answer:
-                if answer.status == 200:
-                    break
-            assert server.poll() is None and time.monotonic() < deadline, \
-                f"{what} did not start:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.5)
+        wait_for_http(f"{url}{health_path}", server, log_path, what, start_timeout_s)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        stop_process_group(server)
 
 
 def wait_for_http(url: str, proc: subprocess.Popen, log_path: Path, what: str,
