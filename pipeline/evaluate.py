@@ -39,11 +39,12 @@ def main(params: dict[str, Any], arch: str) -> None:
 
         catch_up(run_info["tracking_uri"])  # fail fast; send what train could not
     primary = run_evaluation(params, arch)
+    verdict = read_verdict(ModelFiles(arch))
     if tracked:
         from mr2unet.tracking.registry import log_evaluation
 
         log_evaluation(run_info, flat_metrics(primary),
-                       verdict_tags(read_verdict(ModelFiles(arch))))
+                       verdict_tags(verdict))
     else:
         log.info("tracking off for %s: test metrics not logged to MLflow", arch)
     mean = primary["mean"]
@@ -52,7 +53,7 @@ def main(params: dict[str, Any], arch: str) -> None:
                        ("image_auroc", "image AUROC")) if key in mean)
     print(f"{arch}: mean IOU {primary['mean']['iou']:.4f}, Dice {primary['mean']['dice']:.4f}"
           f"{ranking} over {len(primary['per_category'])} categories -> metrics/{arch}.json"
-          f" ({read_verdict(ModelFiles(arch)).get('verdict', 'no verdict')})")
+          f" ({verdict.get('verdict', 'no verdict')})")
 
 
 if __name__ == "__main__":
