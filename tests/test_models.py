@@ -91,11 +91,24 @@ def test_registry_names_match_the_params_schema() -> None:
 
 def test_options_are_checked() -> None:
     assert model_options("unet") == {}
-    assert model_options("mr2unet") == {"recurrent_steps": 3, "respath_lengths": (4, 3, 2, 1)}
+    assert model_options("mr2unet") == {
+        "recurrent_steps": 3, "respath_lengths": (4, 3, 2, 1), "width_multiplier": 1.0,
+        "recurrent_kernels": "separate", "step_norms": "per_step", "unit_split": (1, 2, 3)}
     with pytest.raises(UserError, match="unknown option.*recurrent_steps.*valid options: none"):
         build_model("unet", recurrent_steps=2)
-    with pytest.raises(UserError, match="valid options: recurrent_steps, respath_lengths"):
+    with pytest.raises(UserError, match="valid options: recurrent_steps, respath_lengths, "
+                                        "width_multiplier, recurrent_kernels"):
         build_model("mr2unet", steps=2)
+    for bad, match in (({"width_multiplier": 0}, "width_multiplier must be a number > 0"),
+                       ({"width_multiplier": True}, "width_multiplier must be a number > 0"),
+                       ({"recurrent_kernels": "shared"}, "recurrent_kernels must be one of "
+                                                         "separate, tied"),
+                       ({"step_norms": "one"}, "step_norms must be one of per_step, shared"),
+                       ({"unit_split": [1, 2]}, "unit_split must be three numbers > 0"),
+                       ({"unit_split": [1, 0, 3]}, "unit_split must be three numbers > 0"),
+                       ({"width_multiplier": 0.5}, "first level at least 3 wide")):
+        with pytest.raises(UserError, match=match):
+            build_model("mr2unet", base_width=4, **bad)
     with pytest.raises(UserError, match="recurrent_steps must be an integer >= 1"):
         build_model("mr2unet", base_width=4, recurrent_steps=0)
     with pytest.raises(UserError, match="respath_lengths must be 4 integers"):
@@ -325,3 +338,133 @@ def test_mr2unet_refuses_a_width_its_units_cannot_split() -> None:
         build_model("mr2unet", base_width=2)
     out = build_model("mr2unet", base_width=3).eval()(torch.zeros(1, 3, 16, 16))
     assert out.shape == (1, 2, 16, 16)
+
+
+# --- MR2U-Net's readings of the paper (issue #25): counts by hand, equations, defaults -----
+
+def _hand_count_mr2unet(base: int, steps: int = 3, lengths: tuple[int, ...] = (4, 3, 2, 1),
+                        multiplier: float = 1.0, kernels: str = "separate",
+                        norms: str = "per_step", split: tuple[int, ...] = (1, 2, 3),
+                        in_ch: int = 3, classes: int = 2) -> int:
+    """MR2U-Net's parameters counted from the formulas of docs/models.md, not the modules."""
+    def bn(c: int) -> int:
+        return 2 * c
+
+    def unit(i: int, o: int) -> int:
+        feed = (i * o if i != o else 0) if kernels == "tied" else 9 * i * o
+        return feed + 9 * o * o + bn(o) * (steps + 1 if norms == "per_step" else 1)
+
+    def block(i: int, w: int) -> int:
+        total = sum(split)
+        w1 = max(1, round(w * split[0] / total))
+        w2 = max(1, round(w * split[1] / total))
+        w3 = w - w1 - w2
+        return unit(i, w1) + unit(w1, w2) + unit(w2, w3) + bn(w) + i * w + bn(w)
+
+    widths = [round(multiplier * base * 2**k) for k in range(5)]
+    count = block(in_ch, widths[0]) + sum(block(widths[k - 1], widths[k]) for k in range(1, 5))
+    for k in range(4):
+        w = widths[k]
+        count += 9 * widths[k + 1] * w + bn(w)          # UpConv
+        count += lengths[k] * (9 * w * w + bn(w) + w * w + bn(w))  # residual path
+        count += block(2 * w, w)
+    return count + widths[0] * classes + classes
+
+
+MR2UNET_VARIANTS: dict[str, dict[str, object]] = {
+    "default": {},
+    "multiresunet_widths": {"multiplier": 1.67},
+    "tied_kernels": {"kernels": "tied"},
+    "shared_norms": {"norms": "shared"},
+    "r2unet_code": {"kernels": "tied", "norms": "shared", "steps": 2},
+    "no_residual_paths": {"lengths": (0, 0, 0, 0)},
+    "equal_split": {"split": (1, 1, 1)},
+}
+_OPTION_NAMES = {"multiplier": "width_multiplier", "kernels": "recurrent_kernels",
+                 "norms": "step_norms", "steps": "recurrent_steps", "lengths": "respath_lengths",
+                 "split": "unit_split"}
+
+
+@pytest.mark.parametrize("variant", sorted(MR2UNET_VARIANTS))
+@pytest.mark.parametrize("base", [8, 16, 64])
+def test_mr2unet_variant_parameter_counts_match_a_hand_count(variant: str, base: int) -> None:
+    from mr2unet.evaluation.cost import count_parameters
+
+    hand = MR2UNET_VARIANTS[variant]
+    options = {_OPTION_NAMES[k]: v for k, v in hand.items()}
+    model = build_model("mr2unet", base_width=base, **options)
+    assert count_parameters(model) == _hand_count_mr2unet(base, **hand)  # type: ignore[arg-type]
+    if variant == "default" and base == 64:
+        assert count_parameters(model) == FULL_SIZE_PARAMS["mr2unet"]
+
+
+@pytest.mark.parametrize("variant", sorted(MR2UNET_VARIANTS))
+def test_mr2unet_variants_keep_the_contract(variant: str) -> None:
+    options = {_OPTION_NAMES[k]: v for k, v in MR2UNET_VARIANTS[variant].items()}
+    model = tiny("mr2unet", **options)
+    x, y = batch(2, 32)
+    logits = model(x)
+    assert logits.shape == (2, 2, 32, 32)
+    F.cross_entropy(logits, y).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_width_multiplier_widens_every_level_like_multiresunet() -> None:
+    model = build_model("mr2unet", base_width=32, width_multiplier=1.67)
+    # MultiResUNet's 1.67 x 32..512 (53, 107, 214, 428, 855), each split 1/6-1/3-1/2.
+    assert [b.norm.num_features for b in model.encoder] == [53, 107, 214, 428, 855]
+    assert [s.block.norm.num_features for s in model.decoder] == [428, 214, 107, 53]
+    assert model.head.in_channels == 53
+    block = model.encoder[0]
+    assert [u.recurrent.out_channels for u in (block.unit1, block.unit2, block.unit3)] == [
+        9, 18, 26]
+
+
+def test_tied_kernels_convolve_the_input_plus_the_state() -> None:
+    """R2U-Net's code: x' = P*x, h(0) = ReLU(BN_0(w*x')), h(k) = ReLU(BN_k(w*(x'+h(k-1))))."""
+    torch.manual_seed(0)
+    layer = RecurrentConv(3, 5, steps=2, kernels="tied").eval()
+    for norm in layer.norms:
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(2, 3, 16, 16)
+    assert not hasattr(layer, "feed_forward") and layer.project.kernel_size == (1, 1)
+
+    def bn(k: int, t: torch.Tensor) -> torch.Tensor:
+        n = layer.norms[k]
+        return F.batch_norm(t, n.running_mean, n.running_var, n.weight, n.bias, eps=n.eps)
+
+    with torch.no_grad():
+        xp = F.conv2d(x, layer.project.weight)
+        w = layer.recurrent.weight
+        h = torch.relu(bn(0, F.conv2d(xp, w, padding=1)))
+        for k in (1, 2):
+            h = torch.relu(bn(k, F.conv2d(xp + h, w, padding=1)))
+        assert torch.allclose(layer(x), h, atol=1e-6)
+    same_width = RecurrentConv(4, 4, steps=1, kernels="tied")
+    assert isinstance(same_width.project, torch.nn.Identity)
+
+
+def test_shared_norms_use_one_batch_norm_at_every_step() -> None:
+    torch.manual_seed(0)
+    layer = RecurrentConv(3, 4, steps=3, norms="shared")
+    assert len(layer.norms) == 1
+    layer(torch.rand(2, 3, 8, 8))
+    # train mode: the one BN saw t + 1 = 4 batches (R2U-Net's code updates it at every step)
+    assert layer.norms[0].num_batches_tracked.item() == 4
+
+
+def test_mr2unet_defaults_are_the_committed_network() -> None:
+    """The options' defaults build the network every committed result was trained with:
+    same state_dict keys (checkpoints load) and the same output bits as the explicit form."""
+    default = tiny("mr2unet")
+    explicit = tiny("mr2unet", width_multiplier=1.0, recurrent_kernels="separate",
+                    step_norms="per_step", unit_split=[1, 2, 3], recurrent_steps=3,
+                    respath_lengths=[4, 3, 2, 1])
+    keys = list(default.state_dict())
+    assert keys == list(explicit.state_dict())
+    assert "encoder.0.unit1.feed_forward.weight" in keys
+    assert "encoder.0.unit1.norms.3.running_mean" in keys
+    assert not any("project" in k for k in keys)
+    x, _ = batch(1, 32)
+    assert torch.equal(default.eval()(x), explicit.eval()(x))

@@ -21,41 +21,72 @@ from mr2unet.models.ushape import UShapedNet, level_widths
 LEVELS = 5
 
 
+RECURRENT_KERNELS = ("separate", "tied")
+STEP_NORMS = ("per_step", "shared")
+
+
 class RecurrentConv(nn.Module):
     """Recurrent convolutional layer unrolled for ``t`` steps (paper eq. 1-2).
 
+    ``kernels="separate"`` (eq. 1, the default):
     ``h(0) = ReLU(BN_0(w_f * x))``,
     ``h(k) = ReLU(BN_k(w_f * x + w_r * h(k-1)))`` for ``k = 1..t``; the output is ``h(t)``.
-
     One feed-forward (``w_f``) and one recurrent (``w_r``) 3×3 kernel, shared by all steps
     (it is a recurrent layer: eq. 1 has one of each), so ``t = 3`` gives the paper's
     feed-forward sub-network of depth 1 to 4.  ``w_f * x`` is computed once.  Eq. 1's bias
-    ``b_k`` is BN_k's shift ``β``; each step has its own BN because the statistics of
-    ``h(k)`` change with ``k``.
+    ``b_k`` is BN_k's shift ``β``.
+
+    ``kernels="tied"`` (R2U-Net's popular code, which convolves ``x + h``):
+    ``x' = P * x`` (a 1×1 projection to ``out_ch``, identity when the widths agree),
+    ``h(0) = ReLU(BN_0(w * x'))``, ``h(k) = ReLU(BN_k(w * (x' + h(k-1))))``: one 3×3 kernel
+    ``w`` plays both ``w_f`` and ``w_r``.
+
+    ``norms="per_step"`` gives each step its own BN (the statistics of ``h(k)`` change
+    with ``k``); ``"shared"`` uses one BN at every step, as R2U-Net's code does.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, steps: int = 3) -> None:
+    def __init__(self, in_ch: int, out_ch: int, steps: int = 3, kernels: str = "separate",
+                 norms: str = "per_step") -> None:
         super().__init__()
-        self.feed_forward = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
+        self.tied = kernels == "tied"
+        if self.tied:
+            self.project = (nn.Identity() if in_ch == out_ch
+                            else nn.Conv2d(in_ch, out_ch, 1, bias=False))
+        else:
+            self.feed_forward = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
         self.recurrent = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
-        self.norms = nn.ModuleList(nn.BatchNorm2d(out_ch) for _ in range(steps + 1))
+        count = steps + 1 if norms == "per_step" else 1
+        self.norms = nn.ModuleList(nn.BatchNorm2d(out_ch) for _ in range(count))
+        self.steps = steps
+
+    def _norm(self, step: int) -> nn.Module:
+        return self.norms[min(step, len(self.norms) - 1)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tied:
+            x = self.project(x)
+            state = F.relu(self._norm(0)(self.recurrent(x)), inplace=True)
+            for k in range(1, self.steps + 1):
+                state = F.relu(self._norm(k)(self.recurrent(x + state)), inplace=True)
+            return state
         drive = self.feed_forward(x)
-        state = F.relu(self.norms[0](drive), inplace=True)
-        for norm in self.norms[1:]:
-            state = F.relu(norm(self.recurrent(state) + drive), inplace=True)
+        state = F.relu(self._norm(0)(drive), inplace=True)
+        for k in range(1, self.steps + 1):
+            state = F.relu(self._norm(k)(self.recurrent(state) + drive), inplace=True)
         return state
 
 
-def multiscale_widths(width: int) -> tuple[int, int, int]:
-    """Split ``width`` into about 1/6, 1/3 and 1/2 (MultiResUNet), each at least 1.
+def multiscale_widths(width: int, split: Sequence[float] = (1, 2, 3)) -> tuple[int, int, int]:
+    """Split ``width`` in the proportions ``split`` (MultiResUNet: 1/6, 1/3, 1/2), each >= 1.
 
-    ``round(W/6)``, ``round(W/3)`` and the rest, so the three add up to ``W`` whenever
-    ``W >= 3`` (64 -> 11, 21, 32; 8 -> 1, 3, 4); below that each keeps 1 channel.
+    ``round(W·a/s)``, ``round(W·b/s)`` and the rest (``s = a + b + c``), so the three add
+    up to ``W`` whenever ``W >= 3`` (64 -> 11, 21, 32; 8 -> 1, 3, 4); below that each
+    keeps 1 channel.
     """
-    first = max(1, round(width / 6))
-    second = max(1, round(width / 3))
+    a, b, c = split
+    total = a + b + c
+    first = max(1, round(width * a / total))
+    second = max(1, round(width * b / total))
     return first, second, max(1, width - first - second)
 
 
@@ -66,17 +97,20 @@ class MultiScaleRecurrentResidualBlock(nn.Module):
     (chained 3×3 units: receptive fields of about 3×3, 5×5 and 7×7 at ``t = 0``),
     ``y = ReLU(BN([u1, u2, u3]) + BN(W_1×1 * x))``: eq. 3's residual ``x_{n+1} = x_n + f(M)``
     with a 1×1 projection because input and output widths differ (as in MultiResUNet).
-    The unit widths split ``out_ch`` by :func:`multiscale_widths`.
+    The unit widths split ``out_ch`` by :func:`multiscale_widths` in the proportions
+    ``split``; ``kernels`` and ``norms`` are the units' (:class:`RecurrentConv`).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, steps: int = 3) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, steps: int = 3, *,
+                 kernels: str = "separate", norms: str = "per_step",
+                 split: Sequence[float] = (1, 2, 3)) -> None:
         super().__init__()
         if stride != 1:
             raise ValueError("MR2U-Net down-samples by max-pooling: stride must be 1")
-        w1, w2, w3 = multiscale_widths(out_ch)
-        self.unit1 = RecurrentConv(in_ch, w1, steps)
-        self.unit2 = RecurrentConv(w1, w2, steps)
-        self.unit3 = RecurrentConv(w2, w3, steps)
+        w1, w2, w3 = multiscale_widths(out_ch, split)
+        self.unit1 = RecurrentConv(in_ch, w1, steps, kernels, norms)
+        self.unit2 = RecurrentConv(w1, w2, steps, kernels, norms)
+        self.unit3 = RecurrentConv(w2, w3, steps, kernels, norms)
         self.norm = nn.BatchNorm2d(w1 + w2 + w3)
         self.shortcut = ConvBN(in_ch, w1 + w2 + w3, kernel=1)
 
@@ -113,24 +147,51 @@ class ResidualPath(nn.Sequential):
 
 
 def build(in_channels: int = 3, num_classes: int = 2, base_width: int = 64,
-          recurrent_steps: int = 3, respath_lengths: Sequence[int] = (4, 3, 2, 1)
+          recurrent_steps: int = 3, respath_lengths: Sequence[int] = (4, 3, 2, 1),
+          width_multiplier: float = 1.0, recurrent_kernels: str = "separate",
+          step_norms: str = "per_step", unit_split: Sequence[float] = (1, 2, 3)
           ) -> UShapedNet:
-    """MR2U-Net: five levels (U-Net's widths, 64-1024 at full size) of
-    :class:`MultiScaleRecurrentResidualBlock` with ``t = recurrent_steps``, 2×2 max-pool
-    down, :class:`~mr2unet.models.blocks.UpConv` up, and a :class:`ResidualPath` of
-    ``respath_lengths[i]`` units on the skip of level ``i``."""
+    """MR2U-Net: five levels of :class:`MultiScaleRecurrentResidualBlock` with
+    ``t = recurrent_steps``, 2×2 max-pool down, :class:`~mr2unet.models.blocks.UpConv` up,
+    and a :class:`ResidualPath` of ``respath_lengths[i]`` units on the skip of level ``i``.
+
+    Level ``i`` is ``round(width_multiplier · base_width · 2^i)`` wide (1.0: U-Net's widths,
+    64-1024 at full size; MultiResUNet's 1.67 widens every level).  ``recurrent_kernels``
+    (``separate`` | ``tied``), ``step_norms`` (``per_step`` | ``shared``) and
+    ``unit_split`` (the three units' proportions) are the readings docs/models.md
+    ablates; the defaults are the committed network.
+    """
     if not isinstance(recurrent_steps, int) or recurrent_steps < 1:
         raise UserError(f"mr2unet option recurrent_steps must be an integer >= 1, "
                         f"got {recurrent_steps!r}")
-    if not isinstance(base_width, int) or base_width < 3:
-        raise UserError(f"mr2unet needs train.base_width >= 3 (its first block splits the "
-                        f"width into three units of 1/6, 1/3 and 1/2), got {base_width!r}")
     lengths = list(respath_lengths)
     if len(lengths) != LEVELS - 1 or any(not isinstance(n, int) or n < 0 for n in lengths):
         raise UserError(f"mr2unet option respath_lengths must be {LEVELS - 1} integers >= 0 "
                         f"(one per skip, shallowest first), got {respath_lengths!r}")
+    if (isinstance(width_multiplier, bool) or not isinstance(width_multiplier, int | float)
+            or width_multiplier <= 0):
+        raise UserError(f"mr2unet option width_multiplier must be a number > 0 (1.0: U-Net's "
+                        f"widths, 1.67: MultiResUNet's), got {width_multiplier!r}")
+    for key, value, valid in (("recurrent_kernels", recurrent_kernels, RECURRENT_KERNELS),
+                              ("step_norms", step_norms, STEP_NORMS)):
+        if value not in valid:
+            raise UserError(f"mr2unet option {key} must be one of {', '.join(valid)}, "
+                            f"got {value!r}")
+    split = list(unit_split)
+    if len(split) != 3 or any(isinstance(v, bool) or not isinstance(v, int | float) or v <= 0
+                              for v in split):
+        raise UserError(f"mr2unet option unit_split must be three numbers > 0 (the units' "
+                        f"shares of a block's width; MultiResUNet: [1, 2, 3]), "
+                        f"got {unit_split!r}")
+    widths = [round(width_multiplier * w) for w in level_widths(base_width, LEVELS)]
+    if not isinstance(base_width, int) or widths[0] < 3:
+        raise UserError(f"mr2unet needs a first level at least 3 wide (its blocks split the "
+                        f"width into three units), got train.base_width {base_width!r} x "
+                        f"width_multiplier {width_multiplier!r}: use train.base_width >= 3")
     return UShapedNet(
-        in_channels, num_classes, level_widths(base_width, LEVELS),
-        block=lambda i, o, s: MultiScaleRecurrentResidualBlock(i, o, s, recurrent_steps),
+        in_channels, num_classes, widths,
+        block=lambda i, o, s: MultiScaleRecurrentResidualBlock(
+            i, o, s, recurrent_steps, kernels=recurrent_kernels, norms=step_norms,
+            split=split),
         skip=lambda channels, level: ResidualPath(channels, lengths[level]),
     )
