@@ -47,7 +47,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.models import build_model
-from mr2unet.training.loop import TrainConfig, resolve_device, train
+from mr2unet.training.loop import TrainConfig, train
+from mr2unet.training.speed import resolve_device
 
 PAPER_TRAIN_IMAGES = 1006  # 80 % of the paper's 1258 defective images
 PAPER_EPOCHS = 200

@@ -361,13 +361,9 @@ def _reference_training(cfg: TrainConfig, split: PreparedSplit) -> tuple[list[di
     the scores every step.  (history rows, state_dict)"""
     from mr2unet.data.transforms import to_input
     from mr2unet.models import build_model
-    from mr2unet.training.loop import (
-        configure_determinism,
-        epoch_lr,
-        make_optimizer,
-        set_cpu_threads,
-    )
+    from mr2unet.training.loop import epoch_lr, make_optimizer
     from mr2unet.training.losses import SegmentationLoss
+    from mr2unet.training.speed import configure_determinism, set_cpu_threads
 
     configure_determinism(cfg.deterministic, torch.device("cpu"))
     set_cpu_threads(cfg.cpu_threads)

@@ -190,10 +190,10 @@ def _check_speed_levers(params: dict[str, Any]) -> None:
     """`train.compile`, `adam_impl`, `cuda_graphs`, `deterministic` (docs/training.md)."""
     _choice(params, "train.compile", (False, True, *COMPILE_MODES))
     _choice(params, "train.adam_impl", ADAM_IMPLS)
-    _choice(params, "train.cuda_graphs", (False, True))
+    _choice(params, "train.cuda_graphs", (False, True, "auto"))
     _choice(params, "train.deterministic", (True, False))
     compile_setting = params["train"]["compile"]
-    _check(not (params["train"]["cuda_graphs"] and compile_setting is not False),
+    _check(not (params["train"]["cuda_graphs"] is True and compile_setting is not False),
            "train.cuda_graphs", True, f"false while train.compile is {compile_setting!r} "
            "(pick one: compile's reduce-overhead mode captures CUDA graphs itself)")
 

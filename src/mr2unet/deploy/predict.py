@@ -242,7 +242,7 @@ def predict_images(model: LoadedModel, paths: Sequence[Path], out_dir: Path,
 
 def run(args: argparse.Namespace) -> int:
     """``mr2unet predict``: 0 when every image was written, 1 when any failed."""
-    from mr2unet.training.loop import resolve_device
+    from mr2unet.training.speed import resolve_device
 
     inputs, out_dir = [Path(p) for p in args.inputs], Path(args.out)
     if not find_images(inputs, out_dir):

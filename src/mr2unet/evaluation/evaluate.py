@@ -589,7 +589,7 @@ def run_evaluation(params: dict[str, Any], arch: str, root: Path = Path(".")
     Returns the primary metrics; the stage script logs them to MLflow when tracking is on.
     """
     from mr2unet.models.checkpoint import load_model, stored_threshold, threshold_record
-    from mr2unet.training.loop import resolve_device, set_cpu_threads
+    from mr2unet.training.speed import resolve_device, set_cpu_threads
 
     cfg = params["evaluate"]
     files = ModelFiles(arch, root)

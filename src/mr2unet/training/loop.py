@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mr2unet.config.params import ADAM_IMPLS, COMPILE_MODES
+from mr2unet.config.params import ADAM_IMPLS
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.data.transforms import to_input
 from mr2unet.errors import UserError
@@ -44,13 +44,15 @@ from mr2unet.training.losses import (
     split_loss_name,
 )
 from mr2unet.training.losses import segmentation_loss as _loss
+from mr2unet.training.speed import (
+    CudaGraphedForward,
+    configure_determinism,
+    resolve_device,
+    run_settings,
+    set_cpu_threads,
+)
 
 log = logging.getLogger(__name__)
-# Where `channels_last: auto` trains in NHWC memory format: cuDNN and oneDNN both run
-# fewer layout reorders. On the CPU at every image size: a 1-thread step took 0.64-0.94 of
-# its NCHW time at 48 and 128 px, for every network (docs/performance.md, issue #24).
-CHANNELS_LAST_DEVICES = ("cuda", "cpu")
-
 EpochCallback = Callable[[dict[str, float]], None]
 # TrainConfig fields that change how fast a run goes, not what it computes (beyond the
 # last bits of floating-point rounding): kept out of the fingerprint, like the device.
@@ -98,8 +100,9 @@ class TrainConfig:
     compile: bool | str = False
     # Adam's implementation: auto (PyTorch's choice) | foreach | fused
     adam_impl: str = "auto"
-    # CUDA only: replay each full batch's forward and backward as one CUDA graph.
-    cuda_graphs: bool = False
+    # CUDA only: replay each full batch's forward and backward as one CUDA graph
+    # (auto: mr2unet.training.speed.AUTO decides).
+    cuda_graphs: bool | str = False
     deterministic: bool = True
     checkpoint_every: int = 10
     log_every: int = 10
@@ -188,135 +191,22 @@ def epoch_lr(base_lr: float, epoch: int, epochs: int, schedule: str) -> float:
     raise UserError(f"unknown train.lr_schedule {schedule!r}; expected constant or cosine")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable device is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            f"train.device is {name!r} but no CUDA GPU is visible; use `auto` or `cpu`.")
-    return device
-
-
-def set_cpu_threads(threads: int | None) -> None:
-    """Pin PyTorch's intra-op CPU threads (``train.cpu_threads``); None leaves the default."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32 (``auto``: bf16 on CUDA only)."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
-def configure_determinism(enabled: bool, device: torch.device) -> None:
-    """Deterministic kernels; on CUDA also cuDNN/cuBLAS settings (see docs/training.md).
-
-    ``enabled=False`` is the fast mode: cuDNN autotuning on, and any deterministic setting
-    an earlier run of the same process made switched off again.
-    """
-    if not enabled:
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.deterministic = False
-        torch.backends.cudnn.benchmark = True
-        return
-    if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-        # Some CUDA backward kernels (e.g. max-pool, upsampling) have no deterministic
-        # variant: warn instead of failing; CPU runs are fully deterministic.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        torch.use_deterministic_algorithms(True)
-
-
-def compile_mode(setting: bool | str) -> str | None:
-    """``train.compile`` as a ``torch.compile`` mode, or None for no compilation."""
-    if setting is False or setting is None:
-        return None
-    if setting is True:
-        return "default"
-    if setting not in COMPILE_MODES:
-        raise UserError(f"unknown train.compile {setting!r}; expected false, true or one of "
-                        f"{', '.join(COMPILE_MODES)}")
-    return str(setting)
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam over ``model``'s parameters; ``adam_impl`` picks PyTorch's implementation.
+def make_optimizer(model: nn.Module, cfg: TrainConfig, impl: str | None = None
+                   ) -> torch.optim.Optimizer:
+    """Adam over ``model``'s parameters; ``impl`` (default ``cfg.adam_impl``, resolved by
+    :func:`~mr2unet.training.speed.run_settings`) picks PyTorch's implementation.
 
     ``auto`` leaves the choice to PyTorch (the loop as it always ran); ``foreach`` and
     ``fused`` (a few fused kernels per step: fewer launches on CUDA) compute the same
     update, up to the rounding of the last bits.
     """
-    if cfg.adam_impl not in ADAM_IMPLS:
-        raise UserError(f"unknown train.adam_impl {cfg.adam_impl!r}; expected "
+    impl = cfg.adam_impl if impl is None else impl
+    if impl not in ADAM_IMPLS:
+        raise UserError(f"unknown train.adam_impl {impl!r}; expected "
                         f"{', '.join(ADAM_IMPLS)}")
-    extra = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[cfg.adam_impl]
+    extra = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[impl]
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             **extra)
-
-
-class _Forward(nn.Module):
-    """A shell around the network whose ``forward`` CUDA-graphing may replace."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.net = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class CudaGraphedForward(nn.Module):
-    """``model``'s forward and backward replayed as CUDA graphs for full batches.
-
-    A step at batch size 8 and 128 px launches hundreds of small kernels (MR2U-Net:
-    thousands), so the GPU waits on the CPU; a graph replays them all with one launch.
-    The graphs are captured (``torch.cuda.make_graphed_callables``) at the first batch
-    they see, whose shape they then require; a batch of another shape (the epoch's last,
-    partial batch) runs the network eagerly.  The capture's warm-up passes update
-    BatchNorm's running statistics, so those buffers are restored afterwards: the
-    weights follow the same trajectory as without graphs.  Autocast's weight cache is
-    off around graphed calls (the graphs need it off; the casts give the same values).
-    The loss, the optimiser step and the metrics stay eager.  ``module`` is the network,
-    so :func:`mr2unet.models.checkpoint.unwrap` finds it.
-    """
-
-    def __init__(self, model: nn.Module, amp_dtype: torch.dtype | None) -> None:
-        super().__init__()
-        self.module = model
-        self.amp_dtype = amp_dtype
-        self.shape: tuple[int, ...] | None = None
-        self.graphed: nn.Module | None = None
-
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp_dtype is not None,
-                              cache_enabled=False)
-
-    def capture(self, sample: torch.Tensor) -> None:
-        saved = [b.detach().clone() for b in self.module.buffers()]
-        with self._autocast():
-            self.graphed = torch.cuda.make_graphed_callables(
-                _Forward(self.module), (sample,), allow_unused_input=True)
-        with torch.no_grad():
-            for buffer, value in zip(self.module.buffers(), saved, strict=True):
-                buffer.copy_(value)
-        self.shape = tuple(sample.shape)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.module.training or not torch.is_grad_enabled():
-            return self.module(x)
-        if self.graphed is None:
-            self.capture(x)
-        if tuple(x.shape) != self.shape:
-            return self.module(x)
-        with self._autocast():
-            return self.graphed(x)
 
 
 # ------------------------------------------------------------------------ the batch ops
@@ -512,7 +402,12 @@ def train(
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-    configure_determinism(cfg.deterministic, device)
+    run = run_settings(device, precision=cfg.precision, channels_last=cfg.channels_last,
+                       compile=cfg.compile, adam_impl=cfg.adam_impl,
+                       cuda_graphs=cfg.cuda_graphs, deterministic=cfg.deterministic,
+                       world=world)
+    log.info("%s: %s", cfg.arch, run.describe())
+    configure_determinism(run.deterministic, device)
     set_cpu_threads(cfg.cpu_threads)
     if len(split) == 0:
         raise UserError("the training split is empty: check data.categories and prepare.")
@@ -523,11 +418,9 @@ def train(
 
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg.arch, **cfg.model_kwargs()).to(device)
-    use_channels_last = cfg.channels_last is True or (
-        cfg.channels_last == "auto" and device.type in CHANNELS_LAST_DEVICES)
-    if use_channels_last:
+    if run.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, run.adam_impl)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
 
@@ -547,11 +440,10 @@ def train(
     if world > 1:
         step_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    mode = compile_mode(cfg.compile)
-    if mode is not None:
-        step_model = torch.compile(step_model, mode=mode)
-    amp_dtype = autocast_dtype(cfg.precision, device)
-    if cfg.cuda_graphs and device.type == "cuda" and world == 1 and mode is None:
+    if run.compile_mode is not None:
+        step_model = torch.compile(step_model, mode=run.compile_mode)
+    amp_dtype = run.amp_dtype
+    if run.cuda_graphs:
         step_model = CudaGraphedForward(model, amp_dtype)
 
     images = torch.from_numpy(split.images).to(device)  # uint8 (N, H, W, 3), ~50 MB at full size
@@ -590,7 +482,7 @@ def train(
                 crop_x, y = gather_crops(images, masks, idx, origins, cfg.crop_size)
                 x = to_input(crop_x)
             x, y = augment_batch(x, y, cfg.augment, aug_gen)
-            if use_channels_last:
+            if run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = step_model(x)

@@ -1,0 +1,202 @@
+"""How a training run executes on its device: every ``auto`` of ``train.*`` resolved here.
+
+The speed levers change how fast a run goes and, at most, the last bits of its floating
+point rounding; what a run computes is decided by :class:`~mr2unet.training.loop.TrainConfig`.
+:data:`AUTO` is the one table of what ``auto`` means on each kind of device, and
+:func:`run_settings` the one function that turns a config's values into what runs
+(docs/training.md, "What `auto` means").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mr2unet.config.params import COMPILE_MODES
+from mr2unet.errors import UserError
+
+# What `auto` resolves to per device type (other types, e.g. mps: the "other" row).
+#   precision: autocast dtype. bf16 on CUDA (Hopper/Ampere tensor cores); fp32 elsewhere.
+#   channels_last: NHWC memory format. cuDNN and oneDNN both run fewer layout reorders; on
+#     the CPU a 1-thread step took 0.64-0.94 of its NCHW time at 48 and 128 px, for every
+#     network (docs/performance.md, issue #24).
+#   adam_impl: "auto" leaves PyTorch's own choice (foreach on CUDA, for-loop on the CPU).
+#   cuda_graphs: not yet chosen on CUDA: graphs + fused Adam with deterministic kernels is
+#     measured by the prepared device call (issue #22) before `auto` may pick it.
+AUTO: dict[str, dict[str, Any]] = {
+    "cuda": {"precision": "bf16", "channels_last": True, "adam_impl": "auto",
+             "cuda_graphs": False},
+    "cpu": {"precision": "fp32", "channels_last": True, "adam_impl": "auto",
+            "cuda_graphs": False},
+    "other": {"precision": "fp32", "channels_last": False, "adam_impl": "auto",
+              "cuda_graphs": False},
+}
+DTYPES: dict[str, torch.dtype | None] = {"bf16": torch.bfloat16, "fp16": torch.float16,
+                                         "fp32": None}
+
+
+def auto_choices(device: torch.device) -> dict[str, Any]:
+    """The row of :data:`AUTO` for ``device``."""
+    return AUTO.get(device.type, AUTO["other"])
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run executes with, every ``auto`` resolved (see :func:`run_settings`)."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None: plain fp32
+    channels_last: bool
+    compile_mode: str | None  # None: eager
+    adam_impl: str  # auto (PyTorch's choice) | foreach | fused
+    cuda_graphs: bool
+    deterministic: bool
+
+    def describe(self) -> str:
+        precision = {v: k for k, v in DTYPES.items()}[self.amp_dtype]
+        return (f"{self.device}, {precision}, "
+                f"{'channels_last' if self.channels_last else 'contiguous'}, "
+                f"compile {self.compile_mode or 'off'}, adam {self.adam_impl}, "
+                f"cuda_graphs {'on' if self.cuda_graphs else 'off'}, "
+                f"{'deterministic' if self.deterministic else 'non-deterministic'}")
+
+
+def run_settings(device: torch.device, *, precision: str = "auto",
+                 channels_last: bool | str = "auto", compile: bool | str | None = False,
+                 adam_impl: str = "auto", cuda_graphs: bool | str = False,
+                 deterministic: bool = True, world: int = 1) -> RunSettings:
+    """The config's ``train.*`` speed values on ``device`` (``world`` processes).
+
+    CUDA graphs need CUDA, one process and no ``torch.compile`` (whose reduce-overhead
+    mode captures graphs itself); elsewhere they are off whatever the setting.
+    """
+    auto = auto_choices(device)
+    mode = compile_mode(compile)
+    graphs = auto["cuda_graphs"] if cuda_graphs == "auto" else bool(cuda_graphs)
+    return RunSettings(
+        device=device,
+        amp_dtype=DTYPES[auto["precision"] if precision == "auto" else precision],
+        channels_last=auto["channels_last"] if channels_last == "auto" else channels_last is True,
+        compile_mode=mode,
+        adam_impl=auto["adam_impl"] if adam_impl == "auto" else adam_impl,
+        cuda_graphs=graphs and device.type == "cuda" and world == 1 and mode is None,
+        deterministic=deterministic,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable device is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"train.device is {name!r} but no CUDA GPU is visible; use `auto` or `cpu`.")
+    return device
+
+
+def set_cpu_threads(threads: int | None) -> None:
+    """Pin PyTorch's intra-op CPU threads (``train.cpu_threads``); None leaves the default."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32 (``auto``: :data:`AUTO`)."""
+    return DTYPES[auto_choices(device)["precision"] if precision == "auto" else precision]
+
+
+def configure_determinism(enabled: bool, device: torch.device) -> None:
+    """Deterministic kernels; on CUDA also cuDNN/cuBLAS settings (see docs/training.md).
+
+    ``enabled=False`` is the fast mode: cuDNN autotuning on, and any deterministic setting
+    an earlier run of the same process made switched off again.
+    """
+    if not enabled:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
+        return
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        # Some CUDA backward kernels (e.g. max-pool, upsampling) have no deterministic
+        # variant: warn instead of failing; CPU runs are fully deterministic.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(True)
+
+
+def compile_mode(setting: bool | str) -> str | None:
+    """``train.compile`` as a ``torch.compile`` mode, or None for no compilation."""
+    if setting is False or setting is None:
+        return None
+    if setting is True:
+        return "default"
+    if setting not in COMPILE_MODES:
+        raise UserError(f"unknown train.compile {setting!r}; expected false, true or one of "
+                        f"{', '.join(COMPILE_MODES)}")
+    return str(setting)
+
+
+class _Forward(nn.Module):
+    """A shell around the network whose ``forward`` CUDA-graphing may replace."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.net = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CudaGraphedForward(nn.Module):
+    """``model``'s forward and backward replayed as CUDA graphs for full batches.
+
+    A step at batch size 8 and 128 px launches hundreds of small kernels (MR2U-Net:
+    thousands), so the GPU waits on the CPU; a graph replays them all with one launch.
+    The graphs are captured (``torch.cuda.make_graphed_callables``) at the first batch
+    they see, whose shape they then require; a batch of another shape (the epoch's last,
+    partial batch) runs the network eagerly.  The capture's warm-up passes update
+    BatchNorm's running statistics, so those buffers are restored afterwards: the
+    weights follow the same trajectory as without graphs.  Autocast's weight cache is
+    off around graphed calls (the graphs need it off; the casts give the same values).
+    The loss, the optimiser step and the metrics stay eager.  ``module`` is the network,
+    so :func:`mr2unet.models.checkpoint.unwrap` finds it.
+    """
+
+    def __init__(self, model: nn.Module, amp_dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.module = model
+        self.amp_dtype = amp_dtype
+        self.shape: tuple[int, ...] | None = None
+        self.graphed: nn.Module | None = None
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp_dtype is not None,
+                              cache_enabled=False)
+
+    def capture(self, sample: torch.Tensor) -> None:
+        saved = [b.detach().clone() for b in self.module.buffers()]
+        with self._autocast():
+            self.graphed = torch.cuda.make_graphed_callables(
+                _Forward(self.module), (sample,), allow_unused_input=True)
+        with torch.no_grad():
+            for buffer, value in zip(self.module.buffers(), saved, strict=True):
+                buffer.copy_(value)
+        self.shape = tuple(sample.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.module.training or not torch.is_grad_enabled():
+            return self.module(x)
+        if self.graphed is None:
+            self.capture(x)
+        if tuple(x.shape) != self.shape:
+            return self.module(x)
+        with self._autocast():
+            return self.graphed(x)
