@@ -16,7 +16,8 @@ from helpers import CFG, states_equal, tiny_split
 
 from mr2unet.config.params import load_params
 from mr2unet.errors import UserError
-from mr2unet.training.loop import TrainConfig, compile_mode, make_optimizer, train
+from mr2unet.training.loop import TrainConfig, make_optimizer, train
+from mr2unet.training.speed import compile_mode
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPT = BENCHMARKS / "gpu_check.py"
