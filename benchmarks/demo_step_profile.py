@@ -84,20 +84,40 @@ def profile_table(step: Callable[[], None], steps: int = 3) -> str:
 
 def aten_calls_per_step(arch: str) -> float:
     """How many ATen operator calls one demo training step makes (the overhead count)."""
-    from torch.profiler import ProfilerActivity, profile
 
     torch.set_num_threads(1)
     model = build_model(arch, base_width=DEMO["width"])
     x = torch.rand(DEMO["batch"], 3, DEMO["size"], DEMO["size"])
     y = (torch.rand(DEMO["batch"], DEMO["size"], DEMO["size"]) > 0.9).long()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+
+    def step() -> None:
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    # top-level ATen calls only (an op's internal calls are not extra dispatch overhead)
-    return float(sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")))
+
+    return float(op_counts(step)["aten_ops"])
+
+
+def op_counts(step: Callable[[], None]) -> dict[str, int]:
+    """One ``step`` under torch.profiler: its ATen operator calls, convolutions among them,
+    and (on CUDA) the GPU kernels it launched."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    # every ATen call the profiler records (an op's internal calls included)
+    return {"aten_ops": sum(e.count for e in events if e.key.startswith("aten::")),
+            "convolutions": sum(e.count for e in events if e.key == "aten::convolution"),
+            "kernels": sum(e.count for e in prof.events()
+                           if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA)}
 
 
 # Our loop's settings in the two profiles of --versus-plain (the plain loop has none).

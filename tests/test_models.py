@@ -468,3 +468,85 @@ def test_mr2unet_defaults_are_the_committed_network() -> None:
     assert not any("project" in k for k in keys)
     x, _ = batch(1, 32)
     assert torch.equal(default.eval()(x), explicit.eval()(x))
+
+
+# --- MR2U-Net's fused formulation (issue #22): the same function in fewer kernels ---------
+
+def _outputs_and_gradients(model: torch.nn.Module, x: torch.Tensor,
+                           state: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    model.load_state_dict(state)  # the same running statistics for every pass
+    out = model(x)
+    return [out, *torch.autograd.grad(out.square().sum(), list(model.parameters()))]
+
+
+def _worst_relative(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(((p - q).norm() / q.norm().clamp_min(1e-300)).item()
+               for p, q in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("options", [{}, {"recurrent_kernels": "tied"},
+                                     {"respath_lengths": [1, 0, 0, 2]}])
+def test_fused_convolutions_compute_the_reference_function(
+        options: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp64. With fixed BN statistics (eval) outputs and gradients agree to 1e-12; in
+    training mode BN's batch statistics amplify rounding, so there the fused form may
+    differ from the reference no more than the reference differs from itself in another
+    memory layout (which only changes the order of the sums)."""
+    from mr2unet.models.mr2unet import fuse_convolutions
+
+    torch.manual_seed(0)
+    model = build_model("mr2unet", base_width=8, **options).double()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    state = copy.deepcopy(model.state_dict())
+    reference = {mode: _outputs_and_gradients(model.train(mode), x, state)
+                 for mode in (False, True)}
+    layout = _outputs_and_gradients(model.train(True).to(memory_format=torch.channels_last),
+                                    x.contiguous(memory_format=torch.channels_last), state)
+    model = model.to(memory_format=torch.contiguous_format)
+    assert fuse_convolutions(model) == 9 + sum(options.get("respath_lengths", (4, 3, 2, 1)))
+    assert _worst_relative(_outputs_and_gradients(model.train(False), x, state),
+                           reference[False]) < 1e-12
+    fused = _worst_relative(_outputs_and_gradients(model.train(True), x, state),
+                            reference[True])
+    noise = _worst_relative(layout, reference[True])
+    assert fused < max(10 * noise, 1e-12), (fused, noise)
+    # and the comparison catches a wrong fusion: the 1x1 padded into a corner of the 3x3
+    import mr2unet.models.mr2unet as mr2
+
+    def corner(x: torch.Tensor, convs: list) -> list[torch.Tensor]:
+        weights = [F.pad(c.weight, [0, 2, 0, 2]) if c.kernel_size[0] == 1 else c.weight
+                   for c in convs]
+        out = F.conv2d(x, torch.cat(weights), padding=1)
+        return list(out.split([c.out_channels for c in convs], dim=1))
+
+    monkeypatch.setattr(mr2, "shared_input_conv", corner)
+    assert _worst_relative(_outputs_and_gradients(model.train(False), x, state),
+                           reference[False]) > 1e-3
+
+
+def test_fused_convolutions_load_the_same_checkpoints_and_train_the_same() -> None:
+    from mr2unet.models.mr2unet import fuse_convolutions
+
+    reference = tiny("mr2unet").double()
+    fused = tiny("mr2unet").double()
+    assert fuse_convolutions(fused) > 0
+    assert list(fused.state_dict()) == list(reference.state_dict())
+    fused.load_state_dict(reference.state_dict())
+    x, y = batch(2, 32)
+    x = x.double()
+    for model in (reference, fused):  # fp64, so that rounding stays far below the steps
+        optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+        for _ in range(3):
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    for (name, a), b in zip(reference.state_dict().items(), fused.state_dict().values(),
+                            strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-9), name
+    assert fuse_convolutions(build_model("unet", base_width=4)) == 0
+    assert fuse_convolutions(fused, enabled=False) > 0 and not fused.encoder[0].fused_convs

@@ -15,9 +15,11 @@ CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
 
 def test_auto_on_the_cpu_is_the_loop_as_committed() -> None:
     run = run_settings(CPU)
-    assert run == RunSettings(CPU, None, True, None, "auto", False, True)
+    assert run == RunSettings(CPU, None, True, None, "auto", False, True, False)
     assert run.describe() == ("cpu, fp32, channels_last, compile off, adam auto, "
-                              "cuda_graphs off, deterministic")
+                              "cuda_graphs off, fused_convs off, deterministic")
+    assert run_settings(CPU, fused_convs=True).fused_convs
+    assert run_settings(CPU, fused_convs="auto").fused_convs is AUTO["cpu"]["fused_convs"]
     # cuda_graphs: auto and true are off on the CPU whatever AUTO's CUDA row says
     assert not run_settings(CPU, cuda_graphs="auto").cuda_graphs
     assert not run_settings(CPU, cuda_graphs=True).cuda_graphs
@@ -67,3 +69,27 @@ def test_params_accept_cuda_graphs_auto() -> None:
     values["train"]["compile"] = False
     with pytest.raises(UserError, match="train.cuda_graphs"):
         params.validate(values)
+
+
+def test_fused_convs_train_mr2unet_along_the_same_path() -> None:
+    """train.fused_convs reaches the network, stays out of the fingerprint (a run resumes
+    with it switched either way) and follows the reference's trajectory up to rounding."""
+    import dataclasses
+
+    from helpers import CFG, tiny_split
+
+    from mr2unet.training.loop import train
+
+    # one step per epoch: epoch 1's loss is the untouched network's, where only rounding
+    # can differ; Adam's first step (about lr x sign(g)) amplifies it in a net this narrow
+    cfg = dataclasses.replace(CFG, arch="mr2unet", epochs=2, batch_size=12, cpu_threads=1)
+    fused_cfg = dataclasses.replace(cfg, fused_convs=True)
+    assert cfg.fingerprint() == fused_cfg.fingerprint()
+    split = tiny_split()
+    reference = train(cfg, split, progress=False)
+    fused = train(fused_cfg, split, progress=False)
+    assert fused.model.encoder[0].fused_convs and not reference.model.encoder[0].fused_convs
+    losses = [[row["loss"] for row in r.history] for r in (reference, fused)]
+    assert losses[0] != losses[1]  # really another summation order...
+    assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-6)  # ...of the same function
+    assert losses[1][1] == pytest.approx(losses[0][1], rel=1e-2)

@@ -42,7 +42,8 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "train": ("models", "epochs", "steps", "batch_size", "lr", "lr_schedule", "weight_decay",
               "loss", "dice_weight", "class_weights", "focal_gamma", "tversky_alpha",
               "tversky_beta", "augment", "seed", "device", "precision", "channels_last",
-              "cpu_threads", "compile", "adam_impl", "cuda_graphs", "deterministic",
+              "cpu_threads", "compile", "adam_impl", "cuda_graphs", "fused_convs",
+              "deterministic",
               "checkpoint_every", "log_every",
               "base_width", "model_options"),
     "evaluate": ("batch_size", "empty_score", "report_samples", "image_score",
@@ -187,10 +188,12 @@ def _check_loss_knobs(params: dict[str, Any]) -> None:
 
 
 def _check_speed_levers(params: dict[str, Any]) -> None:
-    """`train.compile`, `adam_impl`, `cuda_graphs`, `deterministic` (docs/training.md)."""
+    """`train.compile`, `adam_impl`, `cuda_graphs`, `fused_convs`, `deterministic`
+    (docs/training.md)."""
     _choice(params, "train.compile", (False, True, *COMPILE_MODES))
     _choice(params, "train.adam_impl", ADAM_IMPLS)
     _choice(params, "train.cuda_graphs", (False, True, "auto"))
+    _choice(params, "train.fused_convs", (False, True, "auto"))
     _choice(params, "train.deterministic", (True, False))
     compile_setting = params["train"]["compile"]
     _check(not (params["train"]["cuda_graphs"] is True and compile_setting is not False),

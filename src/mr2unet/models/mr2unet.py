@@ -62,18 +62,40 @@ class RecurrentConv(nn.Module):
     def _norm(self, step: int) -> nn.Module:
         return self.norms[min(step, len(self.norms) - 1)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def input_conv(self) -> nn.Conv2d | None:
+        """The convolution that reads ``x`` (``w_f``, or the tied unit's projection ``P``;
+        None when the projection is the identity)."""
         if self.tied:
-            x = self.project(x)
-            state = F.relu(self._norm(0)(self.recurrent(x)), inplace=True)
+            return None if isinstance(self.project, nn.Identity) else self.project
+        return self.feed_forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.input_conv()
+        return self.unroll(x if conv is None else conv(x))
+
+    def unroll(self, drive: torch.Tensor) -> torch.Tensor:
+        """The steps from ``w_f * x`` (separate kernels) or ``x' = P * x`` (tied)."""
+        if self.tied:
+            state = F.relu(self._norm(0)(self.recurrent(drive)), inplace=True)
             for k in range(1, self.steps + 1):
-                state = F.relu(self._norm(k)(self.recurrent(x + state)), inplace=True)
+                state = F.relu(self._norm(k)(self.recurrent(drive + state)), inplace=True)
             return state
-        drive = self.feed_forward(x)
         state = F.relu(self._norm(0)(drive), inplace=True)
         for k in range(1, self.steps + 1):
             state = F.relu(self._norm(k)(self.recurrent(state) + drive), inplace=True)
         return state
+
+
+def shared_input_conv(x: torch.Tensor, convs: Sequence[nn.Conv2d]) -> list[torch.Tensor]:
+    """``[W_1 * x, W_2 * x, ...]`` as one convolution: the kernels concatenated along the
+    output channels, each zero-padded to the largest (a 1×1 becomes the centre of a 3×3,
+    which computes the same sums).  The weights are assembled at every call from the
+    modules' own parameters, so gradients, optimiser state and checkpoints stay theirs.
+    """
+    size = max(c.kernel_size[0] for c in convs)
+    weights = [F.pad(c.weight, [(size - c.kernel_size[0]) // 2] * 4) for c in convs]
+    out = F.conv2d(x, torch.cat(weights), padding=size // 2)
+    return list(out.split([c.out_channels for c in convs], dim=1))
 
 
 def multiscale_widths(width: int, split: Sequence[float] = (1, 2, 3)) -> tuple[int, int, int]:
@@ -113,13 +135,20 @@ class MultiScaleRecurrentResidualBlock(nn.Module):
         self.unit3 = RecurrentConv(w2, w3, steps, kernels, norms)
         self.norm = nn.BatchNorm2d(w1 + w2 + w3)
         self.shortcut = ConvBN(in_ch, w1 + w2 + w3, kernel=1)
+        self.fused_convs = False  # see fuse_convolutions
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u1 = self.unit1(x)
+        first = self.unit1.input_conv()
+        if self.fused_convs and first is not None:  # both read x: one convolution
+            drive, projected = shared_input_conv(x, [first, self.shortcut[0]])
+            u1, shortcut = self.unit1.unroll(drive), self.shortcut[1](projected)
+        else:
+            u1, shortcut = self.unit1(x), None
         u2 = self.unit2(u1)
         u3 = self.unit3(u2)
-        return F.relu(self.norm(torch.cat([u1, u2, u3], dim=1)) + self.shortcut(x),
-                      inplace=True)
+        if shortcut is None:
+            shortcut = self.shortcut(x)
+        return F.relu(self.norm(torch.cat([u1, u2, u3], dim=1)) + shortcut, inplace=True)
 
 
 class ResidualPathUnit(nn.Module):
@@ -129,8 +158,12 @@ class ResidualPathUnit(nn.Module):
         super().__init__()
         self.conv = ConvBN(channels, channels, kernel=3)
         self.shortcut = ConvBN(channels, channels, kernel=1)
+        self.fused_convs = False  # see fuse_convolutions
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_convs:
+            a, b = shared_input_conv(x, [self.conv[0], self.shortcut[0]])
+            return F.relu(self.conv[1](a) + self.shortcut[1](b), inplace=True)
         return F.relu(self.conv(x) + self.shortcut(x), inplace=True)
 
 
@@ -144,6 +177,25 @@ class ResidualPath(nn.Sequential):
 
     def __init__(self, channels: int, length: int) -> None:
         super().__init__(*(ResidualPathUnit(channels) for _ in range(length)))
+
+
+def fuse_convolutions(model: nn.Module, enabled: bool = True) -> int:
+    """Compute MR2U-Net's convolutions that read the same input as one call each (the
+    first unit's input convolution with the block's 1×1 shortcut; a residual-path unit's
+    3×3 with its 1×1), or, with ``enabled=False``, as separate calls again.
+
+    The same function and the same parameters (outputs and gradients agree to the
+    rounding, ``tests/test_models.py``); fewer, larger kernels, which pays where kernel
+    launches dominate and costs where arithmetic does (a 1×1 padded to 3×3 does 9× its
+    multiply-adds: slower on the CPU, docs/performance.md).  Returns how many modules it
+    switched; any network without such modules is left as it is (0).
+    """
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, MultiScaleRecurrentResidualBlock | ResidualPathUnit):
+            module.fused_convs = enabled
+            switched += 1
+    return switched
 
 
 def build(in_channels: int = 3, num_classes: int = 2, base_width: int = 64,

@@ -35,6 +35,7 @@ from mr2unet.errors import UserError
 from mr2unet.metrics.segmentation import IGNORE_LABEL, confusion_counts, scores_from_counts
 from mr2unet.models import build_model
 from mr2unet.models.checkpoint import save_model, unwrap
+from mr2unet.models.mr2unet import fuse_convolutions
 from mr2unet.training.collapse import collapse_streak, training_warning
 from mr2unet.training.crops import crop_origins, crop_table, gather_crops
 from mr2unet.training.losses import (
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, float]], None]
 # TrainConfig fields that change how fast a run goes, not what it computes (beyond the
 # last bits of floating-point rounding): kept out of the fingerprint, like the device.
-SPEED_LEVERS = ("compile", "adam_impl", "cuda_graphs")
+SPEED_LEVERS = ("compile", "adam_impl", "cuda_graphs", "fused_convs")
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ class TrainConfig:
     # CUDA only: replay each full batch's forward and backward as one CUDA graph
     # (auto: mr2unet.training.speed.AUTO decides).
     cuda_graphs: bool | str = False
+    # MR2U-Net: convolutions reading the same input as one call (models.mr2unet.fuse_convolutions)
+    fused_convs: bool | str = False
     deterministic: bool = True
     checkpoint_every: int = 10
     log_every: int = 10
@@ -404,8 +407,8 @@ def train(
         torch.cuda.set_device(device)
     run = run_settings(device, precision=cfg.precision, channels_last=cfg.channels_last,
                        compile=cfg.compile, adam_impl=cfg.adam_impl,
-                       cuda_graphs=cfg.cuda_graphs, deterministic=cfg.deterministic,
-                       world=world)
+                       cuda_graphs=cfg.cuda_graphs, fused_convs=cfg.fused_convs,
+                       deterministic=cfg.deterministic, world=world)
     log.info("%s: %s", cfg.arch, run.describe())
     configure_determinism(run.deterministic, device)
     set_cpu_threads(cfg.cpu_threads)
@@ -418,6 +421,8 @@ def train(
 
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg.arch, **cfg.model_kwargs()).to(device)
+    if run.fused_convs:
+        fuse_convolutions(model)
     if run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg, run.adam_impl)

@@ -27,13 +27,16 @@ from mr2unet.errors import UserError
 #   adam_impl: "auto" leaves PyTorch's own choice (foreach on CUDA, for-loop on the CPU).
 #   cuda_graphs: not yet chosen on CUDA: graphs + fused Adam with deterministic kernels is
 #     measured by the prepared device call (issue #22) before `auto` may pick it.
+#   fused_convs: MR2U-Net's same-input convolutions as one call. Slower on the CPU (a 1x1
+#     padded to 3x3 does 9x its work: 1.2-2.4x a residual-path unit's step at 8-64
+#     channels, docs/performance.md); on CUDA, where launches dominate, still unmeasured.
 AUTO: dict[str, dict[str, Any]] = {
     "cuda": {"precision": "bf16", "channels_last": True, "adam_impl": "auto",
-             "cuda_graphs": False},
+             "cuda_graphs": False, "fused_convs": False},
     "cpu": {"precision": "fp32", "channels_last": True, "adam_impl": "auto",
-            "cuda_graphs": False},
+            "cuda_graphs": False, "fused_convs": False},
     "other": {"precision": "fp32", "channels_last": False, "adam_impl": "auto",
-              "cuda_graphs": False},
+              "cuda_graphs": False, "fused_convs": False},
 }
 DTYPES: dict[str, torch.dtype | None] = {"bf16": torch.bfloat16, "fp16": torch.float16,
                                          "fp32": None}
@@ -55,6 +58,7 @@ class RunSettings:
     adam_impl: str  # auto (PyTorch's choice) | foreach | fused
     cuda_graphs: bool
     deterministic: bool
+    fused_convs: bool = False
 
     def describe(self) -> str:
         precision = {v: k for k, v in DTYPES.items()}[self.amp_dtype]
@@ -62,13 +66,15 @@ class RunSettings:
                 f"{'channels_last' if self.channels_last else 'contiguous'}, "
                 f"compile {self.compile_mode or 'off'}, adam {self.adam_impl}, "
                 f"cuda_graphs {'on' if self.cuda_graphs else 'off'}, "
+                f"fused_convs {'on' if self.fused_convs else 'off'}, "
                 f"{'deterministic' if self.deterministic else 'non-deterministic'}")
 
 
 def run_settings(device: torch.device, *, precision: str = "auto",
                  channels_last: bool | str = "auto", compile: bool | str | None = False,
                  adam_impl: str = "auto", cuda_graphs: bool | str = False,
-                 deterministic: bool = True, world: int = 1) -> RunSettings:
+                 fused_convs: bool | str = False, deterministic: bool = True,
+                 world: int = 1) -> RunSettings:
     """The config's ``train.*`` speed values on ``device`` (``world`` processes).
 
     CUDA graphs need CUDA, one process and no ``torch.compile`` (whose reduce-overhead
@@ -85,6 +91,7 @@ def run_settings(device: torch.device, *, precision: str = "auto",
         adam_impl=auto["adam_impl"] if adam_impl == "auto" else adam_impl,
         cuda_graphs=graphs and device.type == "cuda" and world == 1 and mode is None,
         deterministic=deterministic,
+        fused_convs=auto["fused_convs"] if fused_convs == "auto" else fused_convs is True,
     )
 
 
