@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -396,7 +396,29 @@ def train(
 
     With torchrun (``WORLD_SIZE`` > 1 and the process group initialised by the
     caller) each rank takes every ``world``-th sample of the shared permutation and
-    gradients are averaged by DistributedDataParallel.
+    gradients are averaged by DistributedDataParallel.  The run itself is
+    :func:`training_steps`, driven to its end.
+    """
+    steps = training_steps(cfg, split, checkpoint_dir, on_epoch_end, progress)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def training_steps(
+    cfg: TrainConfig,
+    split: PreparedSplit,
+    checkpoint_dir: Path | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    progress: bool = True,
+) -> Generator[None, None, TrainResult]:
+    """:func:`train` as a generator that pauses after every optimiser step and returns the
+    :class:`TrainResult`, so that a caller can interleave several runs
+    (:func:`mr2unet.training.many.train_many`).  Between two steps it touches no global
+    state but the run's own: the global RNG only seeds the model's initialisation, in the
+    same stretch as the seeding.
     """
     from tqdm import tqdm
 
@@ -500,6 +522,7 @@ def train(
                 tally.add(logits, y)
             if progress and rank == 0 and (step + 1) % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", step=f"{step + 1}/{steps_per_epoch}")
+            yield
         totals = _all_reduce(torch.cat([loss_sum.double().view(1), tally.totals()])).cpu().tolist()
         seen = totals[3]
         seconds = time.perf_counter() - epoch_start
