@@ -67,10 +67,13 @@ def run_stage_cli(body: Callable[[dict[str, Any]], None], doc: str | None) -> No
     run_stage(body, _parser(doc).parse_args().params)
 
 
-def run_model_stage(body: Callable[[dict[str, Any], str], None], doc: str | None,
-                    verb: str) -> None:
-    """Command line of a per-model stage (``train@<model>``, ``evaluate@<model>``)."""
+def run_model_stage(body: Callable[[dict[str, Any], Any], None], doc: str | None,
+                    verb: str, several: bool = False) -> None:
+    """Command line of a per-model stage (``train@<model>``, ``evaluate@<model>``);
+    ``several``: one or more models, passed to ``body`` as a list."""
     parser = _parser(doc)
-    parser.add_argument("model", help=f"architecture to {verb} (one of params.yaml train.models)")
+    parser.add_argument("model", nargs="+" if several else None,
+                        help=f"architecture to {verb} (one of params.yaml train.models)"
+                        + ("; several: trained together in this process" if several else ""))
     args = parser.parse_args()
     run_stage(lambda params: body(params, args.model), args.params)

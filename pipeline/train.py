@@ -1,6 +1,8 @@
 """Stage `train@<model>`: train one architecture on the prepared training split.
 
     python pipeline/train.py <model>            (dvc.yaml: train@unet, train@mr2unet, ...)
+    python pipeline/train.py <model> <model>... (several stages' work in one process:
+                                                 `mr2unet repro --together`)
     torchrun --nproc-per-node N pipeline/train.py <model>   (DistributedDataParallel)
 
 With a validation split (split.val_fraction > 0) or evaluate.threshold other than 0.5, the
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +36,14 @@ from mr2unet.models.inference import DEFAULT_THRESHOLD
 from mr2unet.models.tiling import Tiling
 from mr2unet.training.loop import (
     TrainConfig,
+    TrainResult,
     history_metrics,
     init_distributed,
     save_trained_model,
     train,
     write_history,
 )
+from mr2unet.training.many import TrainJob, train_many
 
 TRAIN_SPLIT = Path("data/prepared/train.npz")
 VAL_SPLIT = Path("data/prepared/val.npz")
@@ -78,41 +83,72 @@ def threshold_meta(params: dict[str, Any], model: torch.nn.Module, device: str,
                                            min_area=params["evaluate"]["min_defect_area"])}
 
 
-def main(params: dict[str, Any], arch: str) -> None:
+@dataclass
+class Stage:
+    """One network's train@<model> stage: its config, resume folder and MLflow run."""
+
+    arch: str
+    cfg: TrainConfig
+    checkpoint_dir: Path
+    tracker: Any = None  # mr2unet.tracking.runs.TrainingTracker when tracking is on
+
+
+def start(params: dict[str, Any], arch: str, rank: int) -> Stage:
     if arch not in MODEL_NAMES:  # dvc.yaml passes one of train.models (validated)
         raise UserError(f"unknown architecture {arch!r}; expected one of "
                         f"{', '.join(MODEL_NAMES)}.")
-    cfg = TrainConfig.from_params(params, arch)
-    split = load_split(TRAIN_SPLIT)
-    checkpoint_dir = Path("data/checkpoints") / arch
-    rank = init_distributed()
-
-    tracker = None
+    stage = Stage(arch, TrainConfig.from_params(params, arch), Path("data/checkpoints") / arch)
     if params["tracking"]["enabled"] and rank == 0:
         from mr2unet.tracking.runs import TrainingTracker
 
-        tracker = TrainingTracker(params, arch)
-        run_id_file = checkpoint_dir / "mlflow_run_id"
+        stage.tracker = TrainingTracker(params, arch)
+        run_id_file = stage.checkpoint_dir / "mlflow_run_id"
         previous = run_id_file.read_text().strip() if run_id_file.is_file() else None
-        run_id = tracker.start(f"train@{arch}", resume_run_id=previous)
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        run_id = stage.tracker.start(f"train@{arch}", resume_run_id=previous)
+        stage.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         run_id_file.write_text(run_id + "\n")
+    return stage
 
+
+def main(params: dict[str, Any], archs: list[str]) -> None:
+    """Train ``archs``: one is the stage train@<model>; several train together in this
+    process (mr2unet.training.many: each on its own CUDA stream), each then finished
+    exactly as its stage finishes alone."""
+    if len(set(archs)) != len(archs):
+        raise UserError(f"name each model once, got {' '.join(archs)}")
+    split = load_split(TRAIN_SPLIT)
+    rank = init_distributed()
+    if len(archs) > 1 and torch.distributed.is_initialized():
+        raise UserError("train several models together or with torchrun, not both")
+    stages = [start(params, arch, rank) for arch in archs]
     try:
-        result = train(cfg, split, checkpoint_dir=checkpoint_dir,
-                       on_epoch_end=tracker.log_epoch if tracker else None)
+        if len(stages) == 1:
+            s = stages[0]
+            results = [train(s.cfg, split, checkpoint_dir=s.checkpoint_dir,
+                             on_epoch_end=s.tracker.log_epoch if s.tracker else None)]
+        else:
+            results = train_many([TrainJob(s.cfg, split, s.checkpoint_dir,
+                                           s.tracker.log_epoch if s.tracker else None)
+                                  for s in stages], progress=True)
     except BaseException:
-        if tracker:
-            tracker.fail()
+        for s in stages:
+            if s.tracker:
+                s.tracker.fail()
         raise
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     if rank != 0:
         return
+    for s, result in zip(stages, results, strict=True):
+        finish(params, s, result)
 
+
+def finish(params: dict[str, Any], stage: Stage, result: TrainResult) -> None:
+    """A trained network's stage outputs: model file, history, MLflow run, run info."""
     from mr2unet.config.provenance import git_commit, write_run_info
 
+    arch, cfg, tracker = stage.arch, stage.cfg, stage.tracker
     model_path = Path("data/models") / f"{arch}.pt"
     history_path = Path("metrics/history") / f"{arch}.csv"
     tiling = tiling_meta(params["prepare"])
@@ -137,7 +173,7 @@ def main(params: dict[str, Any], arch: str) -> None:
     # evaluate): a measurement, so it lives here and not in the byte-compared metrics.
     info.update(train_seconds=round(result.seconds, 1), train_device=result.device)
     write_run_info(Path("data/models") / f"{arch}.run.json", info)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    shutil.rmtree(stage.checkpoint_dir, ignore_errors=True)
     print(f"{arch}: {len(result.history)} epochs in {result.seconds:.1f}s on {result.device}; "
           f"final loss {result.history[-1]['loss']:.4f}, train IOU "
           f"{result.history[-1]['train_iou']:.4f}; mask threshold {threshold:g}"
@@ -151,4 +187,4 @@ def main(params: dict[str, Any], arch: str) -> None:
 
 
 if __name__ == "__main__":
-    run_model_stage(main, __doc__, "train")
+    run_model_stage(main, __doc__, "train", several=True)

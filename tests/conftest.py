@@ -35,6 +35,16 @@ def verified_archive(path: Path, sha256: str, what: str) -> Path:
     return path
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A case parametrised with ``device="cuda"`` (tests/test_models.py) is a ``cuda`` test,
+    like those of tests/test_cuda.py: ``pytest -m cuda`` selects both."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("device") == "cuda":
+            item.add_marker(pytest.mark.cuda)
+
+
 @pytest.fixture(scope="session")
 def bottle_tar() -> Path:
     return verified_archive(BOTTLE_TAR, BOTTLE_SHA256, "the real MVTec sample")

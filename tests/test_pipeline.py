@@ -119,6 +119,29 @@ def test_parallel_repro_gives_the_sequential_results(built: Path, tmp_path: Path
     assert stale_stages(project) == set()
 
 
+def test_repro_together_gives_the_sequential_results(built: Path, tmp_path: Path) -> None:
+    """`mr2unet repro --together`: the networks trained in one process (pipeline/train.py
+    unet mr2unet), their stages recorded by `dvc commit`, then evaluated; the same bytes
+    as `dvc repro` and nothing left to do.  A second run trains nothing."""
+    project = copy_built(built, tmp_path / "p")
+    out = run([str(BIN / "mr2unet"), "repro", "--together", "--force"], project,
+              timeout=900)
+    text = out.stdout + out.stderr
+    assert "training unet, mr2unet together" in text or \
+        "training mr2unet, unet together" in text
+    assert ran_stages(text) == {"download", "prepare", "evaluate@unet", "evaluate@mr2unet",
+                                "report"}  # the training ran outside dvc repro
+    results = [*project.glob("metrics/*.json"), *project.glob("metrics/pooled/*.json"),
+               *project.glob("metrics/history/*.csv")]
+    assert len(results) >= 6
+    for path in results:
+        assert path.read_bytes() == (built / path.relative_to(project)).read_bytes(), path
+    assert stale_stages(project) == set()
+    again = run([str(BIN / "mr2unet"), "repro", "--together"], project, timeout=300)
+    assert "together in one process" not in again.stdout + again.stderr
+    assert "Running stage" not in again.stdout
+
+
 def test_remote_push_pull(built: Path, tmp_path: Path) -> None:
     remote = tmp_path / "remote"
     run([DVC, "remote", "add", "-d", "local", str(remote)], built)

@@ -6,7 +6,7 @@
 
 One command, one device call; it writes ``$OUT/gpu_check.json`` after every phase (so a
 run killed at its time limit still returns what it measured) and ``$OUT/gpu_check.log``,
-and prints a short table last.  Phases (``--phases``, all by default):
+and prints a short table last.  Phases (``--phases``, a-d by default):
 
 a. correctness: each network trains 2 epochs with the committed settings (bf16,
    channels_last, deterministic) on the real bottle sample: finite, falling loss; two
@@ -28,6 +28,17 @@ d. the real bottle sample (50 train / 13 test) with the paper's protocol (params
    IOU/Dice mean and sample std per network beside the paper's bottle row.  When the
    measured speed says 200 epochs do not fit the time left, the epochs are scaled down
    and the result says so (``protocol_complete: false``).
+e. the paper's protocol run as a user runs it on one GPU (only when ``--phases`` names
+   it): the four networks one after another in this process, with params.yaml's committed
+   settings (what ``dvc repro`` trains), on ``--protocol-images`` generated images for
+   ``--protocol-epochs`` epochs (1006 and 200 by default; small values make a rehearsal
+   that runs in seconds on the CPU).  Wall seconds per network and in all
+   (``protocol_run``; ``full_protocol_measured`` and ``full_protocol_wall_s`` when all
+   four finished), and the plain loop's time for the same work over ours (``vs_plain``;
+   the plain loop's images/s from phase b of this call, else measured first).  Each
+   network gets an equal share of the time left of ``--budget-s`` when it starts; one
+   that does not finish in it is projected from its epochs done
+   (``full_protocol_measured: false``, ``projected_s``).
 
 ``--previous gpu_check.json`` starts from an earlier call's results on the same GPU model
 and fills only what it lacks (phase b's unmeasured modes, phase d's unfinished networks).
@@ -39,7 +50,7 @@ The worker processes are this script (``--worker spec.json``).
 
 The code: :mod:`gpucheck.settings` (constants, sizes), :mod:`gpucheck.workers` (one
 training job per process), :mod:`gpucheck.runner` (running them within their limits),
-:mod:`gpucheck.projections`, :mod:`gpucheck.report`, :mod:`gpucheck.phases` (a-d) and
+:mod:`gpucheck.projections`, :mod:`gpucheck.report`, :mod:`gpucheck.phases` (a-e) and
 :mod:`gpucheck.cli` (``main``); ``benchmarks/gpu_check.py`` is the entry point.
 It needs only torch, numpy, pyyaml and ``PYTHONPATH=src`` (no DVC, no MLflow).
 """

@@ -54,7 +54,8 @@ def prepare_bottle(out: Path, archive: Path) -> None:
 
 
 MERGED_KEYS = ("correctness", "throughput", "full_protocol_minutes", "full_protocol_measured",
-               "full_protocol", "bottle", "bottle_epochs")
+               "full_protocol", "bottle", "bottle_epochs", "full_protocol_wall_s",
+               "protocol_run")
 
 
 def merge_previous(data: dict[str, Any], previous: dict[str, Any], path: Path) -> None:
@@ -94,12 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=None,
                     help="wall-clock seconds for everything, shared by the phases "
                          "(default 420; 60 with --smoke)")
-    ap.add_argument("--phases", default="abcd", help="any of a b c d, e.g. 'bc'")
+    ap.add_argument("--phases", default="abcd",
+                    help="any of a b c d e, e.g. 'bc' (e, the protocol run, only when named)")
     ap.add_argument("--models", nargs="+", choices=MODELS, default=None)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--protocol-share", type=float, default=None,
                     help="share of the budget for phase c's window (default 0.13; 1 with "
                          "--phases c measures the protocol directly where it fits)")
+    ap.add_argument("--protocol-epochs", type=int, default=None,
+                    help="the protocol's epochs in phases c and e (default 200, the paper's)")
+    ap.add_argument("--protocol-images", type=int, default=None,
+                    help="the protocol's training images in phases c and e (default 1006; "
+                         "with --protocol-epochs, a rehearsal of phase e in seconds)")
     ap.add_argument("--bottle-epochs", type=int, default=None,
                     help="phase d's epochs (default: planned from phases b and c to fit the "
                          "time left; use it when running d alone with known speeds)")
@@ -122,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         prepare_bottle(args.out or DEFAULT_DATA, args.archive)
         return 0
 
+    if set(args.phases) - set(PHASES):
+        ap.error(f"--phases: {args.phases!r}; expected letters of {''.join(PHASES)}")
     sizes = SMOKE if args.smoke else Sizes()
     if args.budget_s is None:
         args.budget_s = 60.0 if args.smoke else 420.0
@@ -132,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         args.protocol_share = 0.02 if args.smoke else 0.13
     if args.models:
         sizes = dataclasses.replace(sizes, models=tuple(args.models))
+    for name in ("protocol_epochs", "protocol_images"):
+        if getattr(args, name) is not None:
+            sizes = dataclasses.replace(sizes, **{name: getattr(args, name)})
     if args.smoke:
         args.seeds = args.seeds[:2] if args.seeds == [0, 1, 2] else args.seeds
     out = args.out or Path(os.environ.get("OUT") or "gpu_check_out")
@@ -149,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "modes": {**MODES, **({"compile": COMPILE_MODE} if args.try_compile else {})},
         "correctness": {}, "throughput": {},
         "full_protocol_minutes": None, "full_protocol_measured": False, "full_protocol": {},
+        "full_protocol_wall_s": None, "protocol_run": {},
         "bottle": {}, "bottle_epochs": None, "bottle_note": BOTTLE_NOTE,
         "paper_bottle": {a: {"iou": v[0], "dice": v[1]} for a, v in PAPER_BOTTLE.items()}})
     if args.previous:

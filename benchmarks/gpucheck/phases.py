@@ -1,23 +1,35 @@
-"""The four phases (a: correctness, b: throughput, c: protocol time, d: bottle)."""
+"""The phases (a: correctness, b: throughput, c: protocol time, d: bottle, e: protocol run)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from train_throughput import (
     PAPER_EPOCHS,
+    plain_images_per_second,
+    random_split,
+    write_pngs,
 )
 
-from gpucheck.projections import plan_bottle_epochs, protocol_time, steady_epoch_seconds
+from gpucheck.projections import (
+    plan_bottle_epochs,
+    protocol_time,
+    run_seconds,
+    sequential_run,
+    steady_epoch_seconds,
+)
 from gpucheck.report import Report
 from gpucheck.runner import Job, run_jobs
-from gpucheck.settings import COMPILE_MODE, COST, MODES, PAPER_BOTTLE, Sizes, mean_std
+from gpucheck.settings import COMPILE_MODE, COST, MODES, PAPER_BOTTLE, Sizes, config, mean_std
+from gpucheck.workers import timed_train
 from mr2unet.data.prepared import load_split
 
 
@@ -159,6 +171,105 @@ def phase_bottle(ctx: Context) -> None:
     ctx.run(jobs, parallel=len(jobs), on_done=done)
 
 
+# The settings phase e reports (those of params.yaml that decide its speed).
+PROTOCOL_SETTINGS = ("batch_size", "base_width", "precision", "channels_last", "deterministic",
+                     "compile", "adam_impl", "cuda_graphs", "loss", "augment", "lr_schedule")
+
+
+def plain_speeds(ctx: Context) -> dict[str, dict[str, Any]]:
+    """The plain loop's images/s per network: phase b's of this call, else measured here
+    (train_throughput.plain_images_per_second, phase b's images and epochs)."""
+    sizes, speeds = ctx.sizes, {}
+    pngs = ctx.work / "e_plain_pngs"
+    for arch in sizes.models:
+        known = None if ctx.args.previous else (
+            ctx.report.data["throughput"].get(arch, {}).get("plain"))
+        if known:
+            speeds[arch] = {"images_per_second": known, "source": "phase b"}
+            continue
+        if not pngs.is_dir():
+            pngs.mkdir()
+            write_pngs(random_split(sizes.bench_images, sizes.image_size), pngs)
+        try:
+            speed = plain_images_per_second(config(arch, sizes), pngs, sizes.bench_images,
+                                            sizes.bench_epochs)
+            speeds[arch] = {"images_per_second": speed, "source": "phase e"}
+        except Exception as exc:  # noqa: BLE001 - the ratio is then unknown, the run goes on
+            speeds[arch] = {"images_per_second": None, "error": f"{type(exc).__name__}: {exc}"}
+    return speeds
+
+
+def phase_protocol_run(ctx: Context) -> None:
+    """e: the paper's protocol as a user runs it on one GPU: the committed settings (what
+    ``dvc repro`` runs as params.yaml holds them), the networks one after another in this
+    process.  Each network gets an equal share of the time left when it starts (what an
+    earlier one leaves over passes on); one that does not finish by then is projected from
+    its epochs done (projections.run_seconds)."""
+    threads = torch.get_num_threads()
+    if ctx.args.smoke:  # tiny networks: one thread, as the smoke run's workers have
+        torch.set_num_threads(1)
+    try:
+        _protocol_run(ctx)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _protocol_run(ctx: Context) -> None:
+    sizes, data = ctx.sizes, ctx.report.data
+    deadline = ctx.deadline - max(3.0, 0.03 * ctx.args.budget_s)
+    split = random_split(sizes.protocol_images, sizes.image_size)
+    plain = plain_speeds(ctx)
+    settings = config(sizes.models[0], sizes)
+    networks: dict[str, dict[str, Any]] = {}
+    for arch in sizes.models:
+        speed = plain[arch].get("images_per_second")
+        networks[arch] = {"started": False, "finished": False, "measured": False,
+                          "epochs_done": 0, "seconds": None, "plain_protocol_s":
+                          sizes.protocol_epochs * len(split) / speed if speed else None}
+    section: dict[str, Any] = {
+        "mode": "ours", "epochs": sizes.protocol_epochs, "images": len(split),
+        "settings": {k: getattr(settings, k) for k in PROTOCOL_SETTINGS}, "plain": plain,
+        "networks": networks, **sequential_run(networks, 0.0)}
+    data["protocol_run"] = section
+    ctx.report.save()
+    start = time.time()
+    for i, arch in enumerate(sizes.models):
+        row = networks[arch]
+        share = (deadline - time.time()) / (len(sizes.models) - i)
+        if share < 1.0:  # not started: projected from phase b's speed of the same mode
+            ours = data["throughput"].get(arch, {}).get("ours")
+            row.update(seconds=sizes.protocol_epochs * len(split) / ours if ours else None,
+                       projected_from="phase b" if ours else None)
+        else:
+            cfg = dataclasses.replace(config(arch, sizes), epochs=sizes.protocol_epochs)
+            began = time.time()
+            try:
+                result, rows = timed_train(cfg, split, began + share, 1, lookahead=True)
+            except Exception as exc:  # noqa: BLE001 - record it, run the next network
+                result, rows = None, []
+                row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                ctx.report.log(f"e_{arch}: {row['error']}")
+            wall = time.time() - began
+            epoch_seconds = [r["seconds"] for r in rows]
+            row.update(started=True, epochs_done=len(rows), finished=result is not None,
+                       measured=result is not None, wall_s=wall, epoch_seconds=epoch_seconds,
+                       seconds=run_seconds(wall, epoch_seconds, cfg.epochs) if rows else None)
+            del result
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            ctx.report.log(f"e_{arch}: {len(rows)} of {cfg.epochs} epochs in {wall:.1f} s")
+        row["vs_plain"] = (row["plain_protocol_s"] / row["seconds"]
+                           if row["plain_protocol_s"] and row["seconds"] else None)
+        section.update(sequential_run(networks, time.time() - start))
+        ctx.report.save()
+    section["elapsed_s"] = time.time() - start
+    if section["full_protocol_measured"]:
+        data["full_protocol_measured"] = True
+    data["full_protocol_wall_s"] = section["full_protocol_wall_s"]
+    ctx.report.save()
+
+
 @dataclasses.dataclass
 class Context:
     args: argparse.Namespace
@@ -187,6 +298,6 @@ class Context:
 
 
 PHASES = {"a": phase_correctness, "b": phase_throughput, "c": phase_protocol,
-          "d": phase_bottle}
+          "d": phase_bottle, "e": phase_protocol_run}
 
 

@@ -58,3 +58,30 @@ def plan_bottle_epochs(alone: dict[str, float], gain: float | None, runs_per_net
     return max(minimum, min(full, int(seconds / per_epoch)))
 
 
+def run_seconds(wall_s: float, epoch_seconds: list[float], epochs: int) -> float:
+    """Phase e: one network's protocol seconds, from a run stopped after
+    ``len(epoch_seconds)`` of ``epochs`` epochs (``wall_s`` so far, set-up included): the
+    epochs not reached at its steady-state epoch time are added (none when it finished)."""
+    left = epochs - len(epoch_seconds)
+    return wall_s + (left * steady_epoch_seconds(epoch_seconds) if left > 0 else 0.0)
+
+
+def sequential_run(networks: dict[str, dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    """Phase e's totals from its per-network rows (``seconds``: measured or projected, None
+    when unknown; ``measured``; ``plain_protocol_s``: the plain loop's time for the same
+    work, None when unmeasured).
+
+    Measured when every network finished: the wall time of the whole phase run.  Else the
+    projection is the sum over networks.  ``vs_plain`` is the plain loop's time over ours
+    (> 1: ours is faster), where both are known for every network.
+    """
+    seconds = [row.get("seconds") for row in networks.values()]
+    plain = [row.get("plain_protocol_s") for row in networks.values()]
+    measured = bool(networks) and all(row.get("measured") for row in networks.values())
+    known = bool(networks) and None not in seconds
+    total = wall_s if measured else (sum(seconds) if known else None)
+    return {"full_protocol_measured": measured,
+            "full_protocol_wall_s": wall_s if measured else None,
+            "projected_s": None if measured else total,
+            "per_network_s": {a: row.get("seconds") for a, row in networks.items()},
+            "vs_plain": sum(plain) / total if total and None not in plain else None}

@@ -60,12 +60,24 @@ def table(data: dict[str, Any]) -> str:
             f"{_fmt(c.get('cuda_cpu_agreement'), 5):>13} | "
             f"{_fmt(b.get('iou_mean'))}±{_fmt(b.get('iou_std'), 3)} ({PAPER_BOTTLE[arch][0]}) | "
             f"{_fmt(b.get('dice_mean'))}±{_fmt(b.get('dice_std'), 3)} ({PAPER_BOTTLE[arch][1]})")
-    minutes, measured = data["full_protocol_minutes"], data["full_protocol_measured"]
+    minutes = data["full_protocol_minutes"]
+    measured = data["full_protocol"].get("measured", False)  # phase c's (e has its line)
     lines.append(f"paper protocol (4 x {PAPER_EPOCHS} epochs x {PAPER_TRAIN_IMAGES} images): "
                  f"{_fmt(minutes, 2)} min, "
                  f"{'measured' if measured else 'projected'}"
                  f" ({data['full_protocol'].get('strategy') or '-'}); bottle epochs "
                  f"{data['bottle_epochs'] or '-'} of {PAPER_EPOCHS}")
+    run = data.get("protocol_run") or {}
+    if run:
+        seconds = run["full_protocol_wall_s"] or run["projected_s"]
+        done = sum(row["finished"] for row in run["networks"].values())
+        lines.append(
+            f"protocol run (params.yaml as committed, one network after another, "
+            f"{run['epochs']} epochs x {run['images']} images): "
+            f"{_fmt(seconds / 60 if seconds else None, 2)} min, "
+            f"{'measured' if run['full_protocol_measured'] else 'projected'} ({done} of "
+            f"{len(run['networks'])} networks finished); plain loop's time / ours "
+            f"{_fmt(run['vs_plain'], 2)}")
     return "\n".join(lines)
 
 

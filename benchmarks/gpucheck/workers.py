@@ -40,15 +40,21 @@ class _Stop(Exception):  # noqa: N818 - a signal, not an error
     """Raised from ``on_epoch_end`` to end a run at its deadline."""
 
 
-def _timed_train(cfg: TrainConfig, split: PreparedSplit, deadline: float, min_epochs: int,
-                 checkpoint_dir: Path | None = None) -> tuple[Any, list[dict[str, float]]]:
+def timed_train(cfg: TrainConfig, split: PreparedSplit, deadline: float, min_epochs: int,
+                checkpoint_dir: Path | None = None, lookahead: bool = False
+                ) -> tuple[Any, list[dict[str, float]]]:
     """Train, stopping after the epoch that ends past ``deadline`` (once ``min_epochs``
-    are done); (result or None when stopped, history rows with wall-clock ``end``)."""
+    are done); (result or None when stopped, history rows with wall-clock ``end``).
+
+    With ``lookahead``, it stops one epoch sooner: after the epoch past which another as
+    long would end past ``deadline`` (so a run in this process ends by its deadline).
+    """
     rows: list[dict[str, float]] = []
 
     def on_epoch_end(row: dict[str, float]) -> None:
         rows.append({**row, "end": time.time()})
-        if len(rows) >= min_epochs and time.time() > deadline and row["epoch"] < cfg.epochs:
+        late = time.time() + (row["seconds"] if lookahead else 0.0) > deadline
+        if len(rows) >= min_epochs and late and row["epoch"] < cfg.epochs:
             raise _Stop
 
     try:
@@ -181,7 +187,7 @@ def work_protocol(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     sizes, arch = Sizes(**spec["sizes"]), spec["arch"]
     split = random_split(sizes.protocol_images, sizes.image_size)
     cfg = dataclasses.replace(config(arch, sizes, **spec["mode"]), epochs=sizes.protocol_epochs)
-    result, rows = _timed_train(cfg, split, spec["deadline"], sizes.min_steady_epochs + 1)
+    result, rows = timed_train(cfg, split, spec["deadline"], sizes.min_steady_epochs + 1)
     return {"arch": arch, "mode": spec["mode_name"], "images": len(split),
             "epochs_done": len(rows), "finished": result is not None,
             "epoch_seconds": [row["seconds"] for row in rows],
@@ -195,7 +201,7 @@ def work_bottle(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     cfg = dataclasses.replace(config(arch, sizes, **spec["mode"]), epochs=spec["epochs"],
                               seed=spec["seed"])
     device = torch.device(sizes.device)
-    result, rows = _timed_train(cfg, train_split, spec["deadline"], 1)
+    result, rows = timed_train(cfg, train_split, spec["deadline"], 1)
     if result is None:  # stopped at the deadline: no weights to evaluate
         return {"arch": arch, "seed": spec["seed"], "epochs_done": len(rows),
                 "finished": False, "final_loss": rows[-1]["loss"] if rows else None}

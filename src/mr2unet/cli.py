@@ -75,7 +75,8 @@ def _repro(args: argparse.Namespace) -> int:
 
     from mr2unet import repro
 
-    return repro.run(Path(args.repo), args.jobs, ["--force"] if args.force else [])
+    return repro.run(Path(args.repo), args.jobs, ["--force"] if args.force else [],
+                     together=args.together)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "cores with train.cpu_threads")
     p.add_argument("--force", "-f", action="store_true",
                    help="run every stage even if nothing changed (dvc repro --force)")
+    p.add_argument("--together", action="store_true",
+                   help="train the stale networks in one process, each on its own CUDA "
+                        "stream (one GPU), then run the rest")
     p.add_argument("--repo", default=".")
     p.set_defaults(func=_repro)
 

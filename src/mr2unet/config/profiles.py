@@ -26,13 +26,15 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from ruamel.yaml import YAML
 
 from mr2unet.config.params import check_known_keys, merge_into, read_mapping
 from mr2unet.errors import UserError
+
+if TYPE_CHECKING:
+    from ruamel.yaml import YAML
 
 PROFILES_DIR = Path("profiles")
 BASE = "paper"
@@ -41,7 +43,13 @@ JOIN = "+"  # user-data+neu-sample: overlays merged in this order
 
 
 def _yaml() -> YAML:
-    """A round-trip YAML that writes the way params.yaml is written (2-space maps, null)."""
+    """A round-trip YAML that writes the way params.yaml is written (2-space maps, null).
+
+    ruamel.yaml is imported here, not with the module: code that imports this module
+    without writing a profile (tests/helpers.py on the GPU machine) does not need it.
+    """
+    from ruamel.yaml import YAML
+
     rt = YAML()
     rt.width = 4096
     rt.indent(mapping=2, sequence=4, offset=2)
