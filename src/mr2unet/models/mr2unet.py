@@ -143,11 +143,9 @@ class MultiScaleRecurrentResidualBlock(nn.Module):
             drive, projected = shared_input_conv(x, [first, self.shortcut[0]])
             u1, shortcut = self.unit1.unroll(drive), self.shortcut[1](projected)
         else:
-            u1, shortcut = self.unit1(x), None
+            u1, shortcut = self.unit1(x), self.shortcut(x)
         u2 = self.unit2(u1)
         u3 = self.unit3(u2)
-        if shortcut is None:
-            shortcut = self.shortcut(x)
         return F.relu(self.norm(torch.cat([u1, u2, u3], dim=1)) + shortcut, inplace=True)
 
 

@@ -28,8 +28,8 @@ from mr2unet.errors import UserError
 #   cuda_graphs: not yet chosen on CUDA: graphs + fused Adam with deterministic kernels is
 #     measured by the prepared device call (issue #22) before `auto` may pick it.
 #   fused_convs: MR2U-Net's same-input convolutions as one call. Slower on the CPU (a 1x1
-#     padded to 3x3 does 9x its work: 1.2-2.4x a residual-path unit's step at 8-64
-#     channels, docs/performance.md); on CUDA, where launches dominate, still unmeasured.
+#     padded to 3x3 does 9x its work: a whole training step took 1.12-1.40x as long,
+#     benchmarks/fused_convs.py, docs/performance.md); on CUDA still unmeasured.
 AUTO: dict[str, dict[str, Any]] = {
     "cuda": {"precision": "bf16", "channels_last": True, "adam_impl": "auto",
              "cuda_graphs": False, "fused_convs": False},
@@ -81,17 +81,21 @@ def run_settings(device: torch.device, *, precision: str = "auto",
     mode captures graphs itself); elsewhere they are off whatever the setting.
     """
     auto = auto_choices(device)
+
+    def pick(key: str, value: Any) -> Any:
+        return auto[key] if value == "auto" else value
+
     mode = compile_mode(compile)
-    graphs = auto["cuda_graphs"] if cuda_graphs == "auto" else bool(cuda_graphs)
     return RunSettings(
         device=device,
-        amp_dtype=DTYPES[auto["precision"] if precision == "auto" else precision],
-        channels_last=auto["channels_last"] if channels_last == "auto" else channels_last is True,
+        amp_dtype=DTYPES[pick("precision", precision)],
+        channels_last=pick("channels_last", channels_last) is True,
         compile_mode=mode,
-        adam_impl=auto["adam_impl"] if adam_impl == "auto" else adam_impl,
-        cuda_graphs=graphs and device.type == "cuda" and world == 1 and mode is None,
+        adam_impl=pick("adam_impl", adam_impl),
+        cuda_graphs=(bool(pick("cuda_graphs", cuda_graphs)) and device.type == "cuda"
+                     and world == 1 and mode is None),
         deterministic=deterministic,
-        fused_convs=auto["fused_convs"] if fused_convs == "auto" else fused_convs is True,
+        fused_convs=pick("fused_convs", fused_convs) is True,
     )
 
 
@@ -110,11 +114,6 @@ def set_cpu_threads(threads: int | None) -> None:
     """Pin PyTorch's intra-op CPU threads (``train.cpu_threads``); None leaves the default."""
     if threads is not None:
         torch.set_num_threads(threads)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32 (``auto``: :data:`AUTO`)."""
-    return DTYPES[auto_choices(device)["precision"] if precision == "auto" else precision]
 
 
 def configure_determinism(enabled: bool, device: torch.device) -> None:
