@@ -121,15 +121,12 @@ def main(params: dict[str, Any], archs: list[str]) -> None:
     if len(archs) > 1 and torch.distributed.is_initialized():
         raise UserError("train several models together or with torchrun, not both")
     stages = [start(params, arch, rank) for arch in archs]
+    jobs = [TrainJob(s.cfg, split, s.checkpoint_dir, s.tracker.log_epoch if s.tracker else None)
+            for s in stages]
     try:
-        if len(stages) == 1:
-            s = stages[0]
-            results = [train(s.cfg, split, checkpoint_dir=s.checkpoint_dir,
-                             on_epoch_end=s.tracker.log_epoch if s.tracker else None)]
-        else:
-            results = train_many([TrainJob(s.cfg, split, s.checkpoint_dir,
-                                           s.tracker.log_epoch if s.tracker else None)
-                                  for s in stages], progress=True)
+        # one network: the plain loop on the default stream, as the stage always ran
+        results = ([train(jobs[0].cfg, split, jobs[0].checkpoint_dir, jobs[0].on_epoch_end)]
+                   if len(jobs) == 1 else train_many(jobs, progress=True))
     except BaseException:
         for s in stages:
             if s.tracker:
