@@ -60,16 +60,22 @@ def step_ms_per_image(arch: str, size: int, width: int, batch: int, threads: int
         loss.backward()
         opt.step()
 
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+    ms = median_ms(step, repeats)
     if profile:
         print(profile_table(step))
-    return 1000 * statistics.median(times) / batch
+    return ms / batch
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 
 def profile_table(step: Callable[[], None], steps: int = 3) -> str:

@@ -361,6 +361,7 @@ def _reference_training(cfg: TrainConfig, split: PreparedSplit) -> tuple[list[di
     the scores every step.  (history rows, state_dict)"""
     from mr2unet.data.transforms import to_input
     from mr2unet.models import build_model
+    from mr2unet.models.kernels import narrow_norms_in_nchw, onednn_1x1_convs
     from mr2unet.training.loop import epoch_lr, make_optimizer
     from mr2unet.training.losses import SegmentationLoss
     from mr2unet.training.speed import configure_determinism, set_cpu_threads
@@ -370,6 +371,8 @@ def _reference_training(cfg: TrainConfig, split: PreparedSplit) -> tuple[list[di
     criterion = SegmentationLoss(cfg.loss_config())
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, **cfg.model_kwargs()).to(memory_format=torch.channels_last)
+    narrow_norms_in_nchw(model)  # the CPU kernel routes of train.*: auto (test_speed.py)
+    onednn_1x1_convs(model)
     optimizer = make_optimizer(model, cfg)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 2)

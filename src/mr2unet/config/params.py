@@ -43,7 +43,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
               "loss", "dice_weight", "class_weights", "focal_gamma", "tversky_alpha",
               "tversky_beta", "augment", "seed", "device", "precision", "channels_last",
               "cpu_threads", "compile", "adam_impl", "cuda_graphs", "fused_convs",
-              "deterministic",
+              "narrow_norms_nchw", "onednn_1x1_convs", "deterministic",
               "checkpoint_every", "log_every",
               "base_width", "model_options"),
     "evaluate": ("batch_size", "empty_score", "report_samples", "image_score",
@@ -188,12 +188,14 @@ def _check_loss_knobs(params: dict[str, Any]) -> None:
 
 
 def _check_speed_levers(params: dict[str, Any]) -> None:
-    """`train.compile`, `adam_impl`, `cuda_graphs`, `fused_convs`, `deterministic`
-    (docs/training.md)."""
+    """`train.compile`, `adam_impl`, `cuda_graphs`, `fused_convs`, `narrow_norms_nchw`,
+    `onednn_1x1_convs`, `deterministic` (docs/training.md)."""
     _choice(params, "train.compile", (False, True, *COMPILE_MODES))
     _choice(params, "train.adam_impl", ADAM_IMPLS)
     _choice(params, "train.cuda_graphs", (False, True, "auto"))
     _choice(params, "train.fused_convs", (False, True, "auto"))
+    _choice(params, "train.narrow_norms_nchw", (False, True, "auto"))
+    _choice(params, "train.onednn_1x1_convs", (False, True, "auto"))
     _choice(params, "train.deterministic", (True, False))
     compile_setting = params["train"]["compile"]
     _check(not (params["train"]["cuda_graphs"] is True and compile_setting is not False),

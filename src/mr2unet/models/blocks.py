@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from mr2unet.models.kernels import BatchNorm2d
+
 
 class ConvBN(nn.Sequential):
     """``y = BN(W * x)``: a ``k×k`` convolution ('same' padding) without activation."""
@@ -17,7 +19,7 @@ class ConvBN(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1) -> None:
         super().__init__(
             nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False),
-            nn.BatchNorm2d(out_ch),
+            BatchNorm2d(out_ch),
         )
 
 

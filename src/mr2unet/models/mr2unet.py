@@ -16,6 +16,7 @@ from torch import nn
 
 from mr2unet.errors import UserError
 from mr2unet.models.blocks import ConvBN
+from mr2unet.models.kernels import BatchNorm2d, like_layout
 from mr2unet.models.ushape import UShapedNet, level_widths
 
 LEVELS = 5
@@ -56,7 +57,7 @@ class RecurrentConv(nn.Module):
             self.feed_forward = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
         self.recurrent = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
         count = steps + 1 if norms == "per_step" else 1
-        self.norms = nn.ModuleList(nn.BatchNorm2d(out_ch) for _ in range(count))
+        self.norms = nn.ModuleList(BatchNorm2d(out_ch) for _ in range(count))
         self.steps = steps
 
     def _norm(self, step: int) -> nn.Module:
@@ -133,7 +134,7 @@ class MultiScaleRecurrentResidualBlock(nn.Module):
         self.unit1 = RecurrentConv(in_ch, w1, steps, kernels, norms)
         self.unit2 = RecurrentConv(w1, w2, steps, kernels, norms)
         self.unit3 = RecurrentConv(w2, w3, steps, kernels, norms)
-        self.norm = nn.BatchNorm2d(w1 + w2 + w3)
+        self.norm = BatchNorm2d(w1 + w2 + w3)
         self.shortcut = ConvBN(in_ch, w1 + w2 + w3, kernel=1)
         self.fused_convs = False  # see fuse_convolutions
 
@@ -146,7 +147,8 @@ class MultiScaleRecurrentResidualBlock(nn.Module):
             u1, shortcut = self.unit1(x), self.shortcut(x)
         u2 = self.unit2(u1)
         u3 = self.unit3(u2)
-        return F.relu(self.norm(torch.cat([u1, u2, u3], dim=1)) + shortcut, inplace=True)
+        units = like_layout(torch.cat([u1, u2, u3], dim=1), x)  # a 1-channel u1 makes it NCHW
+        return F.relu(self.norm(units) + shortcut, inplace=True)
 
 
 class ResidualPathUnit(nn.Module):

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from mr2unet.models.blocks import ConvBN
+from mr2unet.models.kernels import BatchNorm2d, like_layout
 from mr2unet.models.ushape import UShapedNet, level_widths
 
 
@@ -24,19 +25,21 @@ class PreActResidualUnit(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1, first: bool = False) -> None:
         super().__init__()
-        pre = [] if first else [nn.BatchNorm2d(in_ch), nn.ReLU()]
+        pre = [] if first else [BatchNorm2d(in_ch), nn.ReLU()]
         self.stride = stride
         self.body = nn.Sequential(
             *pre,
             nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(out_ch),
+            BatchNorm2d(out_ch),
             nn.ReLU(inplace=True),
             nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
         )
         self.shortcut = ConvBN(in_ch, out_ch, kernel=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) + self.shortcut(x[:, :, :: self.stride, :: self.stride])
+        # the strided view has neither memory format: keep x's, as the body's output does
+        sampled = like_layout(x[:, :, :: self.stride, :: self.stride], x)
+        return self.body(x) + self.shortcut(sampled)
 
 
 def build(in_channels: int = 3, num_classes: int = 2, base_width: int = 64) -> UShapedNet:

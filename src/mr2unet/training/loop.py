@@ -35,6 +35,7 @@ from mr2unet.errors import UserError
 from mr2unet.metrics.segmentation import IGNORE_LABEL, confusion_counts, scores_from_counts
 from mr2unet.models import build_model
 from mr2unet.models.checkpoint import save_model, unwrap
+from mr2unet.models.kernels import narrow_norms_in_nchw, onednn_1x1_convs
 from mr2unet.models.mr2unet import fuse_convolutions
 from mr2unet.training.collapse import collapse_streak, training_warning
 from mr2unet.training.crops import crop_origins, crop_table, gather_crops
@@ -57,7 +58,8 @@ log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, float]], None]
 # TrainConfig fields that change how fast a run goes, not what it computes (beyond the
 # last bits of floating-point rounding): kept out of the fingerprint, like the device.
-SPEED_LEVERS = ("compile", "adam_impl", "cuda_graphs", "fused_convs")
+SPEED_LEVERS = ("compile", "adam_impl", "cuda_graphs", "fused_convs", "narrow_norms_nchw",
+                "onednn_1x1_convs")
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,10 @@ class TrainConfig:
     cuda_graphs: bool | str = False
     # MR2U-Net: convolutions reading the same input as one call (models.mr2unet.fuse_convolutions)
     fused_convs: bool | str = False
+    # CPU, channels-last: narrow BatchNorms computed in NCHW, and 1x1 convolutions
+    # through oneDNN (models.kernels; auto: on the CPU, speed.AUTO)
+    narrow_norms_nchw: bool | str = "auto"
+    onednn_1x1_convs: bool | str = "auto"
     deterministic: bool = True
     checkpoint_every: int = 10
     log_every: int = 10
@@ -430,6 +436,8 @@ def training_steps(
     run = run_settings(device, precision=cfg.precision, channels_last=cfg.channels_last,
                        compile=cfg.compile, adam_impl=cfg.adam_impl,
                        cuda_graphs=cfg.cuda_graphs, fused_convs=cfg.fused_convs,
+                       narrow_norms_nchw=cfg.narrow_norms_nchw,
+                       onednn_1x1_convs=cfg.onednn_1x1_convs,
                        deterministic=cfg.deterministic, world=world)
     log.info("%s: %s", cfg.arch, run.describe())
     configure_determinism(run.deterministic, device)
@@ -447,6 +455,8 @@ def training_steps(
         fuse_convolutions(model)
     if run.channels_last:
         model = model.to(memory_format=torch.channels_last)
+        narrow_norms_in_nchw(model, run.narrow_norms_nchw)
+        onednn_1x1_convs(model, run.onednn_1x1_convs)
     optimizer = make_optimizer(model, cfg, run.adam_impl)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
@@ -566,6 +576,8 @@ def training_steps(
             log.warning("%s ended collapsed (history column `collapsed` = 1)", cfg.arch)
         else:
             log.info("%s recovered from the collapse by epoch %d", cfg.arch, len(history))
+    narrow_norms_in_nchw(model, False)  # the network returned runs PyTorch's own kernels,
+    onednn_1x1_convs(model, False)  # as it will once loaded from its checkpoint
     return TrainResult(model=unwrap(model), history=history, device=str(device),
                        seconds=time.perf_counter() - t0, resumed_from_epoch=start_epoch,
                        config=cfg)

@@ -30,13 +30,23 @@ from mr2unet.errors import UserError
 #   fused_convs: MR2U-Net's same-input convolutions as one call. Slower on the CPU (a 1x1
 #     padded to 3x3 does 9x its work: a whole training step took 1.12-1.40x as long,
 #     benchmarks/fused_convs.py, docs/performance.md); on CUDA still unmeasured.
+#   narrow_norms_nchw: a channels-last BatchNorm of 2-5 channels (2-8 on several threads)
+#     in NCHW. On the CPU its forward + backward took 0.17-0.86 of the direct time (the
+#     CPU kernel vectorises over the channels), benchmarks/cpu_kernels.py; a training step
+#     0.88-0.99 with the 1x1 route below. cuDNN has no such kernel gap to close.
+#   onednn_1x1_convs: the CPU's 1x1 convolutions through oneDNN instead of PyTorch's im2col
+#     kernel (which it picks for one thread and batches under 16): forward + backward took
+#     0.17-0.80 of its time at 128 px, benchmarks/cpu_kernels.py. CPU only.
 AUTO: dict[str, dict[str, Any]] = {
     "cuda": {"precision": "bf16", "channels_last": True, "adam_impl": "auto",
-             "cuda_graphs": False, "fused_convs": False},
+             "cuda_graphs": False, "fused_convs": False, "narrow_norms_nchw": False,
+             "onednn_1x1_convs": False},
     "cpu": {"precision": "fp32", "channels_last": True, "adam_impl": "auto",
-            "cuda_graphs": False, "fused_convs": False},
+            "cuda_graphs": False, "fused_convs": False, "narrow_norms_nchw": True,
+            "onednn_1x1_convs": True},
     "other": {"precision": "fp32", "channels_last": False, "adam_impl": "auto",
-              "cuda_graphs": False, "fused_convs": False},
+              "cuda_graphs": False, "fused_convs": False, "narrow_norms_nchw": False,
+              "onednn_1x1_convs": False},
 }
 DTYPES: dict[str, torch.dtype | None] = {"bf16": torch.bfloat16, "fp16": torch.float16,
                                          "fp32": None}
@@ -59,6 +69,8 @@ class RunSettings:
     cuda_graphs: bool
     deterministic: bool
     fused_convs: bool = False
+    narrow_norms_nchw: bool = False  # only with channels_last
+    onednn_1x1_convs: bool = False  # only on the CPU with channels_last
 
     def describe(self) -> str:
         precision = {v: k for k, v in DTYPES.items()}[self.amp_dtype]
@@ -67,18 +79,23 @@ class RunSettings:
                 f"compile {self.compile_mode or 'off'}, adam {self.adam_impl}, "
                 f"cuda_graphs {'on' if self.cuda_graphs else 'off'}, "
                 f"fused_convs {'on' if self.fused_convs else 'off'}, "
+                f"narrow_norms_nchw {'on' if self.narrow_norms_nchw else 'off'}, "
+                f"onednn_1x1_convs {'on' if self.onednn_1x1_convs else 'off'}, "
                 f"{'deterministic' if self.deterministic else 'non-deterministic'}")
 
 
 def run_settings(device: torch.device, *, precision: str = "auto",
                  channels_last: bool | str = "auto", compile: bool | str | None = False,
                  adam_impl: str = "auto", cuda_graphs: bool | str = False,
-                 fused_convs: bool | str = False, deterministic: bool = True,
+                 fused_convs: bool | str = False, narrow_norms_nchw: bool | str = "auto",
+                 onednn_1x1_convs: bool | str = "auto", deterministic: bool = True,
                  world: int = 1) -> RunSettings:
     """The config's ``train.*`` speed values on ``device`` (``world`` processes).
 
     CUDA graphs need CUDA, one process and no ``torch.compile`` (whose reduce-overhead
-    mode captures graphs itself); elsewhere they are off whatever the setting.
+    mode captures graphs itself); elsewhere they are off whatever the setting.  The
+    narrow BatchNorms' NCHW path and the oneDNN 1x1 convolutions are channels-last CPU
+    routes: off without channels_last (and the second off on any other device).
     """
     auto = auto_choices(device)
 
@@ -86,16 +103,20 @@ def run_settings(device: torch.device, *, precision: str = "auto",
         return auto[key] if value == "auto" else value
 
     mode = compile_mode(compile)
+    layout = pick("channels_last", channels_last) is True
     return RunSettings(
         device=device,
         amp_dtype=DTYPES[pick("precision", precision)],
-        channels_last=pick("channels_last", channels_last) is True,
+        channels_last=layout,
         compile_mode=mode,
         adam_impl=pick("adam_impl", adam_impl),
         cuda_graphs=(bool(pick("cuda_graphs", cuda_graphs)) and device.type == "cuda"
                      and world == 1 and mode is None),
         deterministic=deterministic,
         fused_convs=pick("fused_convs", fused_convs) is True,
+        narrow_norms_nchw=pick("narrow_norms_nchw", narrow_norms_nchw) is True and layout,
+        onednn_1x1_convs=(pick("onednn_1x1_convs", onednn_1x1_convs) is True and layout
+                          and device.type == "cpu"),
     )
 
 
