@@ -3,7 +3,7 @@ the function and the parameters and change only speed (and, at most, rounding).
 
 PyTorch chooses a kernel per operator from the input's memory format, size and thread
 count.  On channels-last CPU tensors two of its choices cost a training step more than
-the NCHW alternative it would otherwise take (docs/performance.md, issue #24):
+another kernel for the same function (docs/performance.md, issue #24):
 
 * BatchNorm of 2-5 channels (2-8 on several threads): the channels-last kernel
   vectorises over the channels, so :class:`BatchNorm2d` can normalise an NCHW copy
@@ -93,8 +93,9 @@ def onednn_1x1_convs(model: nn.Module, enabled: bool = True) -> int:
     A 1×1 kernel has no taps to space out, so its dilation changes nothing it computes;
     PyTorch, though, runs an undilated 1×1 convolution of a batch under 16 on one CPU
     thread with its im2col kernel (faster for NCHW inputs), and a dilated one with
-    oneDNN, which took 0.11-0.55 of that time on channels-last inputs at 128 px
-    (forward).  This sets their dilation to 2 (1 to undo); stride and padding stay.
+    oneDNN, whose forward + backward took 0.17-0.80 of that time on channels-last inputs
+    at 128 px (benchmarks/cpu_kernels.py).  This sets their dilation to 2 (1 to undo);
+    stride and padding stay.  With more threads PyTorch picks oneDNN anyway.
     """
     switched = 0
     for module in model.modules():
