@@ -110,38 +110,34 @@ def test_the_switch_reaches_exactly_the_narrow_norms(arch: str, narrow: int) -> 
     assert narrow_norms_in_nchw(build_model(arch, base_width=64)) == 0  # full size: none
 
 
+def _conv_pass(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The output and the gradients (input, weight, bias) of a fresh pass."""
+    conv.zero_grad()
+    x = x.clone().requires_grad_()
+    y = conv(x)
+    y.backward(torch.ones_like(y))
+    return y, [x.grad, *(p.grad.clone() for p in conv.parameters())]
+
+
 def _conv_ops(conv: nn.Conv2d, x: torch.Tensor) -> set[str]:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         conv(x).sum().backward()
     return {e.key for e in prof.key_averages() if "conv" in e.key}
 
 
-def test_a_dilated_1x1_convolution_is_the_same_function_through_onednn() -> None:
+def test_a_dilated_1x1_convolution_is_the_same_function_through_onednn(
+        one_thread: None) -> None:
     """The dilation of a 1x1 kernel computes nothing different, and sends PyTorch's
     one-thread, small-batch 1x1 convolution to oneDNN (if PyTorch changes that rule, the
     route no longer pays: this test says so)."""
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 5, 1, bias=True).to(memory_format=CL)
     x = torch.randn(4, 6, 16, 16).contiguous(memory_format=CL)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        before = _conv_ops(conv, x.clone().requires_grad_())
-        conv.zero_grad()
-        want_x = x.clone().requires_grad_()
-        want = conv(want_x)
-        want.backward(torch.ones_like(want))
-        want_grads = [want_x.grad, *(p.grad.clone() for p in conv.parameters())]
-        conv.zero_grad()
-        assert onednn_1x1_convs(conv) == 1 and conv.dilation == (2, 2)
-        after = _conv_ops(conv, x.clone().requires_grad_())
-        conv.zero_grad()
-        got_x = x.clone().requires_grad_()
-        got = conv(got_x)
-        got.backward(torch.ones_like(got))
-        got_grads = [got_x.grad, *(p.grad for p in conv.parameters())]
-    finally:
-        torch.set_num_threads(threads)
+    before = _conv_ops(conv, x.clone().requires_grad_())
+    want, want_grads = _conv_pass(conv, x)
+    assert onednn_1x1_convs(conv) == 1 and conv.dilation == (2, 2)
+    after = _conv_ops(conv, x.clone().requires_grad_())
+    got, got_grads = _conv_pass(conv, x)
     assert "aten::_slow_conv2d_forward" in before and "aten::mkldnn_convolution" not in before
     assert "aten::mkldnn_convolution" in after and "aten::_slow_conv2d_forward" not in after
     assert got.shape == want.shape and got.is_contiguous(memory_format=CL)
@@ -209,7 +205,8 @@ def test_a_routed_network_computes_the_same_function() -> None:
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
-def test_the_benchmark_measures_every_part(capsys: pytest.CaptureFixture) -> None:
+def test_the_benchmark_measures_every_part(capsys: pytest.CaptureFixture,
+                                           one_thread: None) -> None:
     """benchmarks/cpu_kernels.py, the measurement behind the routes' rules, runs and prints
     a ratio per channel count, per convolution shape and per network."""
     import sys
@@ -221,15 +218,7 @@ def test_the_benchmark_measures_every_part(capsys: pytest.CaptureFixture) -> Non
         import cpu_kernels
     finally:
         sys.path.remove(str(benchmarks))
-    threads = torch.get_num_threads()
-    sys_argv = sys.argv
-    sys.argv = ["cpu_kernels.py", "--sizes", "16", "--repeats", "1", "--models", "unet",
-                "mr2unet"]
-    try:
-        cpu_kernels.main()
-    finally:
-        sys.argv = sys_argv
-        torch.set_num_threads(threads)
+    cpu_kernels.main(["--sizes", "16", "--repeats", "1", "--models", "unet", "mr2unet"])
     out = capsys.readouterr().out
     assert out.count(" channels  direct ") == 10
     assert out.count("  oneDNN ") == 6

@@ -35,6 +35,13 @@ def narrow_channels(threads: int) -> range:
     return NARROW_NORM_CHANNELS[1 if threads <= 1 else 2]
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """``x`` is a channels-last 4-d tensor and not also NCHW-contiguous (one channel, or
+    1×1 images, fit both layouts: such a tensor needs no routing and gives no layout)."""
+    return (x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
 def like_layout(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``y`` in ``x``'s memory format: channels-last when ``x`` is channels-last only.
 
@@ -42,9 +49,7 @@ def like_layout(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     input has a single channel, whose strides fit both layouts; the next operators then
     mix layouts, which costs on the CPU.  No copy when ``y`` already has the format.
     """
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-        memory_format=torch.channels_last)
-    return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+    return y.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else y
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -66,8 +71,7 @@ class BatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.narrow_in_nchw and x.device.type == "cpu"
                 and x.shape[1] in narrow_channels(torch.get_num_threads())
-                and not x.is_contiguous()
-                and x.is_contiguous(memory_format=torch.channels_last)):
+                and is_channels_last(x)):
             return super().forward(x.contiguous()).contiguous(
                 memory_format=torch.channels_last)
         return super().forward(x)

@@ -455,8 +455,8 @@ def training_steps(
         fuse_convolutions(model)
     if run.channels_last:
         model = model.to(memory_format=torch.channels_last)
-        narrow_norms_in_nchw(model, run.narrow_norms_nchw)
-        onednn_1x1_convs(model, run.onednn_1x1_convs)
+    narrow_norms_in_nchw(model, run.narrow_norms_nchw)  # run_settings: channels-last only
+    onednn_1x1_convs(model, run.onednn_1x1_convs)
     optimizer = make_optimizer(model, cfg, run.adam_impl)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
