@@ -2,11 +2,14 @@
 
 Images: ``.png .jpg .jpeg .bmp .tif .tiff`` in any case; 8- or 16-bit, gray, RGB, RGBA or
 palette. Masks: 0/255 or 0/1 binary, or **label maps** (one value per defect class):
-any non-zero value is a defect.
+any non-zero value is a defect. The same reader decodes a file and the bytes of an
+encoded image (:func:`read_rgb`: ``mr2unet predict`` and the served model), and
+:func:`png_bytes` encodes the masks both hand out.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,33 @@ def read_image(path: Path) -> Image.Image:
         raise UserError(f"cannot read image {path} ({exc}); the file is corrupt: extract "
                         f"the dataset again.") from None
     return img
+
+
+def read_rgb(source: Path | bytes, max_side: int | None = None) -> Image.Image:
+    """A file, or the bytes of an encoded image (PNG, JPEG, BMP, TIFF, ...), as 8-bit RGB
+    (:func:`to_rgb`). With ``max_side``, an image wider or taller than that is refused from
+    its header, before its pixels are decoded. Bytes that are no image, or a too large one,
+    raise ValueError naming the reason; a file's own errors (missing, unreadable) pass."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            if max_side is not None and max(img.size) > max_side:
+                raise ValueError(f"the image is {img.width}x{img.height} px, larger than "
+                                 f"the limit of {max_side}x{max_side} px")
+            img.load()
+            return to_rgb(img)
+    except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise ValueError(f"not a readable image ({exc})") from None
+    except OSError as exc:
+        if not isinstance(source, bytes):
+            raise
+        raise ValueError(f"not a readable image ({exc})") from None
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """A uint8 ``(H, W)`` or ``(H, W, 3)`` array as PNG bytes (PIL's default settings)."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -12,7 +12,9 @@ converted to RGB and resized to the model's input size exactly like `prepare` re
 the model was trained (``prepare.resize``, recorded in the model file; older files:
 squash); the predicted mask is cropped to the image's part of the square (pad) and
 resized back to the image's own size and aspect with nearest neighbour, the probability
-bilinearly. Images found inside a directory keep their sub-folders under --out.
+bilinearly: the path of the served model too (mr2unet.models.frames), which answers the
+same image with the same mask. Images found inside a directory keep their sub-folders
+under --out.
 Unreadable files are reported and skipped; the others are still written; the exit code
 is 1 if any file failed.
 """
@@ -32,17 +34,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from mr2unet.data.images import IMAGE_SUFFIXES, to_rgb
-from mr2unet.data.prepare import pad_box, resize_image
+from mr2unet.data.images import IMAGE_SUFFIXES, png_bytes, read_rgb
 from mr2unet.errors import UserError
-from mr2unet.evaluation.evaluate import predict_maps, quantise
-from mr2unet.models.inference import (
-    DEFAULT_THRESHOLD,
-    check_threshold,
-    defect_mask,
-    defect_probability,
-)
-from mr2unet.models.tiling import Tiling, tiling_of, whole_image_logits
+from mr2unet.evaluation.evaluate import quantise
+from mr2unet.models.frames import FrameMaps, LoadedModel, frame_maps, loaded_model
+from mr2unet.models.inference import check_threshold
 from mr2unet.reporting.pictures import overlay
 
 log = logging.getLogger(__name__)
@@ -50,19 +46,6 @@ SUFFIXES = IMAGE_SUFFIXES
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # models:/, runs:/, s3://, http://
 HEATMAP_COLOURS = "jet"  # matplotlib colour map of <stem>_heatmap.png (anomalib's choice)
 HEATMAP_ALPHA = 0.5  # weight of the colour map over the image
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A network ready for inference, the square input size it was trained at and how
-    images were made square for it (``squash`` or ``pad``, ``prepare.resize``)."""
-
-    module: torch.nn.Module
-    image_size: int
-    source: str
-    resize: str = "squash"
-    tiling: Tiling | None = None  # a model trained on crops: predicted by sliding windows
-    threshold: float = DEFAULT_THRESHOLD  # the mask threshold the model file carries
 
 
 @dataclass(frozen=True)
@@ -85,7 +68,7 @@ class PredictResult:
 def load_predictor(model_ref: str, device: torch.device | str = "cpu",
                    tracking_uri: str | None = None) -> LoadedModel:
     """A model from a ``.pt`` file, a downloaded model folder or an MLflow URI."""
-    from mr2unet.models.checkpoint import load_model, resize_mode, stored_threshold
+    from mr2unet.models.checkpoint import load_model
     from mr2unet.tracking.registry import download_checkpoint, find_checkpoint
 
     if URI.match(model_ref) and not Path(model_ref).exists():
@@ -96,8 +79,7 @@ def load_predictor(model_ref: str, device: torch.device | str = "cpu",
             module, payload = load_model(download_checkpoint(model_ref, Path(tmp), uri), device)
     else:
         module, payload = load_model(find_checkpoint(Path(model_ref)), device)
-    return LoadedModel(module, int(payload["image_size"]), model_ref, resize_mode(payload),
-                       tiling_of(payload), stored_threshold(payload))
+    return loaded_model(module, payload, model_ref)
 
 
 # ------------------------------------------------------------------------- images
@@ -128,23 +110,6 @@ def find_images(inputs: Sequence[Path], out_dir: Path) -> list[ImageJob]:
     return jobs
 
 
-def read_rgb(path: Path) -> Image.Image:
-    """Any PIL-readable image as 8-bit RGB (16-bit grayscale scaled, alpha dropped)."""
-    with Image.open(path) as img:
-        img.load()
-        return to_rgb(img)
-
-
-def to_image_size(small: Image.Image, width: int, height: int,
-                  resample: Image.Resampling, resize: str = "squash") -> Image.Image:
-    """A map at the model's input size, back at the image's own ``width x height``
-    (in ``pad`` mode the padding is cropped off first; a tiled map has no padding)."""
-    if resize == "pad":
-        left, top, w, h = pad_box(width, height, small.width)
-        small = small.crop((left, top, left + w, top + h))
-    return small.resize((width, height), resample)
-
-
 def colour_map(levels: np.ndarray, name: str = HEATMAP_COLOURS) -> np.ndarray:
     """uint8 levels ``(H, W)`` -> uint8 RGB ``(H, W, 3)`` through a matplotlib colour map."""
     import matplotlib
@@ -159,44 +124,15 @@ def heatmap(rgb: np.ndarray, levels: np.ndarray, alpha: float = HEATMAP_ALPHA) -
     return np.round(out).astype(np.uint8)
 
 
-def write_outputs(job: ImageJob, rgb: np.ndarray, small_mask: np.ndarray,
-                  small_prob: np.ndarray | None = None, resize: str = "squash") -> None:
-    """Resize the model's mask (and probability) to the image's size; write the PNGs."""
-    height, width = rgb.shape[:2]
-    mask = np.asarray(to_image_size(Image.fromarray(small_mask * np.uint8(255)), width, height,
-                                    Image.Resampling.NEAREST, resize))
+def write_outputs(job: ImageJob, rgb: np.ndarray, maps: FrameMaps) -> None:
+    """Write the PNGs of one image's maps (already at the image's size)."""
     job.out_stem.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask).save(f"{job.out_stem}_mask.png")
-    Image.fromarray(overlay(rgb, mask > 0)).save(f"{job.out_stem}_overlay.png")
-    if small_prob is not None:
-        prob = to_image_size(Image.fromarray(small_prob.astype(np.float32)), width,
-                             height, Image.Resampling.BILINEAR, resize)
-        levels = quantise(np.asarray(prob))
-        Image.fromarray(levels).save(f"{job.out_stem}_prob.png")
+    Path(f"{job.out_stem}_mask.png").write_bytes(png_bytes(maps.mask * np.uint8(255)))
+    Image.fromarray(overlay(rgb, maps.mask > 0)).save(f"{job.out_stem}_overlay.png")
+    if maps.probability is not None:
+        levels = quantise(maps.probability)
+        Path(f"{job.out_stem}_prob.png").write_bytes(png_bytes(levels))
         Image.fromarray(heatmap(rgb, levels)).save(f"{job.out_stem}_heatmap.png")
-
-
-TILES = "tiles"  # write_outputs' mode for a tiled model's maps: already at the image's size
-
-
-def model_maps(model: LoadedModel, rgbs: Sequence[np.ndarray], device: torch.device,
-               batch_size: int, threshold: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(masks, probabilities) of RGB images: at the model's square input size, or (a tiled
-    model) at each image's own size, predicted by sliding windows."""
-    if model.tiling is None:
-        small = np.stack([resize_image(Image.fromarray(rgb), model.image_size, model.resize)
-                          for rgb in rgbs])
-        masks, probs = predict_maps(model.module, small, device, batch_size,
-                                    progress=False, threshold=threshold)
-        return list(masks), list(probs)
-    masks, probs = [], []
-    with torch.inference_mode():
-        for rgb in rgbs:
-            logits = whole_image_logits(model.module.eval().to(device), rgb, model.tiling,
-                                        device, batch_size)
-            masks.append(defect_mask(logits, threshold)[0].cpu().numpy())
-            probs.append(defect_probability(logits)[0].cpu().numpy())
-    return masks, probs
 
 
 def predict_images(model: LoadedModel, paths: Sequence[Path], out_dir: Path,
@@ -223,12 +159,11 @@ def predict_images(model: LoadedModel, paths: Sequence[Path], out_dir: Path,
                     log.error("skipping %s: %s", job.path, exc)
                     result.failed.append((job.path, str(exc)))
             if batch:
-                masks, probs = model_maps(model, [rgb for _, rgb in batch], device,
-                                          batch_size, threshold)
-                resize = TILES if model.tiling else model.resize
-                for (job, rgb), mask, prob in zip(batch, masks, probs, strict=True):
+                found = frame_maps(model, [rgb for _, rgb in batch], device, batch_size,
+                                   threshold, probabilities)
+                for (job, rgb), maps in zip(batch, found, strict=True):
                     try:
-                        write_outputs(job, rgb, mask, prob if probabilities else None, resize)
+                        write_outputs(job, rgb, maps)
                         result.written.append(job.path)
                     except OSError as exc:
                         log.error("cannot write %s: %s", job.out_stem, exc)
