@@ -83,6 +83,11 @@ def threshold_meta(params: dict[str, Any], model: torch.nn.Module, device: str,
                                            min_area=params["evaluate"]["min_defect_area"])}
 
 
+def how_chosen(record: dict[str, Any]) -> str:
+    """``best_iou`` / ``auto=0.05 -> best_iou raised to max_false_alarm_rate=0.05``."""
+    return record["rule"] + (f" -> {record['resolved']}" if "resolved" in record else "")
+
+
 @dataclass
 class Stage:
     """One network's train@<model> stage: its config, resume folder and MLflow run."""
@@ -163,7 +168,9 @@ def finish(params: dict[str, Any], stage: Stage, result: TrainResult) -> None:
                              "train_seconds": result.seconds, "threshold": threshold})
         # Filter with `tags.collapsed = 'true'`; the history's `collapsed` column per epoch.
         tracker.set_tags({"collapsed": "true" if result.collapsed else "false",
-                          "threshold": f"{threshold:g}"})
+                          "threshold": f"{threshold:g}",
+                          **({"threshold_rule": how_chosen(chosen["threshold"])}
+                             if chosen else {})})
         info = tracker.finish(model_path, history_path, TRAIN_SPLIT,
                               system={"device": result.device})
     # Wall-clock training time for the report's cost table (metrics/timing/<model>.json via
@@ -174,7 +181,7 @@ def finish(params: dict[str, Any], stage: Stage, result: TrainResult) -> None:
     print(f"{arch}: {len(result.history)} epochs in {result.seconds:.1f}s on {result.device}; "
           f"final loss {result.history[-1]['loss']:.4f}, train IOU "
           f"{result.history[-1]['train_iou']:.4f}; mask threshold {threshold:g}"
-          + (f" ({chosen['threshold']['rule']} on {chosen['threshold']['val_images']} "
+          + (f" ({how_chosen(chosen['threshold'])} on {chosen['threshold']['val_images']} "
              "validation images)" if chosen else "") + f" -> {model_path}"
           + (f" (COLLAPSED to {result.collapsed}: see the warning above)"
              if result.collapsed else ""))

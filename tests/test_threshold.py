@@ -77,7 +77,8 @@ def test_parse_rule() -> None:
     rule = thresholds.parse_rule("max_false_alarm_rate=0.05")
     assert (rule.kind, rule.value, str(rule)) == ("max_false_alarm_rate", 0.05,
                                                   "max_false_alarm_rate=0.05")
-    for bad in (0, 1.0, "best", "max_false_alarm_rate=2", "max_false_alarm_rate=x", True):
+    for bad in (0, 1.0, "best", "max_false_alarm_rate=2", "max_false_alarm_rate=x", True,
+                "auto=2", "autox", "best_iou=0.1"):
         with pytest.raises(UserError, match="evaluate.threshold"):
             thresholds.parse_rule(bad)
 
@@ -128,6 +129,87 @@ def test_rules_without_their_images_are_user_errors() -> None:
     fixed = thresholds.choose(thresholds.parse_rule(0.3), empty, empty.astype(np.uint8),
                               np.zeros(0, str), np.zeros(0, bool))
     assert fixed == {"value": 0.3, "rule": "0.3", "val_images": 0, "val_good_images": 0}
+
+
+def line_split(n_good: int, good_peaks: list[float]) -> tuple[np.ndarray, ...]:
+    """A validation split of 4 defective images whose best IOU is at 0.20-0.29 (pixels 0.3
+    and 0.35 defect, 0.2 and 0.6 normal: test_best_iou_by_hand) and ``n_good`` good images
+    whose highest probabilities cycle through ``good_peaks``."""
+    bad = np.tile(np.array([[[0.3, 0.35, 0.2, 0.6]]], np.float32), (4, 1, 1))
+    good = np.zeros((n_good, 1, 4), np.float32)
+    good[:, 0, 0] = [good_peaks[i % len(good_peaks)] for i in range(n_good)]
+    probs = np.concatenate([bad, good])
+    masks = np.zeros(probs.shape, np.uint8)
+    masks[:4, 0, :2] = 1
+    is_good = np.arange(len(probs)) >= 4
+    return probs, masks, np.array(["a"] * len(probs)), is_good
+
+
+def test_auto_raises_the_best_iou_threshold_to_the_false_alarm_budget(caplog) -> None:
+    # 0.5 flags 15 of the 20 good images (peaks 0.6, 0.65, 0.7 and 0.45); 0.70 flags none
+    probs, masks, categories, good = line_split(20, [0.6, 0.65, 0.7, 0.45])
+    assert thresholds.false_alarm_rate(probs[good], masks[good], 0.5) == 0.75
+    rule = thresholds.parse_rule("auto")
+    assert (rule.kind, rule.value, str(rule)) == ("auto", 0.05, "auto=0.05")
+    with caplog.at_level("INFO", "mr2unet.evaluation.threshold"):
+        chosen = thresholds.choose(rule, probs, masks, categories, good)
+    assert chosen["value"] == 0.7 and chosen["val_false_alarm_rate"] == 0.0
+    assert chosen["resolved"] == "best_iou raised to max_false_alarm_rate=0.05"
+    assert chosen["reason"].startswith("the best-IOU threshold 0.29 flags 100% of the 20 good")
+    assert "raised to 0.70" in caplog.text and "too coarse" not in caplog.text
+    assert "too_few_good" not in chosen and chosen["val_good_images"] == 20
+    # the budget, not the defects, decides: 0.5 would have flagged 75 %
+    assert chosen["val_mean_iou"] == 0.0  # the price: every defect pixel is below 0.70
+    # a budget of 1: the best-IOU threshold is kept
+    kept = thresholds.choose(thresholds.parse_rule("auto=1"), probs, masks, categories, good)
+    assert (kept["value"], kept["resolved"]) == (0.29, "best_iou")
+
+
+def test_auto_without_good_images_is_best_iou_and_with_few_warns(caplog) -> None:
+    probs, masks, categories, good = line_split(0, [0.6])
+    chosen = thresholds.choose(thresholds.parse_rule("auto=0.05"), probs, masks, categories,
+                               good)
+    assert (chosen["value"], chosen["resolved"]) == (0.29, "best_iou")
+    assert chosen["reason"].startswith("no good validation images")
+    probs, masks, categories, good = line_split(3, [0.6, 0.1])
+    with caplog.at_level("WARNING", "mr2unet.evaluation.threshold"):
+        few = thresholds.choose(thresholds.parse_rule("auto"), probs, masks, categories, good)
+    assert few["value"] == 0.6 and few["too_few_good"] is True  # still used
+    assert "only 3 good validation images (fewer than 10)" in caplog.text
+    # only good images: the budget's threshold alone
+    alone = thresholds.choose(thresholds.parse_rule("auto"), probs[good], masks[good],
+                              categories[good], good[good])
+    assert (alone["value"], alone["resolved"]) == (0.6, "max_false_alarm_rate=0.05")
+
+
+def test_params_accept_auto_without_good_images_but_not_without_validation(
+        tmp_path: Path) -> None:
+    import yaml
+
+    from mr2unet.config.params import load_params
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+
+    def load(**changes: object) -> dict:
+        for dotted, value in changes.items():
+            section, key = dotted.split("__")
+            raw[section][key] = value
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+        return load_params(tmp_path / "params.yaml")
+
+    assert load(split__val_fraction=0.2, evaluate__threshold="auto")  # good_images 0: fine
+    assert load(evaluate__threshold="auto=0.1")
+    with pytest.raises(UserError, match="prepare.good_images"):
+        load(evaluate__threshold="max_false_alarm_rate=0.1")
+    with pytest.raises(UserError, match="split.val_fraction"):
+        load(split__val_fraction=0, evaluate__threshold="auto")
+    with pytest.raises(UserError, match="evaluate.threshold"):
+        load(split__val_fraction=0.2, evaluate__threshold="auto=1.5")
+    # fit_for_use.false_alarm_rate: optional (older params files), a rate when given
+    assert load(evaluate__threshold=0.5, evaluate__fit_for_use={"pixel_auroc": 0.8,
+                                                                "iou": 0.2})
+    with pytest.raises(UserError, match="evaluate.fit_for_use"):
+        load(evaluate__fit_for_use={"pixel_auroc": 0.8, "iou": 0.2, "false_alarm_rate": 2})
 
 
 def test_old_model_files_mean_half(tmp_path: Path) -> None:

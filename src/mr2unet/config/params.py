@@ -204,12 +204,14 @@ def _check_speed_levers(params: dict[str, Any]) -> None:
 
 
 IMAGE_SCORES = ("max_smoothed", "top_k_mean")  # mr2unet.metrics.image.IMAGE_SCORES
-FIT_FOR_USE_KEYS = ("pixel_auroc", "iou")
+FIT_FOR_USE_KEYS = ("pixel_auroc", "iou")  # required; false_alarm_rate may be left out
+FIT_FOR_USE_OPTIONAL = ("false_alarm_rate",)
 
 
 # evaluate.threshold: a fixed probability, or a rule applied to the validation split
 # (mr2unet.evaluation.threshold.parse_rule reads the same forms).
-THRESHOLD_RULE = re.compile(r"best_iou|max_false_alarm_rate=(?P<rate>[0-9.eE+-]+)")
+THRESHOLD_RULE = re.compile(r"best_iou|auto|(?P<kind>max_false_alarm_rate|auto)="
+                            r"(?P<rate>[0-9.eE+-]+)")
 
 
 def _check_threshold(params: dict[str, Any]) -> None:
@@ -226,13 +228,15 @@ def _check_threshold(params: dict[str, Any]) -> None:
     found = THRESHOLD_RULE.fullmatch(rule) if isinstance(rule, str) else None
     rate = found and found["rate"]
     _check(found is not None and (rate is None or _is_rate(rate)), "evaluate.threshold", rule,
-           "0.5 (a fixed probability in (0, 1)), best_iou or max_false_alarm_rate=<r> with "
-           "0 <= r <= 1, e.g. max_false_alarm_rate=0.05")
+           "0.5 (a fixed probability in (0, 1)), best_iou, max_false_alarm_rate=<r> or "
+           "auto=<r> with 0 <= r <= 1 (e.g. max_false_alarm_rate=0.05), or auto")
     _check(val > 0, "evaluate.threshold", rule, f"a fixed probability such as 0.5 while "
            f"split.val_fraction is 0: {rule} is chosen on validation images, so set "
            f"split.val_fraction (e.g. 0.2)")
-    _check(rate is None or params["prepare"]["good_images"] != 0, "evaluate.threshold", rule,
-           "best_iou or a fixed probability while prepare.good_images is 0: the false-alarm "
+    needs_good = found is not None and found["kind"] == "max_false_alarm_rate"
+    _check(not needs_good or params["prepare"]["good_images"] != 0, "evaluate.threshold", rule,
+           "best_iou, auto or a fixed probability while prepare.good_images is 0: the "
+           "false-alarm "
            "rate needs good (defect-free) validation images, so set prepare.good_images "
            "(e.g. all)")
 
@@ -251,10 +255,12 @@ def _check_image_level(params: dict[str, Any]) -> None:
     _check(_is_int(area) and area >= 1, "evaluate.min_defect_area", area,
            "a whole number of pixels, at least 1")
     fit = _get(params, "evaluate.fit_for_use")
-    _check(isinstance(fit, dict) and set(fit) == set(FIT_FOR_USE_KEYS)
+    _check(isinstance(fit, dict) and set(FIT_FOR_USE_KEYS) <= set(fit)
+           <= {*FIT_FOR_USE_KEYS, *FIT_FOR_USE_OPTIONAL}
            and all(_is_number(v) and 0 <= v <= 1 for v in fit.values()),
-           "evaluate.fit_for_use", fit, "a mapping {pixel_auroc: 0.85, iou: 0.25}: both keys, "
-           "each a number in [0, 1]")
+           "evaluate.fit_for_use", fit, "a mapping {pixel_auroc: 0.85, iou: 0.25, "
+           "false_alarm_rate: 0.1}: the first two keys required, each value a number in "
+           "[0, 1]")
 
 
 def _check_layout(params: dict[str, Any]) -> None:

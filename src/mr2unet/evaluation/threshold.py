@@ -17,6 +17,15 @@ A pixel is a defect where its defect probability exceeds the threshold ``t``
     pixels, :func:`mr2unet.metrics.image.flagged`, as the test's false-alarm rate);
     the lowest such threshold misses the fewest defects. When no candidate reaches
     ``r``, the highest candidate is taken and a warning says so.
+``auto=<r>`` (``auto`` = ``auto=0.05``, :data:`AUTO_RATE`; the user-data recipe)
+    resolved on the validation split at train time, the log saying which and why: with
+    good validation images, the ``best_iou`` threshold raised, where it flags more than a
+    share ``r`` of them, to the ``max_false_alarm_rate=<r>`` threshold (the larger of the
+    two: within the false-alarm budget, and as close to the best IOU as the budget
+    allows; without defective validation images, the budget's threshold alone); without
+    good validation images, ``best_iou``. Fewer than :data:`MIN_GOOD_VAL` good validation
+    images still decide (they are the only evidence about false alarms), with a warning
+    that the rate they give is too coarse to trust (docs/evaluation.md, "Threshold").
 
 The candidates are the 99 probabilities 0.01, 0.02, ..., 0.99 (:data:`CANDIDATES`): fine
 enough for a mask, and a chosen value reads as what it is. Functions here are pure; the
@@ -43,6 +52,11 @@ CANDIDATES = tuple(round(k / 100, 2) for k in range(1, 100))
 BEST_IOU = "best_iou"
 MAX_FALSE_ALARM_RATE = "max_false_alarm_rate"
 FIXED = "fixed"
+AUTO = "auto"
+AUTO_RATE = 0.05  # the false-alarm budget of a bare `auto`
+# Fewer good validation images than this give a false-alarm rate too coarse to trust:
+# 0 of 9 flagged still allows 34 % at 95 % confidence (Clopper-Pearson upper bound).
+MIN_GOOD_VAL = 10
 
 
 @dataclass(frozen=True)
@@ -60,11 +74,14 @@ class ThresholdRule:
     def __str__(self) -> str:
         if self.kind == FIXED:
             return f"{self.value:g}"
+        if self.kind == AUTO:
+            return f"{AUTO}={self.value:g}"
         return BEST_IOU if self.kind == BEST_IOU else f"{MAX_FALSE_ALARM_RATE}={self.value:g}"
 
 
 def parse_rule(setting: float | str) -> ThresholdRule:
-    """``0.5`` / ``"best_iou"`` / ``"max_false_alarm_rate=0.05"`` as a :class:`ThresholdRule`."""
+    """``0.5`` / ``"best_iou"`` / ``"max_false_alarm_rate=0.05"`` / ``"auto"`` /
+    ``"auto=0.05"`` as a :class:`ThresholdRule`."""
     if isinstance(setting, int | float) and not isinstance(setting, bool):
         try:
             return ThresholdRule(FIXED, check_threshold(setting))
@@ -72,15 +89,19 @@ def parse_rule(setting: float | str) -> ThresholdRule:
             pass
     elif setting == BEST_IOU:
         return ThresholdRule(BEST_IOU)
-    elif isinstance(setting, str) and setting.startswith(MAX_FALSE_ALARM_RATE + "="):
+    elif setting == AUTO:
+        return ThresholdRule(AUTO, AUTO_RATE)
+    elif isinstance(setting, str) and "=" in setting:
+        kind, number = setting.split("=", 1)
         try:
-            rate = float(setting.split("=", 1)[1])
+            rate = float(number)
         except ValueError:
             rate = -1.0
-        if 0 <= rate <= 1:
-            return ThresholdRule(MAX_FALSE_ALARM_RATE, rate)
+        if kind in (MAX_FALSE_ALARM_RATE, AUTO) and 0 <= rate <= 1:
+            return ThresholdRule(kind, rate)
     raise UserError(f"evaluate.threshold {setting!r}: expected a probability in (0, 1) such "
-                    f"as 0.5, {BEST_IOU} or {MAX_FALSE_ALARM_RATE}=<r> with 0 <= r <= 1.")
+                    f"as 0.5, {BEST_IOU}, {MAX_FALSE_ALARM_RATE}=<r> or {AUTO}=<r> with "
+                    "0 <= r <= 1, or auto.")
 
 
 def mean_iou(probabilities: np.ndarray, masks: np.ndarray, categories: np.ndarray,
@@ -130,8 +151,9 @@ def choose(rule: ThresholdRule, probabilities: np.ndarray, masks: np.ndarray,
     truth, ``categories`` and ``good`` (boolean) per image. Returns ``{"value", "rule",
     "val_images", "val_good_images"}`` plus, at the chosen value, ``val_mean_iou`` (over
     the defective images, where there are any) and ``val_false_alarm_rate`` (over the good
-    ones, where there are any). A rule that needs validation
-    images without any, or the false-alarm rule without good ones, is a UserError.
+    ones, where there are any); ``auto`` adds ``resolved`` and ``reason``
+    (:func:`resolve_auto`). A rule that needs validation images without any, or the
+    false-alarm rule without good ones, is a UserError.
     """
     good = np.asarray(good, bool)
     n = int(len(good))
@@ -146,7 +168,12 @@ def choose(rule: ThresholdRule, probabilities: np.ndarray, masks: np.ndarray,
                         "images and there are none: set prepare.good_images (e.g. all; the "
                         "data set must hold defect-free images) and run `dvc repro`.")
     met = True
-    if rule.kind == FIXED:
+    extra: dict[str, Any] = {}
+    if rule.kind == AUTO:
+        assert rule.value is not None
+        value, met, extra = resolve_auto(rule.value, probabilities, masks, categories, good,
+                                         empty_score, min_area)
+    elif rule.kind == FIXED:
         assert rule.value is not None
         value = rule.value
     elif rule.kind == BEST_IOU:
@@ -156,12 +183,12 @@ def choose(rule: ThresholdRule, probabilities: np.ndarray, masks: np.ndarray,
         assert rule.value is not None
         value, _, met = lowest_within_rate(probabilities[good], masks[good], rule.value,
                                            min_area)
-        if not met:
-            log.warning("no threshold up to %.2f keeps the false-alarm rate on the %d good "
-                        "validation images within %g: using %.2f", value, int(good.sum()),
-                        rule.value, value)
+    if not met:
+        log.warning("no threshold up to %.2f keeps the false-alarm rate on the %d good "
+                    "validation images within %g: using %.2f", value, int(good.sum()),
+                    rule.value, value)
     found: dict[str, Any] = {"value": float(value), "rule": str(rule), "val_images": n,
-                             "val_good_images": int(good.sum())}
+                             "val_good_images": int(good.sum()), **extra}
     if (~good).any():  # over the defective images, as the test's mean IOU
         found["val_mean_iou"] = round(mean_iou(probabilities[~good], masks[~good],
                                                categories[~good], value, empty_score), 6)
@@ -171,3 +198,45 @@ def choose(rule: ThresholdRule, probabilities: np.ndarray, masks: np.ndarray,
     if not met:
         found["rate_met"] = False
     return found
+
+
+def resolve_auto(rate: float, probabilities: np.ndarray, masks: np.ndarray,
+                 categories: np.ndarray, good: np.ndarray, empty_score: float = 1.0,
+                 min_area: int = 1) -> tuple[float, bool, dict[str, Any]]:
+    """``auto=<rate>`` on a validation split (module docstring): (threshold, whether the
+    budget was met, ``{"resolved", "reason"}`` (+ ``"too_few_good": True`` under
+    :data:`MIN_GOOD_VAL`) for the record), logged."""
+    n_good = int(good.sum())
+    budget = f"{MAX_FALSE_ALARM_RATE}={rate:g}"
+    iou_t = (best_iou(probabilities[~good], masks[~good], categories[~good], empty_score)[0]
+             if (~good).any() else None)
+    if n_good == 0:
+        assert iou_t is not None  # choose() refuses an empty split
+        reason = ("no good validation images, so the false-alarm rate cannot be measured: "
+                  f"the best-IOU threshold {iou_t:.2f}")
+        log.info("evaluate.threshold auto=%g: %s", rate, reason)
+        return iou_t, True, {"resolved": BEST_IOU, "reason": reason}
+    fa_t, _, met = lowest_within_rate(probabilities[good], masks[good], rate, min_area)
+    if iou_t is None:
+        resolved = budget
+        reason = f"no defective validation images: the {budget} threshold {fa_t:.2f}"
+    elif fa_t > iou_t:
+        resolved = f"{BEST_IOU} raised to {budget}"
+        flags = false_alarm_rate(probabilities[good], masks[good], iou_t, min_area)
+        reason = (f"the best-IOU threshold {iou_t:.2f} flags {flags:.0%} of the {n_good} good "
+                  f"validation images, above the budget {rate:g}: raised to {fa_t:.2f}, the "
+                  "lowest threshold within it")
+    else:
+        resolved = BEST_IOU
+        reason = (f"the best-IOU threshold {iou_t:.2f} keeps the {n_good} good validation "
+                  f"images within the false-alarm budget {rate:g} (lowest within it: {fa_t:.2f})")
+    value = fa_t if iou_t is None else max(fa_t, iou_t)
+    log.info("evaluate.threshold auto=%g: %s", rate, reason)
+    extra: dict[str, Any] = {"resolved": resolved, "reason": reason}
+    if n_good < MIN_GOOD_VAL:
+        extra["too_few_good"] = True
+        log.warning("evaluate.threshold auto=%g: only %d good validation images (fewer than "
+                    "%d): the false-alarm rate they give is too coarse to trust; the threshold "
+                    "is still chosen on them (docs/evaluation.md, \"Threshold\"). Add good "
+                    "images or raise split.val_fraction.", rate, n_good, MIN_GOOD_VAL)
+    return value, met, extra
