@@ -386,6 +386,13 @@ def test_report_gives_verdicts_and_no_alias_to_a_network_that_did_not_learn(
     # "defect everywhere": mean of (16 + 64 + 4) / 3 / 1024 and (100 + 1 + 36) / 3 / 1024.
     assert "## Did it learn?" in md and "| defect everywhere | 0.0360 |" in md
     assert "## AUPRO and image-level detection" in md
+    # the first screen: no good test image, so no false alarm counted; U-Net ("defect
+    # everywhere") passes no defective part, MR2U-Net ("no defect") passes all 6
+    assert top.index("## For a line") < top.index("| U-Net | not measured: no good test "
+                                                  "images | 0 of 6 (0%, 95 % interval "
+                                                  "0.00-0.46) | 0.5 | not learned |")
+    assert "| MR2U-Net | not measured: no good test images | 6 of 6 (100%" in top
+    assert "False alarms not measured: no good (defect-free) test images." in top
     # No good test image: AUPRO only. All probabilities equal: AUPRO = 0.15.
     _, rows = detection_table(inputs)
     assert [c.text for c in rows[0]] == ["bottle", "U-Net", "0.1500", "–", "–", "–", "–"]
@@ -414,6 +421,16 @@ def test_good_images_reach_the_report(tmp_path: Path) -> None:
     _, rows = detection_table(load_report(params, root))
     assert [c.text for c in rows[-1]][3:] == ["0.5000", "0.6667", "1.0000 (2/2)",
                                               "0.0000 (0/4)"]
+    # The first screen: a line's three questions, with exact 95 % intervals
+    # (2 of 2: [0.025 ** (1/2), 1]; 0 of 4: [0, 1 - 0.025 ** (1/4)]).
+    line = ("| U-Net | 2 of 2 (100%, 95 % interval 0.16-1.00) (budget 0.1) | 0 of 4 (0%, "
+            "95 % interval 0.00-0.60) | 0.5 | not learned |")
+    md = (root / "reports/report.md").read_text()
+    assert line in md and md.index(line) < md.index("## Provenance") < md.index("## Table 1")
+    page = (root / "reports/report.html").read_text()
+    assert page.index("2 of 2 (100%, 95 % interval 0.16-1.00)") < page.index("Table 1")
+    verdict = pooled["verdict"]
+    assert verdict["false_alarms"]["ci"] == [0.158114, 1.0] and verdict["misses"]["count"] == 0
 
 
 def test_aliases_are_removed_when_no_network_learned(tmp_path: Path,

@@ -136,6 +136,76 @@ def test_the_rule_and_its_words() -> None:
     assert v.decide(0.30, None, None, BASE).verdict == v.LEARNED
 
 
+@pytest.mark.parametrize(("flagged", "good", "low", "high", "expected"), [
+    # exact (Clopper-Pearson) 95 % intervals; weak only when the lower end is above 0.1
+    (0, 20, 0.0, 0.168433, v.LEARNED),
+    (1, 4, 0.006309, 0.805880, v.LEARNED),  # 25 % flagged, but 4 parts prove nothing
+    (3, 4, 0.194120, 0.993690, v.WEAK),
+    (15, 20, 0.508954, 0.913429, v.WEAK),
+])
+def test_false_alarms_against_the_budget(flagged: int, good: int, low: float, high: float,
+                                         expected: str) -> None:
+    assert v.exact_interval(flagged, good) == (pytest.approx(low, abs=1e-6),
+                                               pytest.approx(high, abs=1e-6))
+    found = v.decide(0.60, 0.95, (0.93, 0.97), BASE, {"false_alarm_rate": 0.1},
+                     (flagged, good))
+    assert found.verdict == expected, found.reason
+    block = found.as_dict()["false_alarms"]
+    assert (block["count"], block["total"], block["budget"], block["measured"]) == (
+        flagged, good, 0.1, True)
+    assert block["rate"] == round(flagged / good, 6) and block["above"] is (expected == v.WEAK)
+    text = f"{flagged} of {good} ({flagged / good:.0%}, 95 % interval {low:.2f}-{high:.2f})"
+    assert text in found.reason
+    if expected == v.WEAK:
+        assert found.reason.endswith("above the budget 0.1 even at the interval's lower "
+                                     "end: not fit for a line")
+    # a looser budget passes 3 of 4 (lower end 0.19 < 0.2)
+    assert v.decide(0.60, 0.95, (0.93, 0.97), BASE, {"false_alarm_rate": 0.2},
+                    (3, 4)).verdict == v.LEARNED
+
+
+def test_without_good_test_parts_false_alarms_are_not_measured() -> None:
+    plain = v.decide(0.60, 0.95, (0.93, 0.97), BASE)
+    unmeasured = v.decide(0.60, 0.95, (0.93, 0.97), BASE, None, (0, 0))
+    assert unmeasured.verdict == v.LEARNED and unmeasured.reason == plain.reason
+    assert unmeasured.as_dict()["false_alarms"] == {
+        "count": 0, "total": 0, "rate": None, "ci": None, "budget": 0.1, "measured": False,
+        "above": False}
+    assert "false_alarms" not in plain.as_dict()  # not counted at all: the block as before
+    assert v.sentence("U-Net", unmeasured.as_dict()).endswith(
+        "pixel AUROC 0.85). False alarms not measured: no good (defect-free) test images.")
+    assert v.sentence("U-Net", plain.as_dict()).endswith("pixel AUROC 0.85).")
+
+
+def test_judge_counts_good_parts_flagged_and_defective_parts_passed() -> None:
+    from mr2unet.evaluation.evaluate import verdict_tags
+
+    split = colour_split(8, seed=1)
+    good = np.zeros(8, bool)
+    good[:4] = True
+    split.masks[good] = 0
+    predictions = split.masks.copy()
+    predictions[0, :2, :2] = 1  # good part 0 flagged
+    predictions[1, 0, 0] = 1  # good part 1 flagged, by a single pixel
+    predictions[5] = 0  # defective part 5 passed
+    levels = (predictions * 200).astype(np.uint8)
+    primary, _ = summarise(np.zeros((8, 3), np.int64) + [1, 0, 0], split.categories, 1.0)
+    found = judge(primary, split, levels, split, 1.0, {**v.FIT_FOR_USE, "iou": 0.0,
+                                                       "pixel_auroc": 0.0}, good, predictions)
+    assert (found["false_alarms"]["count"], found["false_alarms"]["total"]) == (2, 4)
+    assert found["misses"] == {"count": 1, "total": 4, "rate": 0.25,
+                               "ci": [0.006309, 0.805880]}
+    assert found["verdict"] == v.LEARNED  # 2 of 4: lower end 0.07, within 0.1
+    tags = verdict_tags(found)
+    assert tags["verdict_false_alarms"] == "2 of 4 (50%, 95 % interval 0.07-0.93), budget 0.1"
+    # min_defect_area 2: the single pixel is no detection
+    fewer = judge(primary, split, levels, split, 1.0, v.FIT_FOR_USE, good, predictions,
+                  min_area=2)
+    assert fewer["false_alarms"]["count"] == 1
+    assert verdict_tags({**found, "false_alarms": {"measured": False}})[
+        "verdict_false_alarms"] == v.NOT_MEASURED
+
+
 # ------------------------------------------------------------------- four networks
 
 

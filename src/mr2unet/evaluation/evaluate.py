@@ -54,7 +54,7 @@ from mr2unet.metrics.segmentation import (
     scored_pixels,
 )
 from mr2unet.models.inference import DEFAULT_THRESHOLD, defect_mask, defect_probability
-from mr2unet.models.tiling import Tiling, tiled_logits, tiling_of
+from mr2unet.models.tiling import Tiling, tile_logits, tiling_of
 from mr2unet.training.collapse import defective_images, evaluation_collapsed, missed_images
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ DECIMALS = 6
 TEST_SPLIT = Path("data/prepared/test.npz")
 TRAIN_SPLIT = Path("data/prepared/train.npz")
 MANIFEST = Path("data/prepared/manifest.csv")
+SUMMARY = Path("data/prepared/summary.json")  # prepare's summary (prepare.mode auto: its choice)
 # Stored probabilities: uint8 round(p * PROB_LEVELS); |dequantise(quantise(p)) - p| <= 1/510.
 PROB_LEVELS = 255
 ORACLE_NOTE = ("oracle: the IOU / Dice at the single threshold that maximises the pooled IOU "
@@ -157,8 +158,9 @@ def predict_maps(model: nn.Module, images: np.ndarray, device: torch.device, bat
 
     The mask is 1 where the defect probability exceeds ``threshold``; at the default 0.5
     it is exactly the argmax of the two logits (:func:`mr2unet.models.inference.defect_mask`).
-    With ``tiling`` (a model trained on crops) each image is predicted by sliding windows
-    (:func:`mr2unet.models.tiling.tiled_logits`), ``batch_size`` windows at a time.
+    With ``tiling`` (a model trained on crops) each image is predicted whole or by sliding
+    windows, as the model file says (:func:`mr2unet.models.tiling.tile_logits`;
+    ``batch_size`` windows at a time).
     """
     model.eval().to(device)
     masks, probs = [], []
@@ -168,7 +170,7 @@ def predict_maps(model: nn.Module, images: np.ndarray, device: torch.device, bat
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + step]))
         x = to_input(batch.to(device))
         logits = (model(x) if tiling is None else
-                  tiled_logits(model, x, tiling.tile, tiling.stride, batch_size))
+                  tile_logits(model, x, tiling, batch_size))
         masks.append(defect_mask(logits, threshold).cpu())
         probs.append(defect_probability(logits).cpu())
     if not masks:
@@ -438,7 +440,8 @@ class Settings:
 
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> Settings:
-        return cls(cfg["image_score"], int(cfg["min_defect_area"]), dict(cfg["fit_for_use"]))
+        return cls(cfg["image_score"], int(cfg["min_defect_area"]),
+                   {**verdicts.FIT_FOR_USE, **cfg["fit_for_use"]})
 
 
 def good_images(split: PreparedSplit, manifest: Path | None = None) -> np.ndarray | None:
@@ -461,20 +464,40 @@ def good_images(split: PreparedSplit, manifest: Path | None = None) -> np.ndarra
     return None
 
 
+def part_decisions(predictions: np.ndarray, masks: np.ndarray, good: np.ndarray | None,
+                   min_area: int = 1) -> tuple[tuple[int, int], dict[str, Any]]:
+    """What a line sees of the test parts at the network's threshold: ((good parts
+    flagged, good parts), the defective parts passed (not flagged) as
+    :func:`~mr2unet.evaluation.verdict.part_counts`). An image is flagged as the
+    image-level scores flag it (:func:`mr2unet.metrics.image.flagged`); ``good`` None:
+    an image whose mask holds no defect pixel is good (:func:`summarise`)."""
+    good = ~image_metrics.defective(masks) if good is None else np.asarray(good, bool)
+    hit = image_metrics.flagged(predictions, masks, min_area)
+    alarms = (int((hit & good).sum()), int(good.sum()))
+    return alarms, verdicts.part_counts(int((~hit & ~good).sum()), int((~good).sum()),
+                                        DECIMALS)
+
+
 def judge(primary: dict[str, Any], split: PreparedSplit, levels: np.ndarray | None,
           train: PreparedSplit | None, empty_score: float, fit_for_use: dict[str, float],
-          good: np.ndarray | None = None) -> dict[str, Any]:
+          good: np.ndarray | None = None, predictions: np.ndarray | None = None,
+          min_area: int = 1) -> dict[str, Any]:
     """The pooled file's ``verdict`` block: the verdict, its reason and figures, and
     the trivial baselines' scores (:mod:`mr2unet.evaluation.verdict`); the baselines'
-    IOU, like the network's, over the images that are not ``good`` parts."""
+    IOU, like the network's, over the images that are not ``good`` parts. With the
+    test ``predictions`` the good parts flagged join the verdict (``false_alarms``)
+    and the defective parts passed are counted (``misses``): :func:`part_decisions`."""
     scored = split if good is None else split.select(~np.asarray(good, bool))
     found = verdicts.baselines(scored, train, empty_score)
     ci = None if levels is None else verdicts.pixel_auroc_interval(
         levels, split.masks, split.categories)
     mean = primary["mean"]
-    decided = verdicts.decide(mean["iou"], mean.get("pixel_auroc"), ci, found, fit_for_use)
-    return {**decided.as_dict(DECIMALS), "fit_for_use": dict(fit_for_use),
-            "baselines": _rounded(found),
+    alarms, misses = (None, None) if predictions is None else part_decisions(
+        predictions, split.masks, good, min_area)
+    decided = verdicts.decide(mean["iou"], mean.get("pixel_auroc"), ci, found, fit_for_use,
+                              alarms)
+    return {**decided.as_dict(DECIMALS), **({"misses": misses} if misses else {}),
+            "fit_for_use": dict(fit_for_use), "baselines": _rounded(found),
             "bootstrap": {"resamples": verdicts.N_RESAMPLES, "seed": verdicts.SEED,
                           "confidence": verdicts.CONFIDENCE,
                           "method": "percentile, images resampled within each category"}}
@@ -502,7 +525,8 @@ def write_outputs(files: ModelFiles, split: PreparedSplit, result: Evaluation,
     if threshold is not None:  # absent for a model at the default 0.5 (files as before)
         pooled["threshold"] = _rounded(threshold)
     pooled["verdict"] = judge(primary, split, result.probabilities, train, empty_score,
-                              settings.fit_for_use, good)
+                              settings.fit_for_use, good, result.predictions,
+                              settings.min_defect_area)
     write_json(files.metrics, primary)
     write_json(files.pooled, pooled)
     files.per_image.parent.mkdir(parents=True, exist_ok=True)
@@ -523,10 +547,18 @@ def read_verdict(files: ModelFiles) -> dict[str, Any]:
 
 
 def verdict_tags(found: dict[str, Any]) -> dict[str, str]:
-    """MLflow tags of the verdict block: ``verdict`` and ``verdict_reason``."""
+    """MLflow tags of the verdict block: ``verdict``, ``verdict_reason`` and, where the
+    block has them, ``verdict_false_alarms`` (``3 of 4 (75 %, 95 % interval 0.19-0.99),
+    budget 0.1`` or the not-measured note)."""
     if not found:
         return {}
-    return {"verdict": str(found["verdict"]), "verdict_reason": str(found["reason"])}
+    tags = {"verdict": str(found["verdict"]), "verdict_reason": str(found["reason"])}
+    alarms = found.get("false_alarms")
+    if alarms:
+        tags["verdict_false_alarms"] = (
+            f"{verdicts.counts_text(alarms)}, budget {alarms['budget']:g}"
+            if alarms["measured"] else verdicts.NOT_MEASURED)
+    return tags
 
 
 def verdict_warning(arch: str, found: dict[str, Any]) -> str | None:
@@ -544,14 +576,18 @@ def read_probabilities(path: Path) -> np.ndarray:
 
 
 def timing_record(model: nn.Module, size: int, device: torch.device,
-                  run_info: dict[str, Any]) -> dict[str, Any]:
-    """``metrics/timing/<model>.json``: inference latencies and the training time.
+                  run_info: dict[str, Any], tiling: Tiling | None = None,
+                  image_shape: tuple[int, int] | None = None, batch_size: int = 32
+                  ) -> dict[str, Any]:
+    """``metrics/timing/<model>.json``: inference latencies and the training time; for a
+    model trained on crops (``tiling``) also ``latency_per_image``: ms per whole
+    ``image_shape`` test image, predicted as it is evaluated.
 
     Measurements, different on every run: kept out of the files CI compares byte for byte.
     """
     import platform
 
-    from mr2unet.evaluation.cost import latencies
+    from mr2unet.evaluation.cost import image_latency, latencies
 
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine())
@@ -591,6 +627,8 @@ def run_evaluation(params: dict[str, Any], arch: str, root: Path = Path(".")
     from mr2unet.models.checkpoint import load_model, stored_threshold, threshold_record
     from mr2unet.training.speed import resolve_device, set_cpu_threads
 
+    if tiling is not None and image_shape is not None:
+        record["latency_per_image"] = image_latency(model, *image_shape, tiling, batch_size)
     cfg = params["evaluate"]
     files = ModelFiles(arch, root)
     device = resolve_device(params["train"]["device"])
@@ -614,9 +652,14 @@ def run_evaluation(params: dict[str, Any], arch: str, root: Path = Path(".")
     warning = verdict_warning(arch, read_verdict(files))
     if warning:
         log.warning(warning)
-    timing = timing_record(model, size, device, read_run_info(files.run_info))
+    timing = timing_record(model, size, device, read_run_info(files.run_info), tiling,
+                           split.images.shape[1:3], cfg["batch_size"])
     write_json(files.timing, timing)
     log.info("%s latency at %dpx on %s: %s ms/image (batch 1), %s ms/image (batch 32)", arch,
              size, device, timing["latency"]["batch_1"]["per_image_ms"],
              timing["latency"]["batch_32"]["per_image_ms"])
     return primary
+    if "latency_per_image" in timing:
+        whole = timing["latency_per_image"]
+        log.info("%s latency per %dx%d test image (%s): %s ms", arch, whole["width"],
+                 whole["height"], whole["predict"], whole["per_image_ms"])

@@ -19,8 +19,17 @@ thresholds from params.yaml):
 - **not learned** when the 95 % bootstrap interval of its mean pixel AUROC includes 0.5,
   or its mean IOU is not above the best baseline's;
 - **weak** when it learned but its mean pixel AUROC or mean IOU is below
-  ``evaluate.fit_for_use`` (defaults 0.85 and 0.25);
+  ``evaluate.fit_for_use`` (defaults 0.85 and 0.25), or when it flags more good test
+  parts than the line's budget ``evaluate.fit_for_use.false_alarm_rate`` (default 0.1)
+  with confidence: the lower end of the exact (Clopper-Pearson) 95 % interval of its
+  false-alarm rate is above the budget (1 of 4 good parts flagged, [0.006, 0.81], does
+  not condemn a network; 3 of 4, [0.19, 0.99], does);
 - **learned** otherwise.
+
+Without good test images the false-alarm rate is not measured: the verdict block's
+``false_alarms`` says so (``measured: false``) and so does :func:`sentence`; the reason
+stays what it was. ``misses`` beside it counts the defective test parts the network would
+pass (no predicted defect), with the same kind of interval: the report's first screen.
 
 The interval is a percentile bootstrap over images, stratified by category (each
 resample draws each category's images with replacement, keeping its image count), of the
@@ -38,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import binomtest
 
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.metrics.segmentation import IGNORE_LABEL, confusion_counts, mean_scores
@@ -49,7 +59,7 @@ LEVELS = 256  # 8-bit probabilities
 NOT_LEARNED, WEAK, LEARNED = "not learned", "weak", "learned"
 BASELINE_LABELS = {"no_defect": "no defect anywhere", "defect_everywhere": "defect everywhere",
                    "intensity": "intensity threshold"}
-FIT_FOR_USE = {"pixel_auroc": 0.85, "iou": 0.25}
+FIT_FOR_USE = {"pixel_auroc": 0.85, "iou": 0.25, "false_alarm_rate": 0.1}
 ADVICE = ("try a higher prepare.image_size (or tiles of the full-resolution image), a loss "
           "for rare defects (train.loss: weighted_ce_dice, focal_dice or ce_dice), or more "
           "train.epochs; docs/evaluation.md, 'Did it learn?'")
@@ -216,6 +226,37 @@ def pixel_auroc_interval(levels: np.ndarray, masks: np.ndarray, categories: np.n
     return float(low), float(high)
 
 
+# ------------------------------------------------------------- counts of parts
+
+
+def exact_interval(count: int, total: int, confidence: float = CONFIDENCE
+                   ) -> tuple[float, float] | None:
+    """The exact (Clopper-Pearson) interval of a rate ``count / total``
+    (``scipy.stats.binomtest``); None without any trial."""
+    if total == 0:
+        return None
+    ci = binomtest(count, total).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def part_counts(count: int, total: int, decimals: int = 6) -> dict[str, Any]:
+    """``{"count", "total", "rate", "ci"}`` of ``count`` parts of ``total`` (rate and
+    interval None when ``total`` is 0)."""
+    ci = exact_interval(count, total)
+    return {"count": int(count), "total": int(total),
+            "rate": round(count / total, decimals) if total else None,
+            "ci": [round(v, decimals) for v in ci] if ci else None}
+
+
+def counts_text(found: Mapping[str, Any]) -> str:
+    """``3 of 4 (75 %, 95 % interval 0.19-0.99)``."""
+    if not found.get("total"):
+        return "not measured"
+    low, high = found["ci"]
+    return (f"{found['count']} of {found['total']} ({found['rate']:.0%}, 95 % interval "
+            f"{low:.2f}-{high:.2f})")
+
+
 # ---------------------------------------------------------------------------- verdict
 
 
@@ -230,14 +271,19 @@ class Verdict:
     baseline_iou: float
     pixel_auroc: float | None
     pixel_auroc_ci: tuple[float, float] | None
+    # good test parts flagged (part_counts) + "budget" and "measured"; None: not judged
+    false_alarms: dict[str, Any] | None = None
 
     def as_dict(self, decimals: int = 6) -> dict[str, Any]:
         ci = [round(v, decimals) for v in self.pixel_auroc_ci] if self.pixel_auroc_ci else None
-        return {"verdict": self.verdict, "reason": self.reason,
-                "iou": round(self.iou, decimals), "best_baseline": self.baseline,
-                "best_baseline_iou": round(self.baseline_iou, decimals),
-                "pixel_auroc": None if self.pixel_auroc is None
-                else round(self.pixel_auroc, decimals), "pixel_auroc_ci": ci}
+        out = {"verdict": self.verdict, "reason": self.reason,
+               "iou": round(self.iou, decimals), "best_baseline": self.baseline,
+               "best_baseline_iou": round(self.baseline_iou, decimals),
+               "pixel_auroc": None if self.pixel_auroc is None
+               else round(self.pixel_auroc, decimals), "pixel_auroc_ci": ci}
+        if self.false_alarms is not None:
+            out["false_alarms"] = self.false_alarms
+        return out
 
 
 def _auroc_text(auroc: float | None, ci: tuple[float, float] | None) -> str:
@@ -246,12 +292,25 @@ def _auroc_text(auroc: float | None, ci: tuple[float, float] | None) -> str:
     return f"pixel AUROC {auroc:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
+def false_alarm_record(flagged: int, good: int, budget: float) -> dict[str, Any]:
+    """The verdict's ``false_alarms``: :func:`part_counts` of the good test parts flagged,
+    the ``budget`` and whether it was ``measured`` (any good test part) and ``above``
+    it with confidence (the interval's lower end above the budget)."""
+    found = part_counts(flagged, good)
+    return {**found, "budget": budget, "measured": good > 0,
+            "above": bool(good and found["ci"][0] > budget)}
+
+
 def decide(iou: float, pixel_auroc: float | None, ci: tuple[float, float] | None,
            found: Mapping[str, Mapping[str, Any]],
-           fit_for_use: Mapping[str, float] | None = None) -> Verdict:
+           fit_for_use: Mapping[str, float] | None = None,
+           false_alarms: tuple[int, int] | None = None) -> Verdict:
     """The verdict (module docstring) from the network's mean IOU, its mean pixel AUROC
-    and interval, and the baselines' scores ``found`` (:func:`baselines`)."""
+    and interval, the baselines' scores ``found`` (:func:`baselines`) and
+    ``false_alarms`` = (good test parts flagged, good test parts), where counted."""
     fit = {**FIT_FOR_USE, **(fit_for_use or {})}
+    alarms = None if false_alarms is None else false_alarm_record(
+        *false_alarms, fit["false_alarm_rate"])
     name, base_iou = best_baseline(found)
     against = f"IOU {iou:.3f} against {base_iou:.3f} for \"{BASELINE_LABELS[name]}\""
     figures = f"{against}, {_auroc_text(pixel_auroc, ci)}"
@@ -262,22 +321,34 @@ def decide(iou: float, pixel_auroc: float | None, ci: tuple[float, float] | None
         why.append(f"the IOU is not above \"{BASELINE_LABELS[name]}\"")
     if why:
         reason = f"{figures}; {' and '.join(why)}"
-        return Verdict(NOT_LEARNED, reason, iou, name, base_iou, pixel_auroc, ci)
+        return Verdict(NOT_LEARNED, reason, iou, name, base_iou, pixel_auroc, ci, alarms)
     short = [f"IOU below {fit['iou']:.2f}"] if iou < fit["iou"] else []
     if pixel_auroc is not None and pixel_auroc < fit["pixel_auroc"]:
         short.append(f"pixel AUROC below {fit['pixel_auroc']:.2f}")
+    if alarms and alarms["above"]:
+        short.append(f"false alarms on {counts_text(alarms)} good test parts, above the "
+                     f"budget {alarms['budget']:g} even at the interval's lower end")
     if short:
         reason = f"{figures}; {' and '.join(short)}: not fit for a line"
-        return Verdict(WEAK, reason, iou, name, base_iou, pixel_auroc, ci)
+        return Verdict(WEAK, reason, iou, name, base_iou, pixel_auroc, ci, alarms)
+    within = (f", false-alarm rate {fit['false_alarm_rate']:g}: {counts_text(alarms)} good "
+              "test parts flagged" if alarms and alarms["measured"] else "")
     reason = (f"{figures}; above the baselines and evaluate.fit_for_use "
-              f"(IOU {fit['iou']:.2f}, pixel AUROC {fit['pixel_auroc']:.2f})")
-    return Verdict(LEARNED, reason, iou, name, base_iou, pixel_auroc, ci)
+              f"(IOU {fit['iou']:.2f}, pixel AUROC {fit['pixel_auroc']:.2f}{within})")
+    return Verdict(LEARNED, reason, iou, name, base_iou, pixel_auroc, ci, alarms)
 
 
 PHRASES = {NOT_LEARNED: "has not learned", WEAK: "is weak", LEARNED: "learned"}
 
 
+NOT_MEASURED = "false alarms not measured: no good (defect-free) test images"
+
+
 def sentence(label: str, verdict: Mapping[str, Any]) -> str:
     """``U-Net is weak: IOU 0.09 against 0.04 for "defect everywhere", pixel AUROC 0.70
-    [0.61, 0.78]; IOU below 0.25: not fit for a line.``"""
-    return f"{label} {PHRASES[verdict['verdict']]}: {verdict['reason']}."
+    [0.61, 0.78]; IOU below 0.25: not fit for a line.`` (+ `` False alarms not measured:
+    ...`` without good test images)."""
+    text = f"{label} {PHRASES[verdict['verdict']]}: {verdict['reason']}."
+    if not verdict.get("false_alarms", {"measured": True})["measured"]:
+        text += f" {NOT_MEASURED[0].upper()}{NOT_MEASURED[1:]}."
+    return text

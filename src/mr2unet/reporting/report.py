@@ -35,7 +35,7 @@ from mr2unet.config.params import MODEL_NAMES
 from mr2unet.data.prepared import PreparedSplit, load_split
 from mr2unet.errors import UserError
 from mr2unet.evaluation import verdict as verdicts
-from mr2unet.evaluation.evaluate import TEST_SPLIT, ModelFiles
+from mr2unet.evaluation.evaluate import SUMMARY, TEST_SPLIT, ModelFiles
 from mr2unet.models.inference import DEFAULT_THRESHOLD
 from mr2unet.reporting import significance as report_stats
 from mr2unet.reporting.markup import (
@@ -222,8 +222,9 @@ def threshold_of(inputs: ReportInputs, model: str) -> str:
     found = inputs.pooled[model].get("threshold")
     if not found:
         return f"{DEFAULT_THRESHOLD:g}"
-    how = found["rule"] + (f", {found['val_images']} validation images"
-                           if found.get("val_images") else "")
+    how = found["rule"] + (f" -> {found['resolved']}" if found.get("resolved") else "") \
+        + (f", {found['val_images']} validation images" if found.get("val_images") else "") \
+        + (f", {found['val_good_images']} good" if found.get("val_good_images") else "")
     return f"{found['value']:g} ({how})"
 
 
@@ -275,7 +276,38 @@ VERDICT_NOTE = (
     "threshold per category fitted on the training split. Not learned: the 95 % bootstrap "
     "interval of the mean pixel AUROC (images resampled within each category, 1000 times) "
     "includes 0.5, or the mean IOU is not above the best baseline's. Weak: learned, but "
-    "below evaluate.fit_for_use. Only a learned network can get a registry alias.")
+    "below evaluate.fit_for_use, or rejecting more good test parts than its "
+    "false_alarm_rate with confidence (the exact 95 % interval's lower end above it). Only "
+    "a learned network can get a registry alias.")
+
+LINE_NOTE = (
+    "What a production line sees of the test parts, at each network's mask threshold: a "
+    "part is rejected when its predicted mask holds a defect of at least "
+    "evaluate.min_defect_area connected pixels. Good parts rejected: false alarms among the "
+    "defect-free test images; defective parts passed: defective test images with no "
+    "predicted defect. Intervals: exact (Clopper-Pearson) 95 %, so that a handful of parts "
+    "reads as the little it proves. A network whose interval of good parts rejected lies "
+    "above evaluate.fit_for_use.false_alarm_rate is weak (below, \"Did it learn?\").")
+
+
+def line_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
+    """The report's first screen, one row per model: good parts it would reject, defective
+    parts it would pass (k of n, exact interval), its mask threshold and verdict."""
+    header = ["model", "good parts rejected", "defective parts passed", "mask threshold",
+              "verdict"]
+    rows = []
+    for m in inputs.models:
+        found = verdict_of(inputs, m)
+        alarms, misses = found.get("false_alarms"), found.get("misses")
+        rejected = (MISSING if alarms is None else verdicts.counts_text(alarms)
+                    + (f" (budget {alarms['budget']:g})" if alarms["measured"]
+                       else ": no good test images"))
+        rows.append([Cell(LABELS[m]), Cell(rejected),
+                     Cell(verdicts.counts_text(misses) if misses else MISSING),
+                     Cell(threshold_of(inputs, m)),
+                     Cell(found.get("verdict", MISSING),
+                          found.get("verdict") == verdicts.LEARNED)])
+    return header, rows
 
 
 def verdict_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
@@ -408,7 +440,9 @@ COST_NOTE = (
     "of the train stage) and latency (ms per image: median wall time of forward pass + "
     "softmax on a batch of 1 or 32 images already on the device, fp32, after warm-up runs; "
     "n = timed runs) come from metrics/timing/<model>.json: measurements, they vary "
-    "between runs and machines.")
+    "between runs and machines. A model trained on tiles (prepare.mode: tiles) sees a crop "
+    "per pass: its batch-1 cell also gives ms per whole test image, predicted as evaluate "
+    "predicts it (whole: one padded pass; windows: their count and ms each).")
 
 
 def cost_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
@@ -428,11 +462,23 @@ def cost_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
                      Cell(f"{size}×{size}" if size else MISSING),
                      Cell(f"{cost['gflops']:.3f}" if "gflops" in cost else MISSING),
                      Cell(_duration(timing.get("train_seconds"))), Cell(device or MISSING),
-                     Cell(_latency(timing, 1)), Cell(_latency(timing, 32))])
+                     Cell(_latency(timing, 1) + _image_latency(timing)),
+                     Cell(_latency(timing, 32))])
     return header, rows
 
 
 def read_timings(models: list[str], root: Path = Path(".")) -> dict[str, dict[str, Any]]:
+def _image_latency(timing: dict[str, Any]) -> str:
+    """A tiled model's ms per whole test image (and per window), or ``""``."""
+    whole = timing.get("latency_per_image")
+    if not whole:
+        return ""
+    windows = (f", {whole['windows']} windows of {whole['per_window_ms']:.2f}"
+               if "windows" in whole else "")
+    return (f"; {whole['per_image_ms']:.1f} per {whole['width']}×{whole['height']} image "
+            f"({whole['predict']}{windows})")
+
+
     """``metrics/timing/<model>.json`` of each model that has one (absent: shown as –)."""
     paths = {m: ModelFiles(m, root).timing for m in models}
     return {m: json.loads(p.read_text()) for m, p in paths.items() if p.is_file()}
@@ -581,6 +627,9 @@ def write_report(inputs: ReportInputs, out: Path) -> None:
                     + markdown_table(*baseline_table(inputs)),
                     html_table(*verdict_table(inputs)) + html_table(*baseline_table(inputs)))
     sections: list[tuple[str, str, str]] = [  # (title, markdown, html)
+        ("For a line: parts rejected and passed", f"{LINE_NOTE}\n\n"
+         + markdown_table(*line_table(inputs)),
+         f"<p>{html.escape(LINE_NOTE)}</p>" + html_table(*line_table(inputs))),
         ("Provenance", markdown_table(["", ""], _prov_rows(inputs)),
          html_table(["", ""], _prov_rows(inputs))),
         ("Summary", "".join(f"**Warning: {n}**\n\n" for n in warnings)
@@ -651,7 +700,8 @@ def provenance(params: dict[str, Any], inputs: ReportInputs, root: Path) -> dict
         short = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
         prov[f"{LABELS[m]} training"] = (
             f"{meta.get('epochs', '?')} epochs on {meta.get('device', '?')}, torch "
-            f"{meta.get('torch_version', '?')}, commit {short}")
+            f"{meta.get('torch_version', '?')}, commit {short}"
+            + _tiles_note(meta.get("tiling")))
     prov["torch / python (report)"] = f"{torch_version()} / {platform.python_version()}"
     prov["generated"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return prov
@@ -663,3 +713,15 @@ def load_report(params: dict[str, Any], root: Path = Path(".")) -> ReportInputs:
     inputs.provenance = provenance(params, inputs, root)
     inputs.timing = read_timings(inputs.models, root)
     return inputs
+def _tiles_note(tiling: dict[str, Any] | None) -> str:
+    """``, tiles of 64 px, predicted whole`` for a model trained on crops; else ``""``."""
+    if not tiling:
+        return ""
+    return (f", tiles of {tiling['tile']} px, predicted "
+            f"{tiling.get('predict', 'windows')}")
+
+
+    summary = root / SUMMARY
+    auto = json.loads(summary.read_text()).get("auto") if summary.is_file() else None
+    if auto:  # prepare.mode auto: what it chose and why (absent for the paper's resize)
+        prov["preparation"] = f"prepare.mode auto -> {auto['mode']}: {auto['reason']}"
