@@ -34,13 +34,11 @@ LOSSES = (*PIXEL_LOSSES, *REGION_LOSSES,
 # params.yaml or in a profile) would otherwise be ignored without a word.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "data": ("source", "url", "sha256", "size_bytes", "archive", "directory", "categories",
-             "check_counts", "download_dir", "timeout_s", "layout", "folder", "yolo", "coco",
-             "labelme"),
+             "check_counts", "download_dir", "timeout_s", "layout", "folder"),
     "synthetic": ("seed", "images_per_defect", "good_images"),
     "split": ("test_fraction", "seed", "val_fraction"),
     "prepare": ("image_size", "mask_threshold", "keep_thin_defects", "resize", "good_images",
-                "mode", "tile_source_size", "tile_stride", "tile_predict",
-                "defect_crop_fraction"),
+                "mode", "tile_source_size", "tile_stride", "defect_crop_fraction"),
     "train": ("models", "epochs", "steps", "batch_size", "lr", "lr_schedule", "weight_decay",
               "loss", "dice_weight", "class_weights", "focal_gamma", "tversky_alpha",
               "tversky_beta", "augment", "seed", "device", "precision", "channels_last",
@@ -54,15 +52,9 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
                  "challenger_alias"),
 }
 TOP_LEVEL = tuple(KNOWN_KEYS)
-LAYOUTS = ("mvtec", "folder", "visa", "yolo", "coco", "labelme")
+LAYOUTS = ("mvtec", "folder", "visa")
 # `data.folder` (data.layout: folder; mr2unet.data.folder)
 FOLDER_KEYS = ("category", "images", "masks", "mask_suffix", "good", "split_lists")
-# the label layouts' keys (mr2unet.data.yolo, .coco, .labelme): (required, optional)
-LABEL_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "yolo": (("dataset",), ("category",)),
-    "coco": (("annotations",), ("images", "category")),
-    "labelme": (("annotations",), ("category",)),
-}
 
 
 def merge_into(target: MutableMapping[str, Any], overlay: MutableMapping[str, Any]) -> None:
@@ -132,10 +124,6 @@ def check_known_keys(params: dict[str, Any], where: str = "params.yaml") -> None
     folder = (params.get("data") or {}).get("folder")
     if not problem and isinstance(folder, dict):
         problem = _unknown(list(folder), FOLDER_KEYS, "data.folder.")
-    for name, (required, optional) in LABEL_KEYS.items():
-        spec = (params.get("data") or {}).get(name)
-        if not problem and isinstance(spec, dict):
-            problem = _unknown(list(spec), required + optional, f"data.{name}.")
     if problem:
         raise UserError(f"{where}: {problem}")
 
@@ -294,17 +282,6 @@ def _check_layout(params: dict[str, Any]) -> None:
                "data.folder.split_lists", lists, "null or {train: <file>, test: <file>}")
         _check(isinstance(folder.get("category", "custom"), str), "data.folder.category",
                folder.get("category"), "a name")
-    for name, (required, optional) in LABEL_KEYS.items():
-        spec = params["data"].get(name)
-        _check(spec is None or isinstance(spec, dict), f"data.{name}", spec,
-               f"null or a mapping ({', '.join(f'{k}:' for k in required + optional)})")
-        if layout == name:
-            _check(isinstance(spec, dict) and all(isinstance(spec.get(k), str) and spec[k]
-                                                  for k in required), f"data.{name}", spec,
-                   f"a mapping with {' and '.join(f'{k}:' for k in required)} (a path "
-                   f"relative to the data set's root; docs/data.md)")
-            _check(all(spec.get(k) is None or isinstance(spec[k], str) for k in optional),
-                   f"data.{name}", spec, f"{', '.join(optional)}: null or a string")
     good = _get(params, "prepare.good_images")
     _check(good == "all" or (_is_int(good) and good >= 0), "prepare.good_images", good,
            "0 (the paper: defective images only), a number per category, or all")
@@ -314,7 +291,7 @@ def _check_layout(params: dict[str, Any]) -> None:
 
 def _check_tiles(params: dict[str, Any]) -> None:
     """`prepare.mode` and the tiles knobs (mr2unet.data.prepare, mr2unet.models.tiling)."""
-    _choice(params, "prepare.mode", ("resize", "tiles", "auto"))
+    _choice(params, "prepare.mode", ("resize", "tiles"))
     crop = params["prepare"]["image_size"]
     source = _get(params, "prepare.tile_source_size")
     _check(source is None or (_is_int(source) and source >= crop), "prepare.tile_source_size",
@@ -322,7 +299,6 @@ def _check_tiles(params: dict[str, Any]) -> None:
     stride = _get(params, "prepare.tile_stride")
     _check(stride is None or (_is_int(stride) and 0 < stride <= crop), "prepare.tile_stride",
            stride, f"null (half a crop) or an integer in 1..{crop}")
-    _choice(params, "prepare.tile_predict", ("whole", "windows"))
     share = _get(params, "prepare.defect_crop_fraction")
     _check(_is_number(share) and 0 <= share <= 1, "prepare.defect_crop_fraction", share,
            "a number in [0, 1]")

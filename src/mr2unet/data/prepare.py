@@ -47,13 +47,6 @@ Masks are area-resampled to the content size in both modes, so ``mask_threshold`
 (``pad`` as above, at that size), or with ``tile_source_size: None`` left at its native size
 and centred on a square as large as the data set's longest side (padding ignored as
 above). ``image_size`` is then the crop size; ``resize`` is not used.
-
-``mode: auto`` measures the defective images' defect geometry first (their masks at native
-size, :mod:`mr2unet.data.geometry`) and resolves to ``tiles`` when the median defect would
-be under 2 px wide (or cover under 16 pixels) at ``image_size``, else to ``resize``; it
-logs one line saying why, and ``summary.json`` records the chosen ``mode`` and the numbers
-(``auto``). The train stage reads the choice from ``summary.json``
-(:func:`resolved_prepare`).
 """
 
 from __future__ import annotations
@@ -70,7 +63,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from mr2unet.data import geometry, layouts
+from mr2unet.data import layouts
 from mr2unet.data.images import defect_pixels, mask_values, read_image, to_rgb
 from mr2unet.data.layouts import DataLayout
 from mr2unet.data.mvtec import check_counts, count_by_category, is_full_dataset
@@ -83,8 +76,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 VAL = "val"  # the validation split, carved out of the training images (val_fraction > 0)
 RESIZE_MODES = ("squash", "pad")
-AUTO = "auto"  # prepare.mode: measure the defects, then resize or tiles (mr2unet.data.geometry)
-MODES = ("resize", "tiles", AUTO)
+MODES = ("resize", "tiles")
 NATIVE = "native"  # tiles at native size: centred on the square, not scaled
 MANIFEST_COLUMNS = ["category", "defect_type", "image", "mask", "split", "width", "height"]
 GOOD_COLUMN = "good"  # added to the manifest only when good images were prepared
@@ -114,7 +106,7 @@ class PrepareConfig:
             check_resize_mode(self.resize)
         if self.mode not in MODES:
             raise UserError(f"prepare.mode {self.mode!r}: expected one of {', '.join(MODES)}.")
-        if self.mode != "resize" and self.tile_source_size is not None and \
+        if self.mode == "tiles" and self.tile_source_size is not None and \
                 self.tile_source_size < self.image_size:
             raise UserError(f"prepare.tile_source_size {self.tile_source_size} is smaller than "
                             f"the {self.image_size} px crops (prepare.image_size): raise it, "
@@ -190,17 +182,6 @@ def carve_validation(samples: list[Sample], splits: list[str], val_fraction: flo
         for j in rng.permutation(len(idx))[:n_test_images(len(idx), val_fraction)]:
             carved[idx[j]] = VAL
     return carved
-
-
-def val_fraction_for(samples: list[Sample], val_fraction: float) -> float:
-    """``val_fraction``, or 0 when the data set ships its own validation split (a YOLO or
-    COCO export's ``val``, kept as it is; the log says the fraction is not used)."""
-    if not any(s.split == VAL for s in samples):
-        return val_fraction
-    if val_fraction:
-        log.info("split.val_fraction %s not used: the data set's own val split is the "
-                 "validation split", val_fraction)
-    return 0.0
 
 
 def choose_good(good: list[Sample], per_category: int | str, seed: int) -> list[Sample]:
@@ -288,8 +269,8 @@ def resize_mask(img: Image.Image, size: int, threshold: float, keep_thin: bool,
 
 def prepare_sample(raw: Path, sample: Sample, cfg: PrepareConfig) -> PreparedImage:
     """Read one image and its mask (all zeros for a good image) from ``raw``; resize both."""
-    img = sample.read_image(raw)
-    mask_img = sample.read_mask(raw, img.size)
+    img = read_image(raw / sample.image)
+    mask_img = Image.new("L", img.size, 0) if sample.good else read_image(raw / sample.mask)
     if mask_img.size != img.size:
         raise UserError(f"mask {raw / sample.mask} is {mask_img.size[0]}x{mask_img.size[1]} "
                         f"but its image is {img.size[0]}x{img.size[1]}; the dataset copy is "
@@ -311,30 +292,12 @@ def tile_config(raw: Path, samples: list[Sample], cfg: PrepareConfig) -> Prepare
         return replace(cfg, image_size=cfg.tile_source_size, resize="pad")
     longest = 0
     for sample in samples:
-        longest = max(longest, *sample.image_size(raw))  # the header only
+        with Image.open(raw / sample.image) as img:  # the header only
+            longest = max(longest, *img.size)
     if longest < cfg.image_size:
         raise UserError(f"the largest image is {longest} px, smaller than the "
                         f"{cfg.image_size} px crops (prepare.image_size): lower image_size.")
     return replace(cfg, image_size=longest, resize=NATIVE)
-
-
-def measure_geometry(raw: Path, samples: list[Sample]) -> list[geometry.ImageGeometry]:
-    """The defect geometry of each defective sample's mask, at native size."""
-    return [geometry.measure(defect_pixels(s.read_mask(raw)))
-            for s in tqdm(samples, desc="measure defects", unit="img", leave=False)
-            if not s.good]
-
-
-def resolved_prepare(prepare_params: dict[str, Any], summary_path: Path) -> dict[str, Any]:
-    """params.yaml's ``prepare`` with ``mode: auto`` replaced by what ``prepare`` chose
-    (``summary.json``'s ``mode``); other modes as they are."""
-    if prepare_params.get("mode") != AUTO:
-        return prepare_params
-    if not summary_path.is_file():
-        raise UserError(f"prepare.mode is auto but {summary_path} is missing: run "
-                        f"`dvc repro prepare` first.")
-    chosen = json.loads(summary_path.read_text()).get("mode", "resize")
-    return {**prepare_params, "mode": chosen}
 
 
 def count_check(counts: dict[str, int], check: bool) -> str:
@@ -383,8 +346,7 @@ def _save_splits(out: Path, manifest: pd.DataFrame, prepared: list[PreparedImage
 def _summary(out: Path, cfg: PrepareConfig, manifest: pd.DataFrame,
              prepared: list[PreparedImage], count_status: str) -> dict[str, Any]:
     # the validation split is listed only where there is one (the default's file as before)
-    splits = (*SPLITS, VAL) if cfg.val_fraction > 0 or (manifest["split"] == VAL).any() \
-        else SPLITS
+    splits = (*SPLITS, VAL) if cfg.val_fraction > 0 else SPLITS
     manifest = manifest.assign(kept=[p.thin_defect_kept for p in prepared],
                                empty=[not (p.mask == 1).any() for p in prepared])
     per_category = {
@@ -437,17 +399,11 @@ def prepare(raw: Path, out: Path, cfg: PrepareConfig, categories: list[str] | No
                         f"{', '.join(chosen)}, layout {layout.name}); docs/data.md shows "
                         f"the layouts.")
     status = count_check(count_by_category(samples), check)
-    val_fraction = val_fraction_for(found, cfg.val_fraction)
     splits = split_samples(samples, cfg.test_fraction, cfg.seed)
-    splits = carve_validation(samples, splits, val_fraction, [cfg.seed, 3])
+    splits = carve_validation(samples, splits, cfg.val_fraction, [cfg.seed, 3])
     if "test" not in splits:
         raise UserError(f"{len(samples)} defective images are too few for a train/test "
                         f"split: every category needs at least 2.")
-    decision = None
-    if cfg.mode == AUTO:
-        decision = geometry.choose_mode(measure_geometry(raw, samples), cfg.image_size)
-        log.info("prepare.mode auto -> %s: %s", decision.mode, decision.reason)
-        cfg = replace(cfg, mode=decision.mode)
     if cfg.good_images != 0:
         good = choose_good([s for s in found if s.good], cfg.good_images, cfg.seed)
         if not good:
@@ -455,7 +411,7 @@ def prepare(raw: Path, out: Path, cfg: PrepareConfig, categories: list[str] | No
                         cfg.good_images, raw)
         samples += good
         splits += carve_validation(good, split_samples(good, cfg.test_fraction, [cfg.seed, 1]),
-                                   val_fraction, [cfg.seed, 4])
+                                   cfg.val_fraction, [cfg.seed, 4])
     sample_cfg = tile_config(raw, samples, cfg) if cfg.mode == "tiles" else cfg
     prepared = [prepare_sample(raw, sample, sample_cfg)
                 for sample in tqdm(samples, desc="prepare", unit="img")]
@@ -465,12 +421,9 @@ def prepare(raw: Path, out: Path, cfg: PrepareConfig, categories: list[str] | No
     manifest.to_csv(out / "manifest.csv", index=False, lineterminator="\n")
     _save_splits(out, manifest, prepared)
     summary = _summary(out, cfg, manifest, prepared, status)
-    summary.update(layouts.label_summary(layout, samples))
     if cfg.mode == "tiles":
         summary.update(mode="tiles", tile_source_size=sample_cfg.image_size,
                        crop_size=cfg.image_size)
-    if decision is not None:
-        summary.update(mode=decision.mode, auto=decision.as_dict())
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info("prepared %d images (%d train / %d test%s) at %d px (%s); %d thin defects kept",
              summary["images"], summary["train"], summary["test"],

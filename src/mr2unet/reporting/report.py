@@ -35,7 +35,7 @@ from mr2unet.config.params import MODEL_NAMES
 from mr2unet.data.prepared import PreparedSplit, load_split
 from mr2unet.errors import UserError
 from mr2unet.evaluation import verdict as verdicts
-from mr2unet.evaluation.evaluate import SUMMARY, TEST_SPLIT, ModelFiles
+from mr2unet.evaluation.evaluate import TEST_SPLIT, ModelFiles
 from mr2unet.models.inference import DEFAULT_THRESHOLD
 from mr2unet.reporting import significance as report_stats
 from mr2unet.reporting.markup import (
@@ -440,9 +440,7 @@ COST_NOTE = (
     "of the train stage) and latency (ms per image: median wall time of forward pass + "
     "softmax on a batch of 1 or 32 images already on the device, fp32, after warm-up runs; "
     "n = timed runs) come from metrics/timing/<model>.json: measurements, they vary "
-    "between runs and machines. A model trained on tiles (prepare.mode: tiles) sees a crop "
-    "per pass: its batch-1 cell also gives ms per whole test image, predicted as evaluate "
-    "predicts it (whole: one padded pass; windows: their count and ms each).")
+    "between runs and machines.")
 
 
 def cost_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
@@ -462,23 +460,11 @@ def cost_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
                      Cell(f"{size}×{size}" if size else MISSING),
                      Cell(f"{cost['gflops']:.3f}" if "gflops" in cost else MISSING),
                      Cell(_duration(timing.get("train_seconds"))), Cell(device or MISSING),
-                     Cell(_latency(timing, 1) + _image_latency(timing)),
-                     Cell(_latency(timing, 32))])
+                     Cell(_latency(timing, 1)), Cell(_latency(timing, 32))])
     return header, rows
 
 
 def read_timings(models: list[str], root: Path = Path(".")) -> dict[str, dict[str, Any]]:
-def _image_latency(timing: dict[str, Any]) -> str:
-    """A tiled model's ms per whole test image (and per window), or ``""``."""
-    whole = timing.get("latency_per_image")
-    if not whole:
-        return ""
-    windows = (f", {whole['windows']} windows of {whole['per_window_ms']:.2f}"
-               if "windows" in whole else "")
-    return (f"; {whole['per_image_ms']:.1f} per {whole['width']}×{whole['height']} image "
-            f"({whole['predict']}{windows})")
-
-
     """``metrics/timing/<model>.json`` of each model that has one (absent: shown as –)."""
     paths = {m: ModelFiles(m, root).timing for m in models}
     return {m: json.loads(p.read_text()) for m, p in paths.items() if p.is_file()}
@@ -700,8 +686,7 @@ def provenance(params: dict[str, Any], inputs: ReportInputs, root: Path) -> dict
         short = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
         prov[f"{LABELS[m]} training"] = (
             f"{meta.get('epochs', '?')} epochs on {meta.get('device', '?')}, torch "
-            f"{meta.get('torch_version', '?')}, commit {short}"
-            + _tiles_note(meta.get("tiling")))
+            f"{meta.get('torch_version', '?')}, commit {short}")
     prov["torch / python (report)"] = f"{torch_version()} / {platform.python_version()}"
     prov["generated"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return prov
@@ -713,15 +698,3 @@ def load_report(params: dict[str, Any], root: Path = Path(".")) -> ReportInputs:
     inputs.provenance = provenance(params, inputs, root)
     inputs.timing = read_timings(inputs.models, root)
     return inputs
-def _tiles_note(tiling: dict[str, Any] | None) -> str:
-    """``, tiles of 64 px, predicted whole`` for a model trained on crops; else ``""``."""
-    if not tiling:
-        return ""
-    return (f", tiles of {tiling['tile']} px, predicted "
-            f"{tiling.get('predict', 'windows')}")
-
-
-    summary = root / SUMMARY
-    auto = json.loads(summary.read_text()).get("auto") if summary.is_file() else None
-    if auto:  # prepare.mode auto: what it chose and why (absent for the paper's resize)
-        prov["preparation"] = f"prepare.mode auto -> {auto['mode']}: {auto['reason']}"
