@@ -1,17 +1,23 @@
 """Choosing a real-data recipe by measurement: test IOU per network over seeds, on the real
-MVTec AD bottle sample or the real NEU-Seg sample (../shared), as they are published.
+MVTec AD bottle sample, the real NEU-Seg sample or the real DeepCrack sample (../shared), as
+they are published.
 
     python benchmarks/user_data_recipe.py --set bottle --size 64 --epochs 100 --seeds 0 1 2
     python benchmarks/user_data_recipe.py --set neu --mode tiles --size 64 --epochs 20
+    python benchmarks/user_data_recipe.py --set deepcrack --mode auto --steps 3600 \
+        --resize pad --good-images all --tile-predict both --models unet resunet
 
 Prepares the set once per preparation (extract + prepare through the library: the
-MVTec layout for the bottle sample, the folder layout for NEU-Seg, with the profile's
-split), then trains and evaluates each network with the given settings for each seed
-(``mr2unet.training.loop.train``, ``mr2unet.evaluation.evaluate.evaluate``; tiles mode
-trains on crops and predicts by sliding windows), on the CPU, without DVC or MLflow.
-Prints one line per run and a table: mean test IOU ± sample standard deviation over the
-seeds, mean training seconds, whether a run collapsed. ``--json`` appends the runs to a
-file. Timings depend on the machine's load: run it with nothing else running (the CPU
+MVTec layout for the bottle sample, the folder layout for NEU-Seg and DeepCrack, with the
+profiles' splits: DeepCrack keeps its own), then trains and evaluates each network with the
+given settings for each seed (``mr2unet.training.loop.train``,
+``mr2unet.evaluation.evaluate.evaluate``; tiles mode trains on crops), on the CPU, without
+DVC or MLflow. ``--mode auto`` lets ``prepare`` choose (its decision is printed); a tiles
+model is evaluated as ``--tile-predict`` says (``both``: whole image and windows, the IOU
+and ms per test image of each). Prints one line per run and a table: mean test IOU ±
+sample standard deviation over the seeds, mean training seconds, whether a run collapsed.
+``--json`` appends the runs to a file; ``--save DIR`` keeps each network's weights.
+Timings depend on the machine's load: run it with nothing else running (the CPU
 seconds of the process are printed too; with ``--threads 1`` they are close to the wall
 time the run would take alone on one core).
 """
@@ -44,6 +50,11 @@ SETS: dict[str, tuple[Path, DataLayout]] = {
             DataLayout("folder", FolderLayout(images="neu_seg/img_dir/test",
                                               masks="neu_seg/ann_dir/test",
                                               category="neu_seg"))),
+    "deepcrack": (SHARED / "deepcrack_sample.tar.xz",
+                  DataLayout("folder", FolderLayout(
+                      images="deepcrack/*_img/*.jpg", masks="deepcrack/*_lab/*.png",
+                      category="deepcrack", split_lists={"train": "deepcrack/train_img",
+                                                         "test": "deepcrack/test_img"}))),
 }
 
 
@@ -68,7 +79,9 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--size", type=int, default=64, help="image size, or crop size (tiles)")
-    ap.add_argument("--mode", default="resize", choices=("resize", "tiles"))
+    ap.add_argument("--mode", default="resize", choices=("resize", "tiles", "auto"))
+    ap.add_argument("--tile-predict", default="whole", choices=("whole", "windows", "both"))
+    ap.add_argument("--save", type=Path, help="save each network's state dict here")
     ap.add_argument("--resize", default="squash", choices=("squash", "pad"))
     ap.add_argument("--tile-source-size", type=int, default=None)
     ap.add_argument("--defect-crop-fraction", type=float, default=0.5)
@@ -92,10 +105,17 @@ def main() -> None:
     prep = PrepareConfig(image_size=args.size, mode=args.mode, resize=args.resize,
                          tile_source_size=args.tile_source_size, good_images=good)
     data = prepared(args.work, args.set, prep)
+    summary = json.loads((data / "summary.json").read_text())
+    mode = summary.get("mode", "resize")
+    if "auto" in summary:
+        print(f"prepare.mode auto -> {mode}: {summary['auto']['reason']}")
     train_split, test_split = load_split(data / "train.npz"), load_split(data / "test.npz")
     good_test = good_images(test_split, data / "manifest.csv")  # left out of IOU
-    tiling = Tiling(args.size, args.size // 2, args.tile_source_size) \
-        if args.mode == "tiles" else None
+    tilings = {}
+    if mode == "tiles":
+        ways = ("whole", "windows") if args.tile_predict == "both" else (args.tile_predict,)
+        tilings = {way: Tiling(args.size, args.size // 2, args.tile_source_size, way)
+                   for way in ways}
     recipe = {k: getattr(args, k) for k in ("set", "mode", "size", "tile_source_size",
                                             "good_images", "defect_crop_fraction", "width",
                                             "epochs", "steps",
@@ -111,29 +131,40 @@ def main() -> None:
                 lr_schedule=args.schedule, loss=args.loss, dice_weight=args.dice_weight,
                 augment=args.augment, seed=seed, base_width=args.width, device="cpu",
                 cpu_threads=args.threads, checkpoint_every=10**6,
-                crop_size=args.size if tiling else None,
+                crop_size=args.size if tilings else None,
                 defect_crop_fraction=args.defect_crop_fraction,
                 model_options={"recurrent_steps": 3} if arch == "mr2unet" else {})
             t0, c0 = time.perf_counter(), time.process_time()
             result = train(cfg, train_split, progress=False)
             seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-            ev = evaluate(result.model, test_split, torch.device("cpu"), progress=False,
-                          tiling=tiling)
-            primary, pooled = summarise(ev.counts, test_split.categories, good=good_test)
+            if args.save:
+                args.save.mkdir(parents=True, exist_ok=True)
+                torch.save(result.model.state_dict(), args.save / f"{arch}_{seed}.pt")
+            scored = {}
+            for way, tiling in (tilings or {"resize": None}).items():
+                t1 = time.perf_counter()
+                ev = evaluate(result.model, test_split, torch.device("cpu"), progress=False,
+                              tiling=tiling, batch_size=16)
+                ms = 1000 * (time.perf_counter() - t1) / len(test_split)
+                primary, pooled = summarise(ev.counts, test_split.categories, good=good_test)
+                scored[way] = (primary, pooled, ms)
+            primary, pooled, _ = next(iter(scored.values()))
             iou = primary["mean"]["iou"]
             collapsed = bool(pooled["collapsed"] or result.collapsed)
+            ways = {way: {"iou": round(p["mean"]["iou"], 4), "ms_per_image": round(ms, 1)}
+                    for way, (p, _, ms) in scored.items()}
             results[arch].append((iou, seconds, collapsed))
             print(f"seed {seed} {arch:15s} IOU {iou:.4f} Dice {primary['mean']['dice']:.4f} "
                   f"train {seconds:6.1f}s ({cpu:6.1f} CPU s) "
                   f"final loss {result.history[-1]['loss']:.4f}"
-                  f"{' COLLAPSED' if collapsed else ''}", flush=True)
+                  f"{' COLLAPSED' if collapsed else ''} {ways}", flush=True)
             if args.json:
                 with args.json.open("a") as fh:
                     fh.write(json.dumps({**recipe, "arch": arch, "seed": seed, "iou": iou,
                                          "dice": primary["mean"]["dice"],
                                          "seconds": round(seconds, 1),
                                          "cpu_seconds": round(cpu, 1),
-                                         "collapsed": collapsed}) + "\n")
+                                         "collapsed": collapsed, "predict": ways}) + "\n")
     print("\n| model | mean test IOU ± std | train s (mean) |\n|---|---:|---:|")
     for arch, runs in results.items():
         ious = [r[0] for r in runs]

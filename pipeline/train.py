@@ -28,10 +28,11 @@ import torch
 from _common import run_model_stage
 
 from mr2unet.config.params import MODEL_NAMES
+from mr2unet.data.prepare import resolved_prepare
 from mr2unet.data.prepared import load_split
 from mr2unet.errors import UserError
 from mr2unet.evaluation import threshold as thresholds
-from mr2unet.evaluation.evaluate import good_images, predict_maps
+from mr2unet.evaluation.evaluate import SUMMARY, good_images, predict_maps
 from mr2unet.models.inference import DEFAULT_THRESHOLD
 from mr2unet.models.tiling import Tiling
 from mr2unet.training.loop import (
@@ -56,7 +57,7 @@ def tiling_meta(prepare: dict[str, Any]) -> dict[str, Any]:
         return {}
     size = prepare["image_size"]
     return {"tiling": Tiling(size, prepare["tile_stride"] or size // 2,
-                             prepare["tile_source_size"]).as_dict()}
+                             prepare["tile_source_size"], prepare["tile_predict"]).as_dict()}
 
 
 def threshold_meta(params: dict[str, Any], model: torch.nn.Module, device: str,
@@ -121,6 +122,8 @@ def main(params: dict[str, Any], archs: list[str]) -> None:
     exactly as its stage finishes alone."""
     if len(set(archs)) != len(archs):
         raise UserError(f"name each model once, got {' '.join(archs)}")
+    # prepare.mode auto: the mode prepare chose (a different choice changes train.npz too)
+    params = {**params, "prepare": resolved_prepare(params["prepare"], SUMMARY)}
     split = load_split(TRAIN_SPLIT)
     rank = init_distributed()
     if len(archs) > 1 and torch.distributed.is_initialized():

@@ -2,6 +2,8 @@
 
 ``mr2unet profile NAME...``   write profile NAME's values into params.yaml (``make demo``: demo)
 ``mr2unet synthetic DIR``     write synthetic MVTec-format data to DIR
+``mr2unet inspect``           what params.yaml's data set holds: counts, sizes, mask values,
+                             defect area and width, what prepare.mode auto would choose
 ``mr2unet predict ...``       segment images with a trained model (``mr2unet predict --help``)
 ``mr2unet export ...``        a trained model as ONNX for C++/C# callers (``mr2unet export --help``)
 ``mr2unet repro --jobs N``   the DVC pipeline with N networks' stages at a time (``make demo``)
@@ -43,6 +45,40 @@ def _synthetic(args: argparse.Namespace) -> int:
     counts = generate(args.out, seed=args.seed, images_per_defect=args.images_per_defect)
     total = sum(counts.values())
     print(f"wrote {total} defective images in {len(counts)} categories to {args.out}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from mr2unet.config.params import load_params
+    from mr2unet.config.workspace import project_path
+    from mr2unet.data.extract import extract
+    from mr2unet.data.inspect import format_report, inspect
+    from mr2unet.data.layouts import DataLayout, member_filter
+
+    params = load_params(args.params)
+    data = params["data"]
+    layout = DataLayout.from_params(data)
+    with tempfile.TemporaryDirectory(prefix="mr2unet-inspect-") as scratch:
+        if args.root:
+            root = Path(args.root)
+        elif data["source"] == "directory":
+            root = project_path(data["directory"])
+        elif Path(args.raw).is_dir():
+            root = Path(args.raw)  # what `dvc repro download` put there
+        elif data["source"] == "archive":
+            root = Path(scratch)
+            extract(project_path(data["archive"]), root, data["categories"] or None,
+                    keep=member_filter(layout), what="image files")
+        else:
+            raise UserError(f"data.source is {data['source']} and {args.raw} does not exist: "
+                            f"run `dvc repro download` first, or give --root DIR.")
+        report = inspect(root, layout, data["categories"] or None,
+                         params["prepare"]["image_size"], progress=not args.json)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
@@ -96,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images-per-defect", type=int, default=12)
     p.set_defaults(func=_synthetic)
+
+    p = sub.add_parser("inspect", help="what params.yaml's data set holds (any layout), "
+                       "before anything is trained: counts, image sizes, mask values, defect "
+                       "area share and width, what prepare.mode auto would choose, warnings")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--root", help="the data set's folder (default: data.directory, else "
+                   "data/raw, else data.archive extracted to a temporary folder)")
+    p.add_argument("--raw", default="data/raw", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_inspect)
 
     p = sub.add_parser("repro", help="dvc repro with several networks' train and evaluate "
                        "stages at a time (separate dvc processes; results as dvc repro's)")

@@ -38,7 +38,8 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "synthetic": ("seed", "images_per_defect", "good_images"),
     "split": ("test_fraction", "seed", "val_fraction"),
     "prepare": ("image_size", "mask_threshold", "keep_thin_defects", "resize", "good_images",
-                "mode", "tile_source_size", "tile_stride", "defect_crop_fraction"),
+                "mode", "tile_source_size", "tile_stride", "tile_predict",
+                "defect_crop_fraction"),
     "train": ("models", "epochs", "steps", "batch_size", "lr", "lr_schedule", "weight_decay",
               "loss", "dice_weight", "class_weights", "focal_gamma", "tversky_alpha",
               "tversky_beta", "augment", "seed", "device", "precision", "channels_last",
@@ -291,7 +292,7 @@ def _check_layout(params: dict[str, Any]) -> None:
 
 def _check_tiles(params: dict[str, Any]) -> None:
     """`prepare.mode` and the tiles knobs (mr2unet.data.prepare, mr2unet.models.tiling)."""
-    _choice(params, "prepare.mode", ("resize", "tiles"))
+    _choice(params, "prepare.mode", ("resize", "tiles", "auto"))
     crop = params["prepare"]["image_size"]
     source = _get(params, "prepare.tile_source_size")
     _check(source is None or (_is_int(source) and source >= crop), "prepare.tile_source_size",
@@ -299,6 +300,7 @@ def _check_tiles(params: dict[str, Any]) -> None:
     stride = _get(params, "prepare.tile_stride")
     _check(stride is None or (_is_int(stride) and 0 < stride <= crop), "prepare.tile_stride",
            stride, f"null (half a crop) or an integer in 1..{crop}")
+    _choice(params, "prepare.tile_predict", ("whole", "windows"))
     share = _get(params, "prepare.defect_crop_fraction")
     _check(_is_number(share) and 0 <= share <= 1, "prepare.defect_crop_fraction", share,
            "a number in [0, 1]")

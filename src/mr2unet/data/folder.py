@@ -10,8 +10,10 @@ data set's root (the extracted archive or ``data.directory``); each may be a dir
 ``good``         optional defect-free images (no masks)
 ``split_lists``  optional ``{train: file, test: file}``: text files of image stems, one a
                  line (VOC-style ``ImageSets``; a line may also be a path, its stem
-                 counts). When given, they are the split, and images in neither are left
-                 out; otherwise the seeded split of ``split:`` decides.
+                 counts), or folders / globs of images (a data set published as
+                 ``train_img/`` and ``test_img/``: the stems of their image files). When
+                 given, they are the split, and images in neither are left out;
+                 otherwise the seeded split of ``split:`` decides.
 """
 
 from __future__ import annotations
@@ -87,14 +89,18 @@ def read_split_lists(root: Path, lists: Mapping[str, str]) -> dict[str, str]:
     split_of: dict[str, str] = {}
     for name in SPLITS:
         path = root / lists[name]
-        if not path.is_file():
-            raise UserError(f"data.folder.split_lists.{name}: {path} not found.")
-        for line in path.read_text().splitlines():
-            if line.strip():
-                stem = PurePosixPath(line.strip()).stem
-                if split_of.setdefault(stem, name) != name:
-                    raise UserError(f"{stem!r} is in both split lists ({lists['train']} and "
-                                    f"{lists['test']}): each image belongs to one split.")
+        if path.is_dir() or glob.has_magic(lists[name]):
+            stems = [p.stem for p in find_files(root, lists[name], f"split_lists.{name}")]
+        elif path.is_file():
+            stems = [PurePosixPath(line.strip()).stem
+                     for line in path.read_text().splitlines() if line.strip()]
+        else:
+            raise UserError(f"data.folder.split_lists.{name}: {path} not found: give a text "
+                            f"file of image stems or a folder of images.")
+        for stem in stems:
+            if split_of.setdefault(stem, name) != name:
+                raise UserError(f"{stem!r} is in both split lists ({lists['train']} and "
+                                f"{lists['test']}): each image belongs to one split.")
     return split_of
 
 

@@ -47,6 +47,13 @@ Masks are area-resampled to the content size in both modes, so ``mask_threshold`
 (``pad`` as above, at that size), or with ``tile_source_size: None`` left at its native size
 and centred on a square as large as the data set's longest side (padding ignored as
 above). ``image_size`` is then the crop size; ``resize`` is not used.
+
+``mode: auto`` measures the defective images' defect geometry first (their masks at native
+size, :mod:`mr2unet.data.geometry`) and resolves to ``tiles`` when the median defect would
+be under 2 px wide (or cover under 16 pixels) at ``image_size``, else to ``resize``; it
+logs one line saying why, and ``summary.json`` records the chosen ``mode`` and the numbers
+(``auto``). The train stage reads the choice from ``summary.json``
+(:func:`resolved_prepare`).
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from mr2unet.data import layouts
+from mr2unet.data import geometry, layouts
 from mr2unet.data.images import defect_pixels, mask_values, read_image, to_rgb
 from mr2unet.data.layouts import DataLayout
 from mr2unet.data.mvtec import check_counts, count_by_category, is_full_dataset
@@ -76,7 +83,8 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 VAL = "val"  # the validation split, carved out of the training images (val_fraction > 0)
 RESIZE_MODES = ("squash", "pad")
-MODES = ("resize", "tiles")
+AUTO = "auto"  # prepare.mode: measure the defects, then resize or tiles (mr2unet.data.geometry)
+MODES = ("resize", "tiles", AUTO)
 NATIVE = "native"  # tiles at native size: centred on the square, not scaled
 MANIFEST_COLUMNS = ["category", "defect_type", "image", "mask", "split", "width", "height"]
 GOOD_COLUMN = "good"  # added to the manifest only when good images were prepared
@@ -106,7 +114,7 @@ class PrepareConfig:
             check_resize_mode(self.resize)
         if self.mode not in MODES:
             raise UserError(f"prepare.mode {self.mode!r}: expected one of {', '.join(MODES)}.")
-        if self.mode == "tiles" and self.tile_source_size is not None and \
+        if self.mode != "resize" and self.tile_source_size is not None and \
                 self.tile_source_size < self.image_size:
             raise UserError(f"prepare.tile_source_size {self.tile_source_size} is smaller than "
                             f"the {self.image_size} px crops (prepare.image_size): raise it, "
@@ -300,6 +308,25 @@ def tile_config(raw: Path, samples: list[Sample], cfg: PrepareConfig) -> Prepare
     return replace(cfg, image_size=longest, resize=NATIVE)
 
 
+def measure_geometry(raw: Path, samples: list[Sample]) -> list[geometry.ImageGeometry]:
+    """The defect geometry of each defective sample's mask, at native size."""
+    return [geometry.measure(defect_pixels(read_image(raw / s.mask)))
+            for s in tqdm(samples, desc="measure defects", unit="img", leave=False)
+            if not s.good]
+
+
+def resolved_prepare(prepare_params: dict[str, Any], summary_path: Path) -> dict[str, Any]:
+    """params.yaml's ``prepare`` with ``mode: auto`` replaced by what ``prepare`` chose
+    (``summary.json``'s ``mode``); other modes as they are."""
+    if prepare_params.get("mode") != AUTO:
+        return prepare_params
+    if not summary_path.is_file():
+        raise UserError(f"prepare.mode is auto but {summary_path} is missing: run "
+                        f"`dvc repro prepare` first.")
+    chosen = json.loads(summary_path.read_text()).get("mode", "resize")
+    return {**prepare_params, "mode": chosen}
+
+
 def count_check(counts: dict[str, int], check: bool) -> str:
     """Compare with the paper's counts on the full dataset; returns what was done."""
     if not check:
@@ -404,6 +431,11 @@ def prepare(raw: Path, out: Path, cfg: PrepareConfig, categories: list[str] | No
     if "test" not in splits:
         raise UserError(f"{len(samples)} defective images are too few for a train/test "
                         f"split: every category needs at least 2.")
+    decision = None
+    if cfg.mode == AUTO:
+        decision = geometry.choose_mode(measure_geometry(raw, samples), cfg.image_size)
+        log.info("prepare.mode auto -> %s: %s", decision.mode, decision.reason)
+        cfg = replace(cfg, mode=decision.mode)
     if cfg.good_images != 0:
         good = choose_good([s for s in found if s.good], cfg.good_images, cfg.seed)
         if not good:
@@ -424,6 +456,8 @@ def prepare(raw: Path, out: Path, cfg: PrepareConfig, categories: list[str] | No
     if cfg.mode == "tiles":
         summary.update(mode="tiles", tile_source_size=sample_cfg.image_size,
                        crop_size=cfg.image_size)
+    if decision is not None:
+        summary.update(mode=decision.mode, auto=decision.as_dict())
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info("prepared %d images (%d train / %d test%s) at %d px (%s); %d thin defects kept",
              summary["images"], summary["train"], summary["test"],

@@ -3,7 +3,10 @@
 Parameters and FLOPs are properties of the architecture and the input size: the same
 on every run and machine, so `evaluate` writes them to ``metrics/pooled/<model>.json``.
 Latencies are measurements (they vary from run to run): `evaluate` writes them to
-``metrics/timing/<model>.json``, which no byte-identity check compares.
+``metrics/timing/<model>.json``, which no byte-identity check compares. A model trained on
+crops (``prepare.mode: tiles``) also gets the latency per **whole test image**
+(:func:`image_latency`), as it predicts them: the per-window figures alone hide that an
+image is many windows.
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``: convolutions and
 matrix products, a multiply-add = 2 FLOPs (so MACs = FLOPs / 2); batch norm, ReLU,
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,6 +27,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mr2unet.models.inference import defect_probability
+from mr2unet.models.tiling import WINDOWS, Tiling, tile_logits, window_starts
 
 # Latency protocol (docs/evaluation.md).  Runs stop at `max_runs` or once `budget_s` of
 # timed runs have passed, whichever comes first, but never before one timed run: the
@@ -85,10 +90,15 @@ def measure_latency(model: nn.Module, size: int, batch: int, warmup: int = 1,
     device = _device_of(model)
     model.eval()
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    median, runs = _median_ms(lambda: defect_probability(model(x)), device, warmup, max_runs,
+                              budget_s)
+    return Latency(batch, round(median, 3), round(median / batch, 3), runs, warmup)
 
-    def forward() -> None:
-        defect_probability(model(x))
 
+def _median_ms(forward: Callable[[], Any], device: torch.device, warmup: int, max_runs: int,
+               budget_s: float) -> tuple[float, int]:
+    """(median ms, timed runs) of ``forward``: ``warmup`` untimed runs, then timed ones
+    until ``max_runs`` or ``budget_s`` seconds (at least one), CUDA synchronised."""
     for _ in range(warmup):
         forward()
     times: list[float] = []
@@ -98,8 +108,30 @@ def measure_latency(model: nn.Module, size: int, batch: int, warmup: int = 1,
         forward()
         _sync(device)
         times.append(time.perf_counter() - start)
-    median = statistics.median(times) * 1e3
-    return Latency(batch, round(median, 3), round(median / batch, 3), len(times), warmup)
+    return statistics.median(times) * 1e3, len(times)
+
+
+@torch.inference_mode()
+def image_latency(model: nn.Module, height: int, width: int, tiling: Tiling,
+                  windows_per_call: int = 32, warmup: int = 1, max_runs: int = 5,
+                  budget_s: float = 1.0) -> dict[str, Any]:
+    """A model trained on crops: ms per whole ``height x width`` image (batch 1), predicted
+    as ``tiling.predict`` says (:func:`mr2unet.models.tiling.tile_logits`), and for windows
+    their count and ms per window. Median wall time of logits + defect probability."""
+    device = _device_of(model)
+    model.eval()
+    x = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(device)
+    median, runs = _median_ms(
+        lambda: defect_probability(tile_logits(model, x, tiling, windows_per_call)), device,
+        warmup, max_runs, budget_s)
+    record: dict[str, Any] = {"predict": tiling.predict, "height": int(height),
+                              "width": int(width), "per_image_ms": round(median, 3),
+                              "runs": runs, "warmup": warmup}
+    if tiling.predict == WINDOWS:
+        count = (len(window_starts(max(height, tiling.tile), tiling.tile, tiling.stride))
+                 * len(window_starts(max(width, tiling.tile), tiling.tile, tiling.stride)))
+        record.update(windows=count, per_window_ms=round(median / count, 3))
+    return record
 
 
 def latencies(model: nn.Module, size: int,

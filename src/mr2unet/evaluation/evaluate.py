@@ -54,7 +54,7 @@ from mr2unet.metrics.segmentation import (
     scored_pixels,
 )
 from mr2unet.models.inference import DEFAULT_THRESHOLD, defect_mask, defect_probability
-from mr2unet.models.tiling import Tiling, tiled_logits, tiling_of
+from mr2unet.models.tiling import Tiling, tile_logits, tiling_of
 from mr2unet.training.collapse import defective_images, evaluation_collapsed, missed_images
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ DECIMALS = 6
 TEST_SPLIT = Path("data/prepared/test.npz")
 TRAIN_SPLIT = Path("data/prepared/train.npz")
 MANIFEST = Path("data/prepared/manifest.csv")
+SUMMARY = Path("data/prepared/summary.json")  # prepare's summary (prepare.mode auto: its choice)
 # Stored probabilities: uint8 round(p * PROB_LEVELS); |dequantise(quantise(p)) - p| <= 1/510.
 PROB_LEVELS = 255
 ORACLE_NOTE = ("oracle: the IOU / Dice at the single threshold that maximises the pooled IOU "
@@ -157,8 +158,9 @@ def predict_maps(model: nn.Module, images: np.ndarray, device: torch.device, bat
 
     The mask is 1 where the defect probability exceeds ``threshold``; at the default 0.5
     it is exactly the argmax of the two logits (:func:`mr2unet.models.inference.defect_mask`).
-    With ``tiling`` (a model trained on crops) each image is predicted by sliding windows
-    (:func:`mr2unet.models.tiling.tiled_logits`), ``batch_size`` windows at a time.
+    With ``tiling`` (a model trained on crops) each image is predicted whole or by sliding
+    windows, as the model file says (:func:`mr2unet.models.tiling.tile_logits`;
+    ``batch_size`` windows at a time).
     """
     model.eval().to(device)
     masks, probs = [], []
@@ -168,7 +170,7 @@ def predict_maps(model: nn.Module, images: np.ndarray, device: torch.device, bat
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + step]))
         x = to_input(batch.to(device))
         logits = (model(x) if tiling is None else
-                  tiled_logits(model, x, tiling.tile, tiling.stride, batch_size))
+                  tile_logits(model, x, tiling, batch_size))
         masks.append(defect_mask(logits, threshold).cpu())
         probs.append(defect_probability(logits).cpu())
     if not masks:
@@ -574,14 +576,18 @@ def read_probabilities(path: Path) -> np.ndarray:
 
 
 def timing_record(model: nn.Module, size: int, device: torch.device,
-                  run_info: dict[str, Any]) -> dict[str, Any]:
-    """``metrics/timing/<model>.json``: inference latencies and the training time.
+                  run_info: dict[str, Any], tiling: Tiling | None = None,
+                  image_shape: tuple[int, int] | None = None, batch_size: int = 32
+                  ) -> dict[str, Any]:
+    """``metrics/timing/<model>.json``: inference latencies and the training time; for a
+    model trained on crops (``tiling``) also ``latency_per_image``: ms per whole
+    ``image_shape`` test image, predicted as it is evaluated.
 
     Measurements, different on every run: kept out of the files CI compares byte for byte.
     """
     import platform
 
-    from mr2unet.evaluation.cost import latencies
+    from mr2unet.evaluation.cost import image_latency, latencies
 
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine())
@@ -591,6 +597,8 @@ def timing_record(model: nn.Module, size: int, device: torch.device,
         "input_size": int(size), "precision": "fp32",
         "latency": latencies(model, size),
     }
+    if tiling is not None and image_shape is not None:
+        record["latency_per_image"] = image_latency(model, *image_shape, tiling, batch_size)
     for key in ("train_seconds", "train_device"):
         if key in run_info:
             record[key] = run_info[key]
@@ -644,9 +652,14 @@ def run_evaluation(params: dict[str, Any], arch: str, root: Path = Path(".")
     warning = verdict_warning(arch, read_verdict(files))
     if warning:
         log.warning(warning)
-    timing = timing_record(model, size, device, read_run_info(files.run_info))
+    timing = timing_record(model, size, device, read_run_info(files.run_info), tiling,
+                           split.images.shape[1:3], cfg["batch_size"])
     write_json(files.timing, timing)
     log.info("%s latency at %dpx on %s: %s ms/image (batch 1), %s ms/image (batch 32)", arch,
              size, device, timing["latency"]["batch_1"]["per_image_ms"],
              timing["latency"]["batch_32"]["per_image_ms"])
+    if "latency_per_image" in timing:
+        whole = timing["latency_per_image"]
+        log.info("%s latency per %dx%d test image (%s): %s ms", arch, whole["width"],
+                 whole["height"], whole["predict"], whole["per_image_ms"])
     return primary

@@ -15,6 +15,19 @@ either way; equal weights keep the result independent of a window's position.
 
 An image smaller than a tile along an axis is padded to the tile by edge replication
 first, and the padding cropped off the output.
+
+All four networks are fully convolutional, so a model trained on crops can also predict
+the **whole image in one pass** (``predict: whole``, :func:`whole_logits`): the image is
+padded by edge replication to the next multiple of
+:data:`~mr2unet.models.ushape.SIZE_MULTIPLE` (16: the networks down-sample four times),
+predicted once, and the padding cropped off. Each pixel is computed once instead of up to
+four times (half-crop windows), and no pixel sits near a window's border; the network
+sees more context than it was trained with, which a convolutional network with batch
+norm in eval mode handles (docs/performance.md measures both: the same IOU within 0.01,
+several times faster). ``predict`` is stored in the model file (``prepare.tile_predict``);
+a model file without it (written before the option) predicts by windows, as it did.
+:func:`tile_logits` is the one entry point evaluation, ``mr2unet predict`` and the pyfunc
+share.
 """
 
 from __future__ import annotations
@@ -30,6 +43,11 @@ from PIL import Image
 
 from mr2unet.data.prepare import crop_padding, resize_image
 from mr2unet.data.transforms import to_input
+from mr2unet.models.ushape import SIZE_MULTIPLE
+
+WINDOWS = "windows"  # overlapping sliding windows of the crop size (mean-blended)
+WHOLE = "whole"  # the whole (padded) image in one forward pass
+PREDICT_MODES = (WHOLE, WINDOWS)
 
 
 @dataclass(frozen=True)
@@ -37,15 +55,26 @@ class Tiling:
     """How a model trained on crops predicts whole images (stored in its model file).
 
     ``tile``: the crop (network input) size; ``stride``: the windows' step;
-    ``source_size``: the long side images are scaled to first (None: native size).
+    ``source_size``: the long side images are scaled to first (None: native size);
+    ``predict``: :data:`WHOLE` (one pass over the padded image) or :data:`WINDOWS`.
     """
 
     tile: int
     stride: int
     source_size: int | None = None
+    predict: str = WINDOWS
+
+    def __post_init__(self) -> None:
+        if self.predict not in PREDICT_MODES:
+            raise ValueError(f"tile prediction {self.predict!r}: expected one of "
+                             f"{', '.join(PREDICT_MODES)}")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"tile": self.tile, "stride": self.stride, "source_size": self.source_size}
+        values: dict[str, Any] = {"tile": self.tile, "stride": self.stride,
+                                  "source_size": self.source_size}
+        if self.predict != WINDOWS:  # a windows model's record as before the option
+            values["predict"] = self.predict
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> Tiling | None:
@@ -53,7 +82,7 @@ class Tiling:
             return None
         source = values.get("source_size")
         return cls(int(values["tile"]), int(values["stride"]),
-                   None if source is None else int(source))
+                   None if source is None else int(source), values.get("predict", WINDOWS))
 
 
 def window_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -96,6 +125,28 @@ def tiled_logits(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     return (total / cover)[..., :height, :width]
 
 
+def whole_logits(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
+    """Logits ``(N, C, H, W)`` of float input ``x`` ``(N, 3, H, W)`` in one pass: ``x``
+    padded (edge replication, right and below) to multiples of ``multiple``, the padding
+    cropped off the output."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+    return forward(x).float()[..., :height, :width]
+
+
+def tile_logits(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                tiling: Tiling, windows_per_call: int = 16) -> torch.Tensor:
+    """Logits of ``x`` ``(N, 3, H, W)`` as ``tiling.predict`` says: one padded pass
+    (:func:`whole_logits`, one image at a time) or sliding windows (:func:`tiled_logits`,
+    ``windows_per_call`` at a time)."""
+    if tiling.predict == WHOLE:
+        return torch.cat([whole_logits(forward, x[i:i + 1]) for i in range(len(x))])
+    return tiled_logits(forward, x, tiling.tile, tiling.stride, windows_per_call)
+
+
 def tiling_of(payload: dict[str, Any]) -> Tiling | None:
     """The :class:`Tiling` a model file records (None: it predicts a resized image)."""
     return Tiling.from_dict((payload.get("meta") or {}).get("tiling"))
@@ -115,11 +166,12 @@ def whole_image_logits(forward: Callable[[torch.Tensor], torch.Tensor], rgb: np.
                        tiling: Tiling, device: torch.device | str = "cpu",
                        windows_per_call: int = 16) -> torch.Tensor:
     """Logits ``(1, 2, H, W)`` of one uint8 RGB image ``(H, W, 3)`` of any size: scaled
-    (:func:`tiling_input`), predicted by windows, and resized back (bilinear) when it was
-    scaled. ``mr2unet predict`` and the MLflow pyfunc both call this."""
+    (:func:`tiling_input`), predicted as ``tiling.predict`` says (:func:`tile_logits`),
+    and resized back (bilinear) when it was scaled. ``mr2unet predict`` and the MLflow
+    pyfunc both call this."""
     scaled = np.array(tiling_input(rgb, tiling), copy=True)  # writable, contiguous
     x = to_input(torch.from_numpy(scaled)[None].to(device))
-    logits = tiled_logits(forward, x, tiling.tile, tiling.stride, windows_per_call)
+    logits = tile_logits(forward, x, tiling, windows_per_call)
     if scaled.shape[:2] != rgb.shape[:2]:
         logits = F.interpolate(logits, size=rgb.shape[:2], mode="bilinear", align_corners=False)
     return logits

@@ -35,7 +35,7 @@ from mr2unet.config.params import MODEL_NAMES
 from mr2unet.data.prepared import PreparedSplit, load_split
 from mr2unet.errors import UserError
 from mr2unet.evaluation import verdict as verdicts
-from mr2unet.evaluation.evaluate import TEST_SPLIT, ModelFiles
+from mr2unet.evaluation.evaluate import SUMMARY, TEST_SPLIT, ModelFiles
 from mr2unet.models.inference import DEFAULT_THRESHOLD
 from mr2unet.reporting import significance as report_stats
 from mr2unet.reporting.markup import (
@@ -433,6 +433,17 @@ def _latency(timing: dict[str, Any], batch: int) -> str:
     return f"{found['per_image_ms']:.2f} (n={found['runs']})" if found else MISSING
 
 
+def _image_latency(timing: dict[str, Any]) -> str:
+    """A tiled model's ms per whole test image (and per window), or ``""``."""
+    whole = timing.get("latency_per_image")
+    if not whole:
+        return ""
+    windows = (f", {whole['windows']} windows of {whole['per_window_ms']:.2f}"
+               if "windows" in whole else "")
+    return (f"; {whole['per_image_ms']:.1f} per {whole['width']}×{whole['height']} image "
+            f"({whole['predict']}{windows})")
+
+
 COST_NOTE = (
     "Parameters and GFLOPs (forward pass of one image at the size the network was trained "
     "at; torch.utils.flop_counter: convolutions and matrix products, a multiply-add = 2 "
@@ -440,7 +451,9 @@ COST_NOTE = (
     "of the train stage) and latency (ms per image: median wall time of forward pass + "
     "softmax on a batch of 1 or 32 images already on the device, fp32, after warm-up runs; "
     "n = timed runs) come from metrics/timing/<model>.json: measurements, they vary "
-    "between runs and machines.")
+    "between runs and machines. A model trained on tiles (prepare.mode: tiles) sees a crop "
+    "per pass: its batch-1 cell also gives ms per whole test image, predicted as evaluate "
+    "predicts it (whole: one padded pass; windows: their count and ms each).")
 
 
 def cost_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
@@ -460,7 +473,8 @@ def cost_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
                      Cell(f"{size}×{size}" if size else MISSING),
                      Cell(f"{cost['gflops']:.3f}" if "gflops" in cost else MISSING),
                      Cell(_duration(timing.get("train_seconds"))), Cell(device or MISSING),
-                     Cell(_latency(timing, 1)), Cell(_latency(timing, 32))])
+                     Cell(_latency(timing, 1) + _image_latency(timing)),
+                     Cell(_latency(timing, 32))])
     return header, rows
 
 
@@ -666,6 +680,14 @@ def _prov_rows(inputs: ReportInputs) -> list[list[Cell]]:
 # ----------------------------------------------------------------------------- stage
 
 
+def _tiles_note(tiling: dict[str, Any] | None) -> str:
+    """``, tiles of 64 px, predicted whole`` for a model trained on crops; else ``""``."""
+    if not tiling:
+        return ""
+    return (f", tiles of {tiling['tile']} px, predicted "
+            f"{tiling.get('predict', 'windows')}")
+
+
 def provenance(params: dict[str, Any], inputs: ReportInputs, root: Path) -> dict[str, str]:
     """Where the numbers come from: commit, params, data, training devices, versions."""
     from mr2unet.config.profiles import applied as applied_profile
@@ -680,13 +702,18 @@ def provenance(params: dict[str, Any], inputs: ReportInputs, root: Path) -> dict
         "data source": str(params["data"]["source"]),
         "test images": f"{len(inputs.split)} in {len(inputs.categories)} categories",
     }
+    summary = root / SUMMARY
+    auto = json.loads(summary.read_text()).get("auto") if summary.is_file() else None
+    if auto:  # prepare.mode auto: what it chose and why (absent for the paper's resize)
+        prov["preparation"] = f"prepare.mode auto -> {auto['mode']}: {auto['reason']}"
     for m in inputs.models:
         meta = read_checkpoint(ModelFiles(m, root).checkpoint).get("meta", {})
         commit = str(meta.get("git_commit", "?"))
         short = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
         prov[f"{LABELS[m]} training"] = (
             f"{meta.get('epochs', '?')} epochs on {meta.get('device', '?')}, torch "
-            f"{meta.get('torch_version', '?')}, commit {short}")
+            f"{meta.get('torch_version', '?')}, commit {short}"
+            + _tiles_note(meta.get("tiling")))
     prov["torch / python (report)"] = f"{torch_version()} / {platform.python_version()}"
     prov["generated"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return prov
