@@ -1,7 +1,8 @@
 """Stage `download`: put the data set in data/raw/ from the configured source.
 
-The data set is in the layout ``data.layout`` names (mvtec, folder or visa; docs/data.md),
-and is checked here (every image paired with its mask) so that a bad copy fails first.
+The data set is in the layout ``data.layout`` names (mvtec, folder, visa, yolo, coco or
+labelme; docs/data.md), and is checked here (every image paired with its mask, or its
+labels) so that a bad copy fails first.
 
     data.source: url        download data.url (resumable) into data.download_dir, verify, extract
     data.source: archive    verify the local data.archive (when data.sha256/size_bytes are set),

@@ -34,7 +34,8 @@ LOSSES = (*PIXEL_LOSSES, *REGION_LOSSES,
 # params.yaml or in a profile) would otherwise be ignored without a word.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "data": ("source", "url", "sha256", "size_bytes", "archive", "directory", "categories",
-             "check_counts", "download_dir", "timeout_s", "layout", "folder"),
+             "check_counts", "download_dir", "timeout_s", "layout", "folder", "yolo", "coco",
+             "labelme"),
     "synthetic": ("seed", "images_per_defect", "good_images"),
     "split": ("test_fraction", "seed", "val_fraction"),
     "prepare": ("image_size", "mask_threshold", "keep_thin_defects", "resize", "good_images",
@@ -53,9 +54,15 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
                  "challenger_alias"),
 }
 TOP_LEVEL = tuple(KNOWN_KEYS)
-LAYOUTS = ("mvtec", "folder", "visa")
+LAYOUTS = ("mvtec", "folder", "visa", "yolo", "coco", "labelme")
 # `data.folder` (data.layout: folder; mr2unet.data.folder)
 FOLDER_KEYS = ("category", "images", "masks", "mask_suffix", "good", "split_lists")
+# the label layouts' keys (mr2unet.data.yolo, .coco, .labelme): (required, optional)
+LABEL_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "yolo": (("dataset",), ("category",)),
+    "coco": (("annotations",), ("images", "category")),
+    "labelme": (("annotations",), ("category",)),
+}
 
 
 def merge_into(target: MutableMapping[str, Any], overlay: MutableMapping[str, Any]) -> None:
@@ -125,6 +132,10 @@ def check_known_keys(params: dict[str, Any], where: str = "params.yaml") -> None
     folder = (params.get("data") or {}).get("folder")
     if not problem and isinstance(folder, dict):
         problem = _unknown(list(folder), FOLDER_KEYS, "data.folder.")
+    for name, (required, optional) in LABEL_KEYS.items():
+        spec = (params.get("data") or {}).get(name)
+        if not problem and isinstance(spec, dict):
+            problem = _unknown(list(spec), required + optional, f"data.{name}.")
     if problem:
         raise UserError(f"{where}: {problem}")
 
@@ -283,6 +294,17 @@ def _check_layout(params: dict[str, Any]) -> None:
                "data.folder.split_lists", lists, "null or {train: <file>, test: <file>}")
         _check(isinstance(folder.get("category", "custom"), str), "data.folder.category",
                folder.get("category"), "a name")
+    for name, (required, optional) in LABEL_KEYS.items():
+        spec = params["data"].get(name)
+        _check(spec is None or isinstance(spec, dict), f"data.{name}", spec,
+               f"null or a mapping ({', '.join(f'{k}:' for k in required + optional)})")
+        if layout == name:
+            _check(isinstance(spec, dict) and all(isinstance(spec.get(k), str) and spec[k]
+                                                  for k in required), f"data.{name}", spec,
+                   f"a mapping with {' and '.join(f'{k}:' for k in required)} (a path "
+                   f"relative to the data set's root; docs/data.md)")
+            _check(all(spec.get(k) is None or isinstance(spec[k], str) for k in optional),
+                   f"data.{name}", spec, f"{', '.join(optional)}: null or a string")
     good = _get(params, "prepare.good_images")
     _check(good == "all" or (_is_int(good) and good >= 0), "prepare.good_images", good,
            "0 (the paper: defective images only), a number per category, or all")

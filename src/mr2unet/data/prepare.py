@@ -192,6 +192,17 @@ def carve_validation(samples: list[Sample], splits: list[str], val_fraction: flo
     return carved
 
 
+def val_fraction_for(samples: list[Sample], val_fraction: float) -> float:
+    """``val_fraction``, or 0 when the data set ships its own validation split (a YOLO or
+    COCO export's ``val``, kept as it is; the log says the fraction is not used)."""
+    if not any(s.split == VAL for s in samples):
+        return val_fraction
+    if val_fraction:
+        log.info("split.val_fraction %s not used: the data set's own val split is the "
+                 "validation split", val_fraction)
+    return 0.0
+
+
 def choose_good(good: list[Sample], per_category: int | str, seed: int) -> list[Sample]:
     """``per_category`` good images of each category (all with ``"all"``), seeded; in the
     order of ``good``."""
@@ -277,8 +288,8 @@ def resize_mask(img: Image.Image, size: int, threshold: float, keep_thin: bool,
 
 def prepare_sample(raw: Path, sample: Sample, cfg: PrepareConfig) -> PreparedImage:
     """Read one image and its mask (all zeros for a good image) from ``raw``; resize both."""
-    img = read_image(raw / sample.image)
-    mask_img = Image.new("L", img.size, 0) if sample.good else read_image(raw / sample.mask)
+    img = sample.read_image(raw)
+    mask_img = sample.read_mask(raw, img.size)
     if mask_img.size != img.size:
         raise UserError(f"mask {raw / sample.mask} is {mask_img.size[0]}x{mask_img.size[1]} "
                         f"but its image is {img.size[0]}x{img.size[1]}; the dataset copy is "
@@ -300,8 +311,7 @@ def tile_config(raw: Path, samples: list[Sample], cfg: PrepareConfig) -> Prepare
         return replace(cfg, image_size=cfg.tile_source_size, resize="pad")
     longest = 0
     for sample in samples:
-        with Image.open(raw / sample.image) as img:  # the header only
-            longest = max(longest, *img.size)
+        longest = max(longest, *sample.image_size(raw))  # the header only
     if longest < cfg.image_size:
         raise UserError(f"the largest image is {longest} px, smaller than the "
                         f"{cfg.image_size} px crops (prepare.image_size): lower image_size.")
@@ -310,7 +320,7 @@ def tile_config(raw: Path, samples: list[Sample], cfg: PrepareConfig) -> Prepare
 
 def measure_geometry(raw: Path, samples: list[Sample]) -> list[geometry.ImageGeometry]:
     """The defect geometry of each defective sample's mask, at native size."""
-    return [geometry.measure(defect_pixels(read_image(raw / s.mask)))
+    return [geometry.measure(defect_pixels(s.read_mask(raw)))
             for s in tqdm(samples, desc="measure defects", unit="img", leave=False)
             if not s.good]
 
@@ -373,7 +383,8 @@ def _save_splits(out: Path, manifest: pd.DataFrame, prepared: list[PreparedImage
 def _summary(out: Path, cfg: PrepareConfig, manifest: pd.DataFrame,
              prepared: list[PreparedImage], count_status: str) -> dict[str, Any]:
     # the validation split is listed only where there is one (the default's file as before)
-    splits = (*SPLITS, VAL) if cfg.val_fraction > 0 else SPLITS
+    splits = (*SPLITS, VAL) if cfg.val_fraction > 0 or (manifest["split"] == VAL).any() \
+        else SPLITS
     manifest = manifest.assign(kept=[p.thin_defect_kept for p in prepared],
                                empty=[not (p.mask == 1).any() for p in prepared])
     per_category = {
@@ -426,8 +437,9 @@ def prepare(raw: Path, out: Path, cfg: PrepareConfig, categories: list[str] | No
                         f"{', '.join(chosen)}, layout {layout.name}); docs/data.md shows "
                         f"the layouts.")
     status = count_check(count_by_category(samples), check)
+    val_fraction = val_fraction_for(found, cfg.val_fraction)
     splits = split_samples(samples, cfg.test_fraction, cfg.seed)
-    splits = carve_validation(samples, splits, cfg.val_fraction, [cfg.seed, 3])
+    splits = carve_validation(samples, splits, val_fraction, [cfg.seed, 3])
     if "test" not in splits:
         raise UserError(f"{len(samples)} defective images are too few for a train/test "
                         f"split: every category needs at least 2.")
@@ -443,7 +455,7 @@ def prepare(raw: Path, out: Path, cfg: PrepareConfig, categories: list[str] | No
                         cfg.good_images, raw)
         samples += good
         splits += carve_validation(good, split_samples(good, cfg.test_fraction, [cfg.seed, 1]),
-                                   cfg.val_fraction, [cfg.seed, 4])
+                                   val_fraction, [cfg.seed, 4])
     sample_cfg = tile_config(raw, samples, cfg) if cfg.mode == "tiles" else cfg
     prepared = [prepare_sample(raw, sample, sample_cfg)
                 for sample in tqdm(samples, desc="prepare", unit="img")]
@@ -453,6 +465,7 @@ def prepare(raw: Path, out: Path, cfg: PrepareConfig, categories: list[str] | No
     manifest.to_csv(out / "manifest.csv", index=False, lineterminator="\n")
     _save_splits(out, manifest, prepared)
     summary = _summary(out, cfg, manifest, prepared, status)
+    summary.update(layouts.label_summary(layout, samples))
     if cfg.mode == "tiles":
         summary.update(mode="tiles", tile_source_size=sample_cfg.image_size,
                        crop_size=cfg.image_size)
