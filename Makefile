@@ -14,7 +14,7 @@ export PYTHONHASHSEED := 0
 # Stage commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test lint ui repro bench sweep clean-demo plots
+.PHONY: install demo test test-fast lint ui repro bench sweep clean-demo plots
 
 install: $(STAMP)
 
@@ -54,9 +54,18 @@ sweep: $(STAMP)
 	  exit 1; fi
 	$(BIN)/python -m mr2unet.cli spread
 
-## test: the test suite (what .ci/run calls)
+## test: the whole test suite (what .ci/run and the GitHub workflow call), with the 25
+## slowest tests listed at the end; a test fails after pyproject's 900 s (pytest-timeout),
+## the run after SESSION_TIMEOUT_S. PYTEST_ARGS: more pytest options.
+## test-fast: the tests not marked slow (no training beyond a few steps, no server, no
+## subprocess pipeline): under 3 minutes on 2 cores, the loop while changing the code.
+SESSION_TIMEOUT_S ?= 3600
+PYTEST_ARGS ?=
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25 --session-timeout=$(SESSION_TIMEOUT_S) $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src pipeline tests benchmarks

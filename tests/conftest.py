@@ -45,6 +45,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cuda)
 
 
+# The fast loop (`make test-fast`, -m "not slow") stays under 3 minutes on 2 cores only while
+# every long test carries the `slow` mark: a test whose setup or call takes longer than this
+# without it fails, naming the mark. MR2UNET_FAST_LIMIT_S overrides it (0 turns it off).
+FAST_LIMIT_S = 15.0
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo
+                              ) -> Iterator[pytest.TestReport]:
+    report: pytest.TestReport = yield
+    limit = float(os.environ.get("MR2UNET_FAST_LIMIT_S", FAST_LIMIT_S))
+    if (report.when in ("setup", "call") and report.passed and 0 < limit < report.duration
+            and item.get_closest_marker("slow") is None):
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} took {report.duration:.1f} s in its {report.when} "
+                           f"without the `slow` mark (limit {limit:.0f} s, tests/conftest.py "
+                           "FAST_LIMIT_S): mark it @pytest.mark.slow (or make it faster), so "
+                           "that `make test-fast` stays fast")
+    return report
+
+
 @pytest.fixture(scope="session")
 def bottle_tar() -> Path:
     return verified_archive(BOTTLE_TAR, BOTTLE_SHA256, "the real MVTec sample")

@@ -257,6 +257,7 @@ def test_model_trained_at_another_size_is_refused(tmp_path: Path) -> None:
         run_evaluation(stage_params(["unet"]), "unet", tmp_path)
 
 
+@pytest.mark.slow
 def test_metrics_are_logged_to_the_run_and_version(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     mlflow = pytest.importorskip("mlflow")

@@ -33,6 +33,8 @@ from mr2unet.deploy.export import (
 from mr2unet.models import MODEL_NAMES
 from mr2unet.models.checkpoint import save_model
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 

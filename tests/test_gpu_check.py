@@ -25,6 +25,7 @@ sys.path.insert(0, str(BENCHMARKS))
 from gpucheck import cli, projections, settings  # noqa: E402
 
 
+@pytest.mark.slow
 def test_the_script_is_the_entry_point() -> None:
     """`python benchmarks/gpu_check.py --help` works without PYTHONPATH and describes the
     phases (the package's docstring); the worker processes start the same script."""
@@ -36,6 +37,7 @@ def test_the_script_is_the_entry_point() -> None:
     assert settings.ENTRY == SCRIPT
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["--smoke", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -72,6 +74,7 @@ def test_smoke_run_writes_every_key(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (tmp_path / "gpu_check.log").read_text().count("phase") >= 4
 
 
+@pytest.mark.slow
 def test_previous_call_is_kept_and_only_the_gaps_are_filled(tmp_path: Path) -> None:
     """--previous: a second device call measures what the first one lacked, nothing else."""
     first, second = tmp_path / "first", tmp_path / "second"
@@ -124,6 +127,7 @@ def test_bottle_epochs_fit_the_time_left() -> None:
     assert plan({}, None, 3, 50, seconds=1, full=200) == 200  # no speeds: the deadline decides
 
 
+@pytest.mark.slow
 def test_protocol_run_measures_the_networks_one_after_another(tmp_path: Path) -> None:
     """Phase e, rehearsed: the committed settings, every network to its last epoch."""
     args = ["--smoke", "--phases", "e", "--protocol-epochs", "2", "--protocol-images", "8",
@@ -147,6 +151,7 @@ def test_protocol_run_measures_the_networks_one_after_another(tmp_path: Path) ->
     assert run["vs_plain"] == pytest.approx(plain / run["full_protocol_wall_s"])
 
 
+@pytest.mark.slow
 def test_protocol_run_stops_at_the_budget_and_projects(tmp_path: Path) -> None:
     args = ["--smoke", "--phases", "e", "--protocol-epochs", "100000", "--budget-s", "6",
             "--out", str(tmp_path)]
@@ -177,6 +182,7 @@ def test_protocol_run_projections() -> None:
     assert unknown["projected_s"] is None and unknown["vs_plain"] is None
 
 
+@pytest.mark.slow
 def test_protocol_run_reuses_the_plain_loop_of_phase_b(tmp_path: Path) -> None:
     """Phase b's plain loop of this call is reused; one from an earlier call is not."""
     from types import SimpleNamespace
@@ -205,6 +211,7 @@ def test_speed_levers_default_to_the_committed_loop() -> None:
     assert fast.fingerprint() == cfg.fingerprint()  # how to run, not what: resumes either way
 
 
+@pytest.mark.slow
 def test_cuda_graphs_are_a_no_op_on_the_cpu() -> None:
     split = tiny_split()
     plain = train(CFG, split, progress=False)
@@ -212,6 +219,7 @@ def test_cuda_graphs_are_a_no_op_on_the_cpu() -> None:
     assert states_equal(plain.model, graphed.model)
 
 
+@pytest.mark.slow
 def test_fused_and_foreach_adam_take_the_same_step() -> None:
     from mr2unet.models import build_model
 
@@ -251,6 +259,7 @@ def test_compile_modes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen == ["reduce-overhead"]
 
 
+@pytest.mark.slow
 def test_fast_mode_switches_determinism_off_again() -> None:
     train(dataclasses.replace(CFG, epochs=1), tiny_split(), progress=False)
     assert torch.are_deterministic_algorithms_enabled()

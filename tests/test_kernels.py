@@ -183,6 +183,7 @@ def test_mr2unet_blocks_keep_channels_last_with_a_one_channel_unit() -> None:
     torch.testing.assert_close(y, nchw, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_routed_network_computes_the_same_function() -> None:
     """In float64 (where only the rounding could tell them apart) MR2U-Net's logits and
     gradients with both routes on are those of the network as built, in training mode."""

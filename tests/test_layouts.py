@@ -222,6 +222,7 @@ def test_the_bottle_samples_three_good_images(bottle_raw: Path, tmp_path: Path) 
     assert summary["mask_values"] == [0, 255]
 
 
+@pytest.mark.slow
 def test_neu_seg_goes_in_from_its_archive_with_no_conversion(neu_tar: Path,
                                                               tmp_path: Path) -> None:
     """The published NEU-Seg test split: JPEGs, PNG label maps 0-3, img_dir/ + ann_dir/."""
@@ -266,6 +267,7 @@ def _stage(stage: str, cwd: Path) -> subprocess.CompletedProcess:
                            "params.yaml"], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_stages_read_a_folder_layout_directory_with_good_images(tmp_path: Path) -> None:
     root = write_folder_set(tmp_path / "set", good=3)
     params = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())

@@ -228,6 +228,7 @@ def test_bf16_autocast_runs_forward_and_backward(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.slow
 def test_compiles_as_one_graph(name: str) -> None:
     # fullgraph=True fails on any graph break (.item(), data-dependent Python branches);
     # the "eager" backend checks the capture without the cost of code generation.
@@ -247,6 +248,7 @@ def test_full_size_parameter_counts_are_pinned(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.slow
 def test_tiny_model_overfits_a_few_pairs(name: str) -> None:
     torch.manual_seed(0)
     x = torch.rand(4, 3, 32, 32) * 0.3

@@ -19,6 +19,8 @@ import yaml
 from mr2unet.config.params import MODEL_NAMES
 from mr2unet.reporting.offline_plots import show
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("vl_convert")
 
 REPO = Path(__file__).resolve().parents[1]

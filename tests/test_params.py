@@ -113,6 +113,7 @@ def test_missing_key_is_named(params_file: Path) -> None:
         load_params(params_file)
 
 
+@pytest.mark.slow
 def test_stage_script_fails_before_work_with_one_line(params_file: Path, tmp_path: Path) -> None:
     edit(params_file, "train.epochs", -1)
     result = subprocess.run([sys.executable, str(REPO / "pipeline" / "train.py"), "unet",

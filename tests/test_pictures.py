@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from mr2unet.reporting.pictures import FN_COLOUR, FP_COLOUR, TP_COLOUR, error_map, overlay
 
@@ -30,6 +31,7 @@ def test_error_map_colours_each_outcome() -> None:
     assert tile[1, 1].tolist() == [0, 0, 0]
 
 
+@pytest.mark.slow
 def test_predict_does_not_import_the_report_or_scipy() -> None:
     """`mr2unet predict` starts without the report's statistics (about 1.8 s of imports)."""
     code = ("import sys, mr2unet.deploy.predict; "

@@ -275,6 +275,7 @@ def test_usage_errors_exit_2(checkpoint: Path, tmp_path: Path,
     assert not (tmp_path / "none.db").exists()
 
 
+@pytest.mark.slow
 def test_help_documents_the_command() -> None:
     result = subprocess.run([str(BIN / "mr2unet"), "predict", "--help"], capture_output=True,
                             text=True, check=True)
@@ -309,6 +310,7 @@ def half_defect_unet(seed: int, image: Path, path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_registry_and_run_uris(tmp_path: Path, mlflow_globals: Any,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Two versions logged the way training logs them (pyfunc + checkpoint artifact): each
@@ -361,6 +363,7 @@ def test_registry_and_run_uris(tmp_path: Path, mlflow_globals: Any,
     assert not (tmp_path / "other.db").exists()  # nothing looked in the process-wide store
 
 
+@pytest.mark.slow
 def test_the_pyfunc_has_type_hints_and_keeps_its_tensor_signature(tmp_path: Path) -> None:
     """Logging and loading the pyfunc shows none of MLflow's type-hint warnings (the
     demo's first run shows no warnings that are not the user's), and the signature stays

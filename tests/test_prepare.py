@@ -238,6 +238,7 @@ def _run_stage(script: str, cwd: Path) -> subprocess.CompletedProcess:
                            "params.yaml"], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_stages_with_a_local_directory(synthetic_raw: Path, tmp_path: Path) -> None:
     """`source: directory`: validated, hard-linked into data/raw, then prepared."""
     params = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())

@@ -207,6 +207,7 @@ def test_report_is_deterministic_but_for_its_time(reported: Path) -> None:
             assert path.read_bytes() == data, path
 
 
+@pytest.mark.slow
 def test_stage_scripts_run_from_the_project_root(tmp_path: Path) -> None:
     root = fake_project(tmp_path, {"unet": constant_model("unet", True)})
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -257,6 +258,7 @@ def local_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any
     return client, uri, client.create_experiment("t", str(tmp_path / "artifacts"))
 
 
+@pytest.mark.slow
 def test_champion_and_challenger_aliases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client, uri, experiment = local_registry(tmp_path, monkeypatch)
     runs = {}
@@ -433,6 +435,7 @@ def test_good_images_reach_the_report(tmp_path: Path) -> None:
     assert verdict["false_alarms"]["ci"] == [0.158114, 1.0] and verdict["misses"]["count"] == 0
 
 
+@pytest.mark.slow
 def test_aliases_are_removed_when_no_network_learned(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     client, uri, experiment = local_registry(tmp_path, monkeypatch)

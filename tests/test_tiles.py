@@ -155,6 +155,7 @@ def test_tiles_prepare_keeps_native_size_and_validates(tmp_path: Path) -> None:
         prepare(raw, tmp_path / "bad", PrepareConfig(image_size=128, mode="tiles"))
 
 
+@pytest.mark.slow
 def test_a_thin_line_that_resizing_loses_is_found_by_tiles(tmp_path: Path) -> None:
     """256 px images, a line 2 px wide: at 64 px (resize) it is half a pixel of faint
     contrast; tiles train on 64 px crops of the full image and predict it by windows."""

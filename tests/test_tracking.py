@@ -56,6 +56,7 @@ def test_default_artifact_location(monkeypatch, tmp_path) -> None:
     assert default_artifact_location("http://127.0.0.1:5000") is None
 
 
+@pytest.mark.slow
 def test_queued_experiment_runs_land_in_the_repo_store(monkeypatch, tmp_path) -> None:
     """A run started in DVC's temporary workspace keeps its record and its artifacts in
     the repository's store, which outlives the workspace."""
@@ -83,6 +84,7 @@ def test_flatten() -> None:
         {"a.b": "1", "a.c": "[1, 2]", "d": "None", "e": "{}"}
 
 
+@pytest.mark.slow
 def test_training_run_is_logged_registered_and_loadable(tmp_path, monkeypatch) -> None:
     from mr2unet.models import build_model
     from mr2unet.models.checkpoint import save_model
@@ -178,6 +180,7 @@ def test_the_pickle_scan_sees_a_pickled_python_model() -> None:
     assert "mr2unet.tracking.pyfunc.SegmentationModel" in pickle_globals(data)
 
 
+@pytest.mark.slow
 def test_the_logged_model_holds_no_pickled_code(tmp_path, monkeypatch) -> None:
     """Models from code: source files and a weights-only checkpoint, nothing that runs
     pickled bytes; it still loads and predicts through mlflow.pyfunc.load_model."""
@@ -244,6 +247,7 @@ def _hammer(args: tuple[str, int]) -> str:
     return tracker.run_id
 
 
+@pytest.mark.slow
 def test_concurrent_writers_do_not_fail(tmp_path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     ctx = multiprocessing.get_context("spawn")

@@ -230,6 +230,7 @@ def test_a_collapsed_run_says_so(tmp_path, caplog: pytest.LogCaptureFixture) -> 
     assert report_sentence("U-Net", {}, result.history) is not None
 
 
+@pytest.mark.slow
 def test_a_collapsed_run_is_marked_in_mlflow(tmp_path, monkeypatch) -> None:
     """Per-epoch metrics through `on_epoch_end`, and the run's `collapsed` tag."""
     mlflow = pytest.importorskip("mlflow")

@@ -18,6 +18,7 @@ def _strip(history: list[dict]) -> list[dict]:
             for row in history]
 
 
+@pytest.mark.slow
 def test_runs_trained_together_are_bit_identical_to_runs_trained_alone(tmp_path: Path
                                                                        ) -> None:
     split = tiny_split()

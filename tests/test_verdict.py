@@ -254,6 +254,7 @@ def test_a_briefly_trained_network_is_weak(task) -> None:
     assert "not fit for a line" in found["reason"]
 
 
+@pytest.mark.slow
 def test_a_trained_network_has_learned(task) -> None:
     found = verdict_of(trained(25, task), task)
     assert found["verdict"] == v.LEARNED, found["reason"]
