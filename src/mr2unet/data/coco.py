@@ -155,6 +155,10 @@ def scan_coco(root: Path, layout: CocoLayout, good: bool = False) -> list[Sample
             if path is None:
                 problems.append(f"{json_rel}: image {entry['file_name']} not found in {folder}")
                 continue
+            if not path.is_relative_to(root) or ".." in path.relative_to(root).parts:
+                problems.append(f"{json_rel}: image {path} lies outside the data set's root "
+                                f"{root}: data.coco.images must be a folder inside it")
+                continue
             rel = path.relative_to(root).as_posix()
             try:
                 with Image.open(path) as img:

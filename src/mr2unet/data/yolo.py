@@ -159,7 +159,8 @@ def scan_yolo(root: Path, layout: YoloLayout, good: bool = False) -> list[Sample
     for name in sorted(present, key=OWN_SPLITS.index):
         entries = meta[name] if isinstance(meta[name], list) else [meta[name]]
         for image in (i for e in entries for i in _images_of(str(e), bases, problems, name)):
-            rel = image.relative_to(root).as_posix() if image.is_relative_to(root) else None
+            inside = image.is_relative_to(root) and ".." not in image.relative_to(root).parts
+            rel = image.relative_to(root).as_posix() if inside else None
             label = label_path(image)
             label_dirs.add(label.parent)
             if rel is None or not image.is_file():
