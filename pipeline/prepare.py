@@ -38,7 +38,8 @@ def main(params: dict[str, Any]) -> None:
     good = summary.get("good_images")
     print(f"prepared {summary['images']} images: {summary['train']} train / "
           f"{summary['test']} test" + (f" / {summary['val']} val" if "val" in summary else "")
-          + f" at {cfg.image_size} px ({cfg.resize}), "
+          + f" at {cfg.image_size} px ({cfg.resize}"
+          + (f"; prepare.mode auto -> {summary['mode']}" if "auto" in summary else "") + "), "
           + (f"of them good: {good['train']} train / {good['test']} test"
              + (f" / {good['val']} val" if "val" in good else "") + ", " if good else "") +
           f"{sum(summary['bytes'].values()) / 1e6:.1f} MB in {PREPARED}/")

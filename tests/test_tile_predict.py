@@ -115,3 +115,31 @@ def test_latency_per_image_counts_the_windows() -> None:
     assert windows["per_window_ms"] == pytest.approx(windows["per_image_ms"] / count, abs=1e-3)
     whole = image_latency(model, 96, 80, Tiling(32, 16, predict=WHOLE), max_runs=1)
     assert whole["predict"] == WHOLE and "windows" not in whole and whole["per_image_ms"] > 0
+
+
+@pytest.mark.slow
+def test_on_thin_lines_the_whole_pass_scores_as_the_windows(tmp_path: Path) -> None:
+    """test_tiles' 2 px lines in 256 px images, a U-Net trained on 64 px crops: the whole
+    pass finds the lines as well as the half-crop windows (IOU within 0.01 or better)."""
+    from test_tiles import _line_images
+
+    from mr2unet.data.prepare import PrepareConfig, prepare
+    from mr2unet.data.prepared import load_split
+    from mr2unet.training.loop import TrainConfig, train
+
+    raw = _line_images(tmp_path / "raw", 16)
+    prepare(raw, tmp_path / "out", PrepareConfig(image_size=64, mode="tiles",
+                                                 test_fraction=0.25))
+    cfg = TrainConfig(arch="unet", epochs=25, batch_size=4, lr=3e-3, base_width=4,
+                      loss="focal_dice", cpu_threads=1, device="cpu", seed=0, crop_size=64,
+                      defect_crop_fraction=0.7)
+    model = train(cfg, load_split(tmp_path / "out" / "train.npz"), progress=False).model
+    test = load_split(tmp_path / "out" / "test.npz")
+    iou = {}
+    for way in (WHOLE, WINDOWS):
+        pred = evaluate(model, test, torch.device("cpu"), progress=False,
+                        tiling=Tiling(64, 32, None, way)).predictions.astype(bool)
+        truth = test.masks == 1
+        iou[way] = (pred & truth).sum() / (pred | truth).sum()
+    assert iou[WINDOWS] > 0.3, iou  # the lines are found at all
+    assert iou[WHOLE] >= iou[WINDOWS] - 0.01, iou
