@@ -166,3 +166,19 @@ def test_params_accept_auto_and_the_tile_prediction_choices() -> None:
         validate(params)
     user = yaml.safe_load((REPO / "profiles" / "user-data.yaml").read_text())
     assert user["prepare"]["mode"] == "auto"
+
+
+def test_the_recipe_threshold_works_on_a_set_without_good_images() -> None:
+    """The user-data recipe (split.val_fraction, evaluate.threshold auto=0.05) on a set with
+    no good image (DeepCrack, NEU-Seg): the manifest has no good column, good_images gives
+    None, and the threshold falls back to best_iou instead of crashing."""
+    from mr2unet.evaluation import threshold as thresholds
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((3, 8, 8), np.uint8)
+    masks[:, 2:5, 2:5] = 1
+    probs = np.clip(masks * 0.7 + rng.uniform(0, 0.4, masks.shape), 0, 1).astype(np.float32)
+    chosen = thresholds.choose(thresholds.parse_rule("auto=0.05"), probs, masks,
+                               np.array(["c"] * 3), None)
+    assert chosen["val_images"] == 3 and chosen["val_good_images"] == 0
+    assert chosen["resolved"].startswith("best_iou") and 0 < chosen["value"] < 1

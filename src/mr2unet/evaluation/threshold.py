@@ -143,7 +143,7 @@ def lowest_within_rate(probabilities: np.ndarray, masks: np.ndarray, rate: float
 
 
 def choose(rule: ThresholdRule, probabilities: np.ndarray, masks: np.ndarray,
-           categories: np.ndarray, good: np.ndarray, empty_score: float = 1.0,
+           categories: np.ndarray, good: np.ndarray | None, empty_score: float = 1.0,
            min_area: int = 1) -> dict[str, Any]:
     """The threshold of ``rule`` on the validation split, with how it was chosen.
 
@@ -155,7 +155,8 @@ def choose(rule: ThresholdRule, probabilities: np.ndarray, masks: np.ndarray,
     (:func:`resolve_auto`). A rule that needs validation images without any, or the
     false-alarm rule without good ones, is a UserError.
     """
-    good = np.asarray(good, bool)
+    # None: the manifest has no good column (a set without good images, e.g. NEU-Seg)
+    good = np.zeros(len(masks), bool) if good is None else np.asarray(good, bool)
     n = int(len(good))
     if rule.needs_validation and n == 0:
         raise UserError(f"evaluate.threshold {rule} is chosen on the validation split, which "
