@@ -81,6 +81,16 @@ def neu_tar() -> Path:
     return verified_archive(NEU_TAR, NEU_SHA256, "the real NEU-Seg sample")
 
 
+DEEPCRACK_TAR = SHARED / "data" / "deepcrack_sample.tar.xz"
+DEEPCRACK_SHA256 = "4fad2af33e69b41f1c6e415f82047eb70ab04c19f5a6e260faf1b088e83ad041"
+
+
+@pytest.fixture(scope="session")
+def deepcrack_tar() -> Path:
+    """The real DeepCrack sample (../shared), checked against its published SHA-256."""
+    return verified_archive(DEEPCRACK_TAR, DEEPCRACK_SHA256, "the real DeepCrack sample")
+
+
 @pytest.fixture(scope="session")
 def bottle_raw(bottle_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mr2unet.data.extract import extract

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import SHARED, verified_archive
+from conftest import DEEPCRACK_SHA256, DEEPCRACK_TAR
 from PIL import Image
 from test_geometry import FOLDER, line, thin_masks, write_folder
 
@@ -21,8 +21,6 @@ from mr2unet.data.inspect import format_report, inspect
 from mr2unet.data.layouts import DataLayout
 
 REPO = Path(__file__).resolve().parents[1]
-DEEPCRACK_TAR = SHARED / "data" / "deepcrack_sample.tar.xz"
-DEEPCRACK_SHA256 = "4fad2af33e69b41f1c6e415f82047eb70ab04c19f5a6e260faf1b088e83ad041"
 DEEPCRACK = DataLayout("folder", FolderLayout(
     images="deepcrack/*_img/*.jpg", masks="deepcrack/*_lab/*.png", category="deepcrack",
     split_lists={"train": "deepcrack/train_img", "test": "deepcrack/test_img"}))
@@ -136,10 +134,9 @@ def test_neu_seg_keeps_resize(neu_tar: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def deepcrack_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    archive = verified_archive(DEEPCRACK_TAR, DEEPCRACK_SHA256, "the real DeepCrack sample")
+def deepcrack_root(deepcrack_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("deepcrack")
-    with tarfile.open(archive) as tar:
+    with tarfile.open(deepcrack_tar) as tar:
         tar.extractall(root, filter="data")
     return root
 

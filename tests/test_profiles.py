@@ -105,7 +105,8 @@ def test_a_typo_in_a_profile_is_named_and_nothing_written(project: Path) -> None
 
 
 def test_unknown_profile_lists_the_known_ones(project: Path) -> None:
-    known = "bottle-sample, demo, neu-sample, paper, paper-fast, paper-plus, user-data"
+    known = ("bottle-sample, deepcrack-sample, demo, neu-sample, paper, paper-fast, "
+             "paper-plus, user-data")
     with pytest.raises(UserError, match=f"unknown profile 'nope'.*{known}"):
         profiles.apply("nope", project / "params.yaml", project)
 
@@ -133,7 +134,8 @@ def test_paper_plus_puts_the_cpu_recipe_on_the_paper_s_full_size(
 @pytest.mark.parametrize("name", profiles.available(REPO))
 def test_every_committed_profile_loads(project: Path, name: str,
                                        request: pytest.FixtureRequest) -> None:
-    archives = {"bottle-sample": "bottle_tar", "neu-sample": "neu_tar"}
+    archives = {"bottle-sample": "bottle_tar", "neu-sample": "neu_tar",
+                "deepcrack-sample": "deepcrack_tar"}
     if name in archives:  # its archive lies in ../shared: skips, saying so
         request.getfixturevalue(archives[name])
     profiles.apply(name, project / "params.yaml", REPO)
