@@ -283,3 +283,48 @@ def test_the_chosen_threshold_travels_to_evaluate_predict_serve_and_onnx(tmp_pat
     exported = export_checkpoint(path, tmp_path / "m.onnx")
     assert exported.metadata["mask.default_threshold"] == f"{t:g}"
     assert exported.metadata["mask.threshold_rule"] == "best_iou"
+
+
+# ------------------------------------------------------------- the recipe, end to end
+
+
+@pytest.mark.slow
+def test_repro_with_the_recipe_threshold_flags_fewer_good_parts_than_half(
+        tmp_path: Path) -> None:
+    """`dvc repro` on generated data with many good parts, with the user-data recipe's
+    split.val_fraction and evaluate.threshold: the threshold chosen on the validation
+    split flags fewer good test parts than 0.5 does with the same network (a tiny U-Net
+    with weighted cross-entropy, which over-predicts defects: at 0.5 it flags 31 of the 32
+    good test parts, at the chosen 0.89 one)."""
+    import json
+
+    import yaml
+    from helpers import DVC, TINY, project_copy, run
+
+    from mr2unet.evaluation.evaluate import good_images, part_decisions
+    from mr2unet.models.checkpoint import load_model
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "profiles/user-data.yaml")
+                            .read_text())
+    project = project_copy(tmp_path / "p", {
+        **TINY, "synthetic": {"images_per_defect": 3, "good_images": 40},
+        "prepare": {"good_images": "all", "image_size": 32},
+        "split": recipe["split"], "evaluate": {**TINY["evaluate"], **recipe["evaluate"]},
+        "train": {**TINY["train"], "models": ["unet"], "epochs": 4, "loss": "weighted_ce"},
+        "tracking": {"enabled": False}})
+    out = run([DVC, "repro"], project, timeout=900)
+    assert "auto=0.05" in out.stdout + out.stderr
+    pooled = json.loads((project / "metrics/pooled/unet.json").read_text())
+    chosen = pooled["threshold"]
+    assert chosen["rule"] == "auto=0.05" and chosen["val_good_images"] >= 10
+    assert chosen["resolved"] == "best_iou raised to max_false_alarm_rate=0.05", chosen
+    alarms = pooled["verdict"]["false_alarms"]
+    test = load_split(project / "data/prepared/test.npz")
+    good = good_images(test, project / "data/prepared/manifest.csv")
+    model, _ = load_model(project / "data/models/unet.pt")
+    half = evaluate(model, test, torch.device("cpu"), threshold=0.5, progress=False)
+    (at_half, n_good), _ = part_decisions(half.predictions, test.masks, good)
+    print(f"threshold {chosen['value']}: {alarms['count']}/{alarms['total']} good test parts "
+          f"flagged; at 0.5: {at_half}/{n_good}; validation {chosen}")
+    assert n_good == alarms["total"] >= 20 and chosen["value"] > 0.5
+    assert alarms["count"] < at_half
