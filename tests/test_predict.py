@@ -336,7 +336,7 @@ def test_registry_and_run_uris(tmp_path: Path, mlflow_globals: Any,
                          "version": str(version.version)})
     assert [v["version"] for v in versions] == ["1", "2"]
     first, second = versions
-    assert mlflow.models.get_model_info(second["info"].model_uri).signature == signature(64)
+    assert mlflow.models.get_model_info(second["info"].model_uri).signature == signature()
     # The champion is version 1, not the latest.
     set_aliases({"unet": {"tracking": True, "tracking_uri": uri, "run_id": first["run_id"],
                           "registered_model": "mr2unet-unet", "model_version": "1"}},
@@ -364,10 +364,11 @@ def test_registry_and_run_uris(tmp_path: Path, mlflow_globals: Any,
 
 
 @pytest.mark.slow
-def test_the_pyfunc_has_type_hints_and_keeps_its_tensor_signature(tmp_path: Path) -> None:
+def test_the_pyfunc_has_type_hints_and_keeps_its_explicit_signature(tmp_path: Path) -> None:
     """Logging and loading the pyfunc shows none of MLflow's type-hint warnings (the
     demo's first run shows no warnings that are not the user's), and the signature stays
-    the explicit tensor one; a fresh interpreter, as the warning comes at class definition."""
+    the explicit one (params only: the model takes tensors and encoded images of any size,
+    issue #35); a fresh interpreter, as the warning comes at class definition."""
     script = tmp_path / "log.py"
     script.write_text(textwrap.dedent("""
         import json, sys, warnings
@@ -398,9 +399,6 @@ def test_the_pyfunc_has_type_hints_and_keeps_its_tensor_signature(tmp_path: Path
     data = json.loads(result.stdout.strip().splitlines()[-1])
     assert [w for w in data["warnings"] if "type hint" in w.lower()] == []
     assert (data["shape"], data["dtype"]) == ([2, 32, 32], "uint8")
-    assert json.loads(data["signature"]["inputs"]) == [
-        {"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, 32, 32, 3]}}]
-    assert json.loads(data["signature"]["outputs"]) == [
-        {"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, 32, 32]}}]
+    assert data["signature"]["inputs"] is None and data["signature"]["outputs"] is None
     assert {p["name"]: p["default"] for p in json.loads(data["signature"]["params"])} == {
-        "output": "mask", "threshold": 0.5}
+        "output": "mask", "threshold": 0.5, "encoding": "array"}

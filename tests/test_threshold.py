@@ -277,8 +277,8 @@ def test_the_chosen_threshold_travels_to_evaluate_predict_serve_and_onnx(tmp_pat
     assert np.array_equal(served.predict(None, test), expected)
     assert np.array_equal(served.predict(None, test, params={"threshold": 0.5}),
                           defect_mask(logits, 0.5).numpy())
-    params = {p.name: p.default for p in signature(32, threshold=t).params.params}
-    assert params == {"output": "mask", "threshold": t}
+    params = {p.name: p.default for p in signature(threshold=t).params.params}
+    assert params == {"output": "mask", "threshold": t, "encoding": "array"}
     # the ONNX metadata
     exported = export_checkpoint(path, tmp_path / "m.onnx")
     assert exported.metadata["mask.default_threshold"] == f"{t:g}"

@@ -134,7 +134,7 @@ def test_training_run_is_logged_registered_and_loadable(tmp_path, monkeypatch) -
         assert np.array_equal(pyfunc.predict(images, params={"threshold": t}),
                               (probs > t).astype(np.uint8))
     declared = {p.name: p.default for p in pyfunc.metadata.signature.params.params}
-    assert declared == {"output": "mask", "threshold": 0.5}
+    assert declared == {"output": "mask", "threshold": 0.5, "encoding": "array"}
     for bad in ({"output": "logits"}, {"threshold": 1.5}):
         with pytest.raises(mlflow.exceptions.MlflowException, match="output|threshold"):
             pyfunc.predict(images, params=bad)

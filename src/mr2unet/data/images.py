@@ -36,19 +36,27 @@ def read_image(path: Path) -> Image.Image:
     return img
 
 
+class ImageTooLarge(ValueError):
+    """An image wider or taller than the limit it was read with."""
+
+
 def read_rgb(source: Path | bytes, max_side: int | None = None) -> Image.Image:
     """A file, or the bytes of an encoded image (PNG, JPEG, BMP, TIFF, ...), as 8-bit RGB
-    (:func:`to_rgb`). With ``max_side``, an image wider or taller than that is refused from
-    its header, before its pixels are decoded. Bytes that are no image, or a too large one,
-    raise ValueError naming the reason; a file's own errors (missing, unreadable) pass."""
+    (:func:`to_rgb`). With ``max_side``, an image wider or taller than that raises
+    :class:`ImageTooLarge` from its header, before its pixels are decoded. Bytes that are
+    no image raise ValueError naming the reason; a file's own errors (missing, unreadable)
+    pass."""
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             if max_side is not None and max(img.size) > max_side:
-                raise ValueError(f"the image is {img.width}x{img.height} px, larger than "
-                                 f"the limit of {max_side}x{max_side} px")
+                raise ImageTooLarge(f"the image is {img.width}x{img.height} px, larger "
+                                    f"than the limit of {max_side}x{max_side} px")
             img.load()
             return to_rgb(img)
-    except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as exc:
+    except UnidentifiedImageError as exc:
+        reason = "unknown format" if isinstance(source, bytes) else str(exc)
+        raise ValueError(f"not a readable image ({reason})") from None
+    except (Image.DecompressionBombError, SyntaxError) as exc:
         raise ValueError(f"not a readable image ({exc})") from None
     except OSError as exc:
         if not isinstance(source, bytes):

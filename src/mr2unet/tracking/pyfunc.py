@@ -1,17 +1,38 @@
 """The MLflow flavour of a trained model: a pyfunc logged as code around the ``.pt`` checkpoint.
 
-``mlflow.pyfunc.load_model(uri).predict(images, params=...)`` takes uint8 ``(N, S, S, 3)``
-RGB images (any N, S the model's input size) and returns
+``mlflow.pyfunc.load_model(uri).predict(frames, params=...)`` and ``mlflow models serve``
+take camera frames **of any size** (up to :data:`MAX_FRAME_SIDE` px a side), for every
+model (resize or tiles), in either of two forms:
 
-- ``params={"output": "mask"}`` (default): uint8 ``(N, S, S)`` masks, 1 = defect, where the
-  defect probability exceeds ``threshold`` (default: the threshold stored in the model file,
+- uint8 RGB frames ``(N, H, W, 3)`` of one size (JSON: ``{"inputs": [[[[r, g, b], ...]]]}``;
+  integers 0-255);
+- encoded images, base64 strings of PNG, JPEG, BMP or TIFF files (JSON:
+  ``{"inputs": {"image": ["<base64>", ...]}}``; frames may differ in size), decoded by the
+  reader ``prepare`` and ``mr2unet predict`` use (:func:`mr2unet.data.images.read_rgb`).
+
+Each frame goes through :func:`mr2unet.models.frames.frame_maps`, the path of
+``mr2unet predict``: pre-processed as the model file records (``prepare``'s resize, squash
+or pad, or sliding windows), predicted, and its map brought back to the frame's own size.
+The answer, per frame, at the frame's size:
+
+- ``params={"output": "mask"}`` (default): uint8 masks, 1 = defect, where the defect
+  probability exceeds ``threshold`` (default: the threshold stored in the model file,
   :func:`mr2unet.models.checkpoint.stored_threshold`; 0.5, exactly the argmax, for a model
-  without one);
-- ``params={"output": "probabilities"}``: float32 ``(N, S, S)`` defect probabilities.
+  without one); ``"probabilities"``: float32 defect probabilities;
+- ``params={"encoding": "array"}`` (default): an array ``(N, H, W)`` (a list of arrays
+  when the frames differ in size); ``"png"``: one base64 PNG string per frame, the bytes
+  of ``mr2unet predict``'s ``<stem>_mask.png`` (0/255) or ``<stem>_prob.png``
+  (``round(255 p)``).
 
-Both params are declared in the model signature, the threshold with the model's own as
-its default, so ``mlflow models serve`` accepts them in the request's ``"params"`` and a
-request without ``threshold`` gets the model's masks (docs/deploy.md).
+A bad request (no frames, bytes that are no image, a frame over the limit, a wrong
+shape or value, an unknown param) raises an ``MlflowException`` with
+INVALID_PARAMETER_VALUE, which ``mlflow models serve`` answers with 400.
+
+**Signature.** MLflow's input schema is either tensors (each required) or columns, so no
+schema admits both a uint8 tensor and a column of strings: the signature declares the
+params only (``output``, ``threshold`` with the model's own as its default, ``encoding``)
+and the model checks its input itself; the two input forms and the limit are written in
+the MLmodel's ``metadata`` (:func:`model_metadata`) and docs/deploy.md.
 
 Nothing executable is pickled. The model is logged with MLflow's *models from code*: the
 logged model holds :mod:`mr2unet.tracking.model_code` (a few lines that build
@@ -25,6 +46,9 @@ programs that fix the batch size to the input example's.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,24 +56,32 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import torch
+import pandas as pd
 from mlflow.exceptions import MlflowException
 
 import mr2unet
-from mr2unet.data.transforms import to_input
-from mr2unet.models.checkpoint import load_model, read_checkpoint, stored_threshold
-from mr2unet.models.inference import (
-    DEFAULT_THRESHOLD,
-    check_threshold,
-    defect_mask,
-    defect_probability,
+from mr2unet.data.images import ImageTooLarge, png_bytes, read_rgb
+from mr2unet.errors import UserError
+from mr2unet.evaluation.evaluate import quantise
+from mr2unet.models.checkpoint import (
+    load_model,
+    read_checkpoint,
+    resize_mode,
+    stored_threshold,
 )
-from mr2unet.models.tiling import tiling_of, whole_image_logits
+from mr2unet.models.frames import FrameMaps, LoadedModel, frame_maps, loaded_model
+from mr2unet.models.inference import DEFAULT_THRESHOLD, check_threshold
+from mr2unet.models.tiling import tiling_of
 
 MODEL_CODE = Path(__file__).with_name("model_code.py")
+MAX_FRAME_SIDE = 8192  # px: the widest or tallest frame the served model takes
+IMAGE_KEY = "image"  # {"inputs": {"image": [<base64>, ...]}}
 OUTPUTS = ("mask", "probabilities")
-DEFAULT_PARAMS: dict[str, Any] = {"output": "mask", "threshold": DEFAULT_THRESHOLD}
-BATCH_SIZE = 16  # images per forward pass: bounds the memory a large request needs
+ENCODINGS = ("array", "png")
+DEFAULT_PARAMS: dict[str, Any] = {"output": "mask", "threshold": DEFAULT_THRESHOLD,
+                                  "encoding": "array"}
+BATCH_SIZE = 16  # frames (resize mode) or windows (tiles) per forward pass
+DATA_URL = re.compile(r"^data:[^,]*;base64,")  # an optional "data:image/png;base64," prefix
 
 
 def _bad_request(message: str) -> MlflowException:
@@ -58,64 +90,124 @@ def _bad_request(message: str) -> MlflowException:
 
 
 class SegmentationModel(mlflow.pyfunc.PythonModel):
-    """uint8 images ``(N, S, S, 3)`` -> uint8 masks or float32 probabilities ``(N, S, S)``."""
+    """Frames of any size (uint8 ``(N, H, W, 3)`` or base64 images) -> masks or
+    probabilities at each frame's size (arrays or base64 PNGs)."""
 
     def load_context(self, context: Any) -> None:
-        self.model, payload = load_model(context.artifacts["checkpoint"])
-        self.image_size = int(payload["image_size"])
-        self.threshold = stored_threshold(payload)  # params.threshold's default
-        # a model trained on tiles: images of any size, predicted by sliding windows
-        self.tiling = tiling_of(payload)
+        module, payload = load_model(context.artifacts["checkpoint"])
+        self.model: LoadedModel = loaded_model(module, payload, "pyfunc")
 
     # np.ndarray is one of the type hints MLflow 3 accepts without deriving a schema from it
-    # (mlflow.types.type_hints): the explicit tensor signature of log_segmentation_model
-    # stays the model's, and MLflow no longer warns that predict has no type hints.
+    # (mlflow.types.type_hints): the explicit signature of log_segmentation_model stays the
+    # model's, and MLflow no longer warns that predict has no type hints. The input may
+    # also be a dict or DataFrame of base64 strings (a list of arrays or strings out).
     def predict(self, context: Any, model_input: np.ndarray,
                 params: dict[str, Any] | None = None) -> np.ndarray:
-        options = {**default_params(self.threshold), **(params or {})}
-        if options["output"] not in OUTPUTS:
-            raise _bad_request(f"params.output must be one of {', '.join(OUTPUTS)}, "
-                               f"got {options['output']!r}")
+        options = {**default_params(self.model.threshold), **(params or {})}
+        for name, allowed in (("output", OUTPUTS), ("encoding", ENCODINGS)):
+            if options[name] not in allowed:
+                raise _bad_request(f"params.{name} must be one of {', '.join(allowed)}, "
+                                   f"got {options[name]!r}")
         try:
             threshold = check_threshold(options["threshold"])
         except (TypeError, ValueError) as exc:
             raise _bad_request(f"params.threshold: {exc}") from None
-        images = np.asarray(model_input)
-        if self.tiling is not None:
-            return self._predict_tiled(images, options["output"], threshold)
-        s = self.image_size
-        if images.ndim != 4 or images.shape[1:] != (s, s, 3) or images.dtype != np.uint8:
-            raise _bad_request(f"expected uint8 RGB images of shape (N, {s}, {s}, 3), got "
-                               f"{images.dtype} {images.shape}: resize them to {s}x{s} first")
-        outputs = []
-        with torch.inference_mode():
-            for start in range(0, len(images), BATCH_SIZE):
-                batch = torch.from_numpy(np.ascontiguousarray(images[start:start + BATCH_SIZE]))
-                logits = self.model(to_input(batch))
-                outputs.append(defect_mask(logits, threshold) if options["output"] == "mask"
-                               else defect_probability(logits))
-        if not outputs:
-            dtype = np.uint8 if options["output"] == "mask" else np.float32
-            return np.zeros((0, s, s), dtype)
-        return torch.cat(outputs).numpy()
+        try:
+            frames = frames_of(model_input)
+        except UserError as exc:
+            raise _bad_request(str(exc)) from None
+        maps = frame_maps(self.model, frames, "cpu", BATCH_SIZE, threshold,
+                          probabilities=options["output"] == "probabilities")
+        return answer(maps, options["output"], options["encoding"])  # type: ignore[return-value]
 
-    def _predict_tiled(self, images: np.ndarray, output: str, threshold: float) -> np.ndarray:
-        """uint8 ``(N, H, W, 3)`` of any one size -> ``(N, H, W)``, each image predicted
-        by sliding windows as ``mr2unet predict`` does."""
-        assert self.tiling is not None
-        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise _bad_request(f"expected uint8 RGB images of shape (N, H, W, 3), got "
-                               f"{images.dtype} {images.shape}")
-        outputs = []
-        with torch.inference_mode():
-            for rgb in images:
-                logits = whole_image_logits(self.model, rgb, self.tiling, "cpu", BATCH_SIZE)
-                outputs.append(defect_mask(logits, threshold) if output == "mask"
-                               else defect_probability(logits))
-        if not outputs:
-            return np.zeros((0, *images.shape[1:3]), np.uint8 if output == "mask"
-                            else np.float32)
-        return torch.cat(outputs).numpy()
+
+# ------------------------------------------------------------------------ the request
+
+
+def frames_of(model_input: Any, max_side: int = MAX_FRAME_SIDE) -> list[np.ndarray]:
+    """The uint8 RGB frames ``(H, W, 3)`` of a request: a uint8/integer array ``(N, H, W,
+    3)``, or base64 images as ``{"image": [...]}``, a DataFrame with an ``image`` column or
+    a plain list of strings. A UserError says what is wrong with the first bad frame."""
+    if isinstance(model_input, pd.DataFrame):
+        if list(model_input.columns) != [IMAGE_KEY]:
+            raise UserError(f"expected one column {IMAGE_KEY!r} of base64 images, got "
+                            f"columns {list(model_input.columns)}")
+        return decode_frames(model_input[IMAGE_KEY].tolist(), max_side)
+    if isinstance(model_input, dict):
+        if list(model_input) != [IMAGE_KEY]:
+            raise UserError(f"expected {{{IMAGE_KEY!r}: [<base64 image>, ...]}}, got the "
+                            f"keys {list(model_input)}")
+        return decode_frames(list(np.asarray(model_input[IMAGE_KEY], dtype=object).ravel()),
+                             max_side)
+    array = np.asarray(model_input)
+    if array.dtype.kind in "USO":
+        return decode_frames(list(array.astype(object).ravel()), max_side)
+    return tensor_frames(array, max_side)
+
+
+def tensor_frames(array: np.ndarray, max_side: int = MAX_FRAME_SIDE) -> list[np.ndarray]:
+    """The frames of an integer array ``(N, H, W, 3)`` with values 0-255, as uint8."""
+    if array.size == 0:
+        raise UserError("the request holds no frames: send at least one image")
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise UserError(f"expected RGB frames of shape (N, H, W, 3), got shape "
+                        f"{array.shape}")
+    _check_size(array.shape[2], array.shape[1], max_side, "the frames")
+    if array.dtype != np.uint8:
+        if array.dtype.kind not in "iu" or array.min() < 0 or array.max() > 255:
+            raise UserError(f"pixel values must be integers 0-255, got {array.dtype} "
+                            f"values from {array.min()} to {array.max()}")
+        array = array.astype(np.uint8)
+    return list(array)
+
+
+def decode_frames(encoded: list[Any], max_side: int = MAX_FRAME_SIDE) -> list[np.ndarray]:
+    """Base64 strings (or raw bytes) of encoded images -> uint8 RGB frames."""
+    if not encoded:
+        raise UserError("the request holds no frames: send at least one image")
+    frames = []
+    for n, item in enumerate(encoded):
+        if isinstance(item, str):
+            try:
+                data = base64.b64decode(DATA_URL.sub("", item.strip()), validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise UserError(f"frame {n}: not base64 ({exc})") from None
+        elif isinstance(item, bytes):
+            data = item
+        else:
+            raise UserError(f"frame {n}: expected a base64 string, got {type(item).__name__}")
+        try:
+            frames.append(np.asarray(read_rgb(data, max_side)))
+        except ImageTooLarge as exc:
+            raise UserError(f"frame {n}: {exc}") from None
+        except ValueError as exc:
+            raise UserError(f"frame {n}: {exc}: send the bytes of a PNG, JPEG, BMP or TIFF "
+                            "file, base64-encoded") from None
+    return frames
+
+
+def _check_size(width: int, height: int, max_side: int, what: str) -> None:
+    if max(width, height) > max_side:
+        raise UserError(f"{what} are {width}x{height} px, larger than the limit of "
+                        f"{max_side}x{max_side} px")
+
+
+# ------------------------------------------------------------------------- the answer
+
+
+def answer(maps: list[FrameMaps], output: str, encoding: str) -> np.ndarray | list[Any]:
+    """The frames' masks (or probabilities): one array ``(N, H, W)`` when all frames have
+    one size, else a list; with ``encoding="png"`` a list of base64 PNG strings."""
+    if output == "mask":
+        arrays = [m.mask for m in maps]
+    else:
+        arrays = [m.probability for m in maps if m.probability is not None]
+    if encoding == "png":
+        levels = [a * np.uint8(255) if output == "mask" else quantise(a) for a in arrays]
+        return [base64.b64encode(png_bytes(level)).decode("ascii") for level in levels]
+    if len({a.shape for a in arrays}) == 1:
+        return np.stack(arrays)
+    return arrays
 
 
 def _requirements() -> list[str]:
@@ -134,42 +226,58 @@ def _package_source(dest: Path) -> Path:
 
 
 def default_params(threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
-    """The params a request gets by default: masks at the model's ``threshold``."""
+    """The params a request gets by default: masks at the model's ``threshold``, as arrays."""
     return {**DEFAULT_PARAMS, "threshold": float(threshold)}
 
 
-def signature(image_size: int, tiled: bool = False, threshold: float = DEFAULT_THRESHOLD
-              ) -> Any:
-    """Tensor in/out schema (uint8 ``(-1, S, S, 3)`` -> ``(-1, S, S)``; a tiled model:
-    ``(-1, -1, -1, 3)`` -> ``(-1, -1, -1)``, any image size) and the params (default
-    threshold: the model's)."""
-    example = np.zeros((1, image_size, image_size, 3), dtype=np.uint8)
-    inferred = mlflow.models.infer_signature(
-        example, np.zeros((1, image_size, image_size), np.uint8),
-        params=default_params(threshold))
-    if not tiled:
-        return inferred
+def signature(threshold: float = DEFAULT_THRESHOLD) -> Any:
+    """The params (default threshold: the model's) and no input or output schema: the
+    model takes two input forms and checks them itself (see the module docstring)."""
     from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
+    from mlflow.types import ParamSchema, ParamSpec
 
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
-                          outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
-                          params=inferred.params)
+    defaults = default_params(threshold)
+    return ModelSignature(params=ParamSchema([
+        ParamSpec("output", "string", defaults["output"]),
+        ParamSpec("threshold", "double", defaults["threshold"]),
+        ParamSpec("encoding", "string", defaults["encoding"])]))
+
+
+def model_metadata(payload: dict[str, Any]) -> dict[str, Any]:
+    """What the MLmodel file says about the input and output (its ``metadata``)."""
+    tiling = tiling_of(payload)
+    return {"mr2unet": {
+        "inputs": {
+            "tensor": "uint8 RGB frames (N, H, W, 3) of one size: "
+                      '{"inputs": [[[[r, g, b], ...], ...], ...]}',
+            IMAGE_KEY: "base64 PNG/JPEG/BMP/TIFF images of any sizes: "
+                       f'{{"inputs": {{"{IMAGE_KEY}": ["<base64>", ...]}}}}'},
+        "max_frame_side": MAX_FRAME_SIDE,
+        "outputs": "per frame, at its size: uint8 mask 1 = defect (output=mask) or float32 "
+                   "probability (output=probabilities); arrays (encoding=array) or base64 "
+                   "PNG strings, mask 0/255, probability round(255 p) (encoding=png)",
+        "image_size": int(payload["image_size"]),
+        "resize": resize_mode(payload),
+        "tiling": None if tiling is None else tiling.as_dict()}}
+
+
+def input_example() -> dict[str, list[str]]:
+    """A 4x4 gray PNG in the encoded form: the MLmodel's serving example."""
+    return {IMAGE_KEY: [base64.b64encode(png_bytes(np.full((4, 4, 3), 128, np.uint8)))
+                        .decode("ascii")]}
 
 
 def log_segmentation_model(checkpoint: Path) -> Any:
     """Log ``checkpoint`` as a pyfunc model named ``model`` in the active run (as code)."""
     payload = read_checkpoint(checkpoint)
-    size = int(payload["image_size"])
-    example = np.zeros((1, size, size, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory(prefix="mr2unet-code-") as tmp:
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=str(MODEL_CODE),
             artifacts={"checkpoint": str(checkpoint)},
             code_paths=[str(_package_source(Path(tmp)))],
-            signature=signature(size, tiled=tiling_of(payload) is not None,
-                                threshold=stored_threshold(payload)),
-            input_example=example,
+            signature=signature(stored_threshold(payload)),
+            input_example=input_example(),
+            metadata=model_metadata(payload),
             pip_requirements=_requirements(),
         )
