@@ -247,6 +247,10 @@ def test_yolo_problems_in_one_error_and_empty_labels_are_good(tmp_path: Path) ->
     assert [(Path(s.image).stem, s.good, s.defect_type) for s in samples] == [
         ("a", False, "scratch"), ("b", True, "good"), ("c", True, "good"),
         ("d", True, "good"), ("e", True, "good"), ("f", True, "good")]
+    # x scales by the width (20), y by the height (10): the triangle (2,1) (10,1) (10,9)
+    mask = np.asarray(samples[0].read_mask(tmp_path))
+    assert mask.shape == (10, 20) and mask[5, 8] == 1 and mask[:, 11:].sum() == 0
+    assert mask[8, 3] == 0 and 28 <= mask.sum() <= 40
 
 
 def test_coco_problems_boxes_and_images_without_annotations(tmp_path: Path) -> None:
@@ -377,7 +381,14 @@ def _project(tmp_path: Path, data: dict) -> Path:
     return project
 
 
-def test_stages_read_a_yolo_archive_and_a_labelme_directory(neu: tuple, tmp_path: Path) -> None:
+def _set_data(project: Path, **data: object) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"].update(data)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_stages_read_yolo_coco_and_labelme_from_archives_and_directories(
+        neu: tuple, tmp_path: Path) -> None:
     images, masks = neu
     few = dict(list(images.items())[:40])
     write_yolo(few, masks, tmp_path / "parts" / "export", {k: ("train", "val")[i % 2]
@@ -393,18 +404,95 @@ def test_stages_read_a_yolo_archive_and_a_labelme_directory(neu: tuple, tmp_path
     assert "prepared 40 images: 20 train / 20 test" in result.stdout
     summary = json.loads((project / "data/prepared/summary.json").read_text())
     assert summary["labels"]["layout"] == "yolo" and list(summary["per_category"]) == ["parts"]
-    # LabelMe from a directory; a broken file fails in download, without a traceback
+    # LabelMe from a directory
     write_labelme(few, masks, tmp_path / "lm", NEU_NAMES)
-    (project / "params.yaml").write_text(yaml.safe_dump({**yaml.safe_load(
-        (project / "params.yaml").read_text()), "data": {**yaml.safe_load(
-            (project / "params.yaml").read_text())["data"], "source": "directory",
-            "directory": str(tmp_path / "lm"), "layout": "labelme",
-            "labelme": {"annotations": "."}}}))
+    _set_data(project, source="directory", directory=str(tmp_path / "lm"), layout="labelme",
+              labelme={"annotations": "."})
     for stage in ("download.py", "prepare.py"):
         result = _stage(stage, project)
         assert result.returncode == 0, result.stderr
     assert "prepared 40 images: 32 train / 8 test" in result.stdout
-    (tmp_path / "lm" / f"{next(iter(few))}.jpg").unlink()
+    # a broken set fails in download, listing the problem, without a traceback
+    (tmp_path / "lm" / f"{next(iter(few))}.jpg").rename(tmp_path / "moved.jpg")
     broken = _stage("download.py", project)
     assert broken.returncode == 2 and "not found and no imageData" in broken.stderr
     assert "Traceback" not in broken.stderr
+    # COCO from an archive: two files, their names the split (no test: val is the test)
+    for split, part in (("train", list(few)[:25]), ("val", list(few)[25:])):
+        chosen = {k: few[k] for k in part}
+        (tmp_path / "cc" / "images").mkdir(parents=True, exist_ok=True)
+        for image in chosen.values():
+            (tmp_path / "cc" / "images" / image.name).symlink_to(image)
+        (tmp_path / "cc" / f"instances_{split}.json").write_text(json.dumps(
+            coco_file(chosen, masks, NEU_NAMES, "polygons")))
+    with tarfile.open(tmp_path / "cc.tar", "w", dereference=True) as tar:
+        tar.add(tmp_path / "cc", arcname=".")  # as `tar -C cc .` writes it: ./images/...
+    _set_data(project, source="archive", archive=str(tmp_path / "cc.tar"), layout="coco",
+              coco={"annotations": "instances_*.json", "images": "images"})
+    for stage in ("download.py", "prepare.py"):
+        result = _stage(stage, project)
+        assert result.returncode == 0, result.stderr
+    assert "prepared 40 images: 25 train / 15 test" in result.stdout
+
+
+# ----------------------------------------------------- slow: dvc repro through the report
+
+def _repro_from(export: Path, data: dict, tmp_path: Path) -> dict:
+    from helpers import DVC, TINY, project_copy, run
+    project = project_copy(tmp_path / "project", {
+        **TINY, "tracking": {"enabled": False},
+        "data": {"source": "directory", "directory": str(export), "check_counts": False,
+                 **data},
+        "prepare": {"image_size": 32},
+        "train": {**TINY["train"], "models": ["unet"], "epochs": 2}})
+    run([DVC, "repro"], project, timeout=900)
+    assert (project / "reports" / "report.html").is_file()
+    assert (project / "metrics" / "unet.json").is_file()
+    return json.loads((project / "data/prepared/summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_repro_from_a_yolo_export(neu: tuple, tmp_path: Path) -> None:
+    images, masks = neu
+    few = dict(list(images.items())[:40])
+    write_yolo(few, masks, tmp_path / "steel", {k: ("train", "val")[i % 4 == 0]
+                                                for i, k in enumerate(few)}, NEU_NAMES)
+    summary = _repro_from(tmp_path / "steel", {"layout": "yolo",
+                                               "yolo": {"dataset": "data.yaml"}}, tmp_path)
+    assert (summary["train"], summary["test"]) == (30, 10)
+    assert summary["labels"]["layout"] == "yolo" and list(summary["per_category"]) == ["steel"]
+
+
+@pytest.mark.slow
+def test_repro_from_a_coco_export(neu: tuple, tmp_path: Path) -> None:
+    images, masks = neu
+    export = tmp_path / "steel"
+    for split, part in (("train", list(images)[:30]), ("val", list(images)[30:40])):
+        chosen = {k: images[k] for k in part}
+        (export / "images" / split).mkdir(parents=True)
+        for image in chosen.values():
+            (export / "images" / split / image.name).symlink_to(image)
+        (export / "annotations").mkdir(exist_ok=True)
+        (export / "annotations" / f"instances_{split}.json").write_text(json.dumps(
+            coco_file(chosen, masks, NEU_NAMES, "rle")))
+    summary = _repro_from(export, {"layout": "coco", "coco": {
+        "annotations": "annotations/instances_*.json", "images": "images"}}, tmp_path)
+    assert (summary["train"], summary["test"]) == (30, 10)
+    assert summary["labels"]["layout"] == "coco"
+
+
+def test_images_outside_the_data_set_are_a_problem_not_a_crash(tmp_path: Path) -> None:
+    _gray(tmp_path / "elsewhere" / "a.png")
+    root = tmp_path / "set"
+    root.mkdir()
+    (root / "i.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 20, "height": 10}],
+        "categories": [{"id": 1, "name": "dent"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+                         "segmentation": [[1, 1, 9, 1, 9, 8]]}]}))
+    with pytest.raises(UserError, match="lies outside the data set's root"):
+        _scan(root, "coco", {"annotations": "i.json", "images": "../elsewhere"})
+    (root / "data.yaml").write_text("train: ../elsewhere\nnames: [dent]\n")
+    with pytest.raises(UserError, match=r"split train: image .*a.png not found under"):
+        layouts.scan(root, DataLayout.from_params({"layout": "yolo", "yolo": {
+            "dataset": "data.yaml"}}), ["x"])
