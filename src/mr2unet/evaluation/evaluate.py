@@ -597,6 +597,8 @@ def timing_record(model: nn.Module, size: int, device: torch.device,
         "input_size": int(size), "precision": "fp32",
         "latency": latencies(model, size),
     }
+    if tiling is not None and image_shape is not None:
+        record["latency_per_image"] = image_latency(model, *image_shape, tiling, batch_size)
     for key in ("train_seconds", "train_device"):
         if key in run_info:
             record[key] = run_info[key]
@@ -627,8 +629,6 @@ def run_evaluation(params: dict[str, Any], arch: str, root: Path = Path(".")
     from mr2unet.models.checkpoint import load_model, stored_threshold, threshold_record
     from mr2unet.training.speed import resolve_device, set_cpu_threads
 
-    if tiling is not None and image_shape is not None:
-        record["latency_per_image"] = image_latency(model, *image_shape, tiling, batch_size)
     cfg = params["evaluate"]
     files = ModelFiles(arch, root)
     device = resolve_device(params["train"]["device"])
@@ -658,8 +658,8 @@ def run_evaluation(params: dict[str, Any], arch: str, root: Path = Path(".")
     log.info("%s latency at %dpx on %s: %s ms/image (batch 1), %s ms/image (batch 32)", arch,
              size, device, timing["latency"]["batch_1"]["per_image_ms"],
              timing["latency"]["batch_32"]["per_image_ms"])
-    return primary
     if "latency_per_image" in timing:
         whole = timing["latency_per_image"]
         log.info("%s latency per %dx%d test image (%s): %s ms", arch, whole["width"],
                  whole["height"], whole["predict"], whole["per_image_ms"])
+    return primary

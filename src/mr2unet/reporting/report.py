@@ -433,6 +433,17 @@ def _latency(timing: dict[str, Any], batch: int) -> str:
     return f"{found['per_image_ms']:.2f} (n={found['runs']})" if found else MISSING
 
 
+def _image_latency(timing: dict[str, Any]) -> str:
+    """A tiled model's ms per whole test image (and per window), or ``""``."""
+    whole = timing.get("latency_per_image")
+    if not whole:
+        return ""
+    windows = (f", {whole['windows']} windows of {whole['per_window_ms']:.2f}"
+               if "windows" in whole else "")
+    return (f"; {whole['per_image_ms']:.1f} per {whole['width']}×{whole['height']} image "
+            f"({whole['predict']}{windows})")
+
+
 COST_NOTE = (
     "Parameters and GFLOPs (forward pass of one image at the size the network was trained "
     "at; torch.utils.flop_counter: convolutions and matrix products, a multiply-add = 2 "
@@ -468,17 +479,6 @@ def cost_table(inputs: ReportInputs) -> tuple[list[str], list[list[Cell]]]:
 
 
 def read_timings(models: list[str], root: Path = Path(".")) -> dict[str, dict[str, Any]]:
-def _image_latency(timing: dict[str, Any]) -> str:
-    """A tiled model's ms per whole test image (and per window), or ``""``."""
-    whole = timing.get("latency_per_image")
-    if not whole:
-        return ""
-    windows = (f", {whole['windows']} windows of {whole['per_window_ms']:.2f}"
-               if "windows" in whole else "")
-    return (f"; {whole['per_image_ms']:.1f} per {whole['width']}×{whole['height']} image "
-            f"({whole['predict']}{windows})")
-
-
     """``metrics/timing/<model>.json`` of each model that has one (absent: shown as –)."""
     paths = {m: ModelFiles(m, root).timing for m in models}
     return {m: json.loads(p.read_text()) for m, p in paths.items() if p.is_file()}
@@ -680,6 +680,14 @@ def _prov_rows(inputs: ReportInputs) -> list[list[Cell]]:
 # ----------------------------------------------------------------------------- stage
 
 
+def _tiles_note(tiling: dict[str, Any] | None) -> str:
+    """``, tiles of 64 px, predicted whole`` for a model trained on crops; else ``""``."""
+    if not tiling:
+        return ""
+    return (f", tiles of {tiling['tile']} px, predicted "
+            f"{tiling.get('predict', 'windows')}")
+
+
 def provenance(params: dict[str, Any], inputs: ReportInputs, root: Path) -> dict[str, str]:
     """Where the numbers come from: commit, params, data, training devices, versions."""
     from mr2unet.config.profiles import applied as applied_profile
@@ -694,6 +702,10 @@ def provenance(params: dict[str, Any], inputs: ReportInputs, root: Path) -> dict
         "data source": str(params["data"]["source"]),
         "test images": f"{len(inputs.split)} in {len(inputs.categories)} categories",
     }
+    summary = root / SUMMARY
+    auto = json.loads(summary.read_text()).get("auto") if summary.is_file() else None
+    if auto:  # prepare.mode auto: what it chose and why (absent for the paper's resize)
+        prov["preparation"] = f"prepare.mode auto -> {auto['mode']}: {auto['reason']}"
     for m in inputs.models:
         meta = read_checkpoint(ModelFiles(m, root).checkpoint).get("meta", {})
         commit = str(meta.get("git_commit", "?"))
@@ -713,15 +725,3 @@ def load_report(params: dict[str, Any], root: Path = Path(".")) -> ReportInputs:
     inputs.provenance = provenance(params, inputs, root)
     inputs.timing = read_timings(inputs.models, root)
     return inputs
-def _tiles_note(tiling: dict[str, Any] | None) -> str:
-    """``, tiles of 64 px, predicted whole`` for a model trained on crops; else ``""``."""
-    if not tiling:
-        return ""
-    return (f", tiles of {tiling['tile']} px, predicted "
-            f"{tiling.get('predict', 'windows')}")
-
-
-    summary = root / SUMMARY
-    auto = json.loads(summary.read_text()).get("auto") if summary.is_file() else None
-    if auto:  # prepare.mode auto: what it chose and why (absent for the paper's resize)
-        prov["preparation"] = f"prepare.mode auto -> {auto['mode']}: {auto['reason']}"
