@@ -496,3 +496,15 @@ def test_images_outside_the_data_set_are_a_problem_not_a_crash(tmp_path: Path) -
     with pytest.raises(UserError, match=r"split train: image .*a.png not found under"):
         layouts.scan(root, DataLayout.from_params({"layout": "yolo", "yolo": {
             "dataset": "data.yaml"}}), ["x"])
+
+
+def test_inspect_reads_a_label_layout(neu: tuple, tmp_path: Path) -> None:
+    """`mr2unet inspect` measures drawn masks and embedded images like any other."""
+    from mr2unet.data.inspect import inspect
+    images, masks = neu
+    few = dict(list(images.items())[:12])
+    write_labelme(few, masks, tmp_path / "lm", NEU_NAMES, embed={next(iter(few))})
+    layout = DataLayout.from_params({"layout": "labelme", "labelme": {"annotations": "lm"}})
+    report = inspect(tmp_path, layout, None, 64, progress=False)
+    assert report["counts"] == {"images": 12, "defective": 12, "good": 0}
+    assert report["mask_values"] == [0, 1]

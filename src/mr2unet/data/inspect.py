@@ -15,18 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from mr2unet.data import geometry, layouts
-from mr2unet.data.images import mask_values, read_image
+from mr2unet.data.images import mask_values
 from mr2unet.data.layouts import DataLayout
 from mr2unet.data.samples import Sample
 
 
 def _size(root: Path, sample: Sample) -> tuple[int, int]:
-    with Image.open(root / sample.image) as img:  # the header only
-        return img.size
+    return sample.image_size(root)  # the header only (or an image embedded in its labels)
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -69,7 +67,7 @@ def inspect(root: Path, layout: DataLayout, categories: list[str] | None, image_
     values: set[int] = set()
     empty = 0
     for sample in tqdm(defective, desc="inspect", unit="img", disable=not progress):
-        labels = mask_values(read_image(root / sample.mask))
+        labels = mask_values(sample.read_mask(root))  # a label layout's: drawn
         values.update(int(v) for v in np.unique(labels))
         shape = geometry.measure(labels != 0)
         empty += shape.regions == 0
