@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -296,17 +297,18 @@ def mlflow_globals(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     mlflow.set_registry_uri(None)
 
 
-def half_defect_unet(seed: int, image: Path, path: Path) -> Path:
+def half_defect_unet(seed: int, image: Path, path: Path, resize: str = "squash") -> Path:
     """A random U-Net (seeded) whose head is shifted so that about half of ``image``'s
     pixels are defects, saved at ``path``: masks that tell two such networks apart."""
     from mr2unet.data.transforms import to_input
 
     torch.manual_seed(seed)
     net = build_model("unet", base_width=4).eval()
+    small = resize_image(read_rgb(image), 64, resize)
     with torch.no_grad():
-        logits = net(to_input(torch.from_numpy(resize_image(read_rgb(image), 64)[None].copy())))
+        logits = net(to_input(torch.from_numpy(small[None].copy())))
         net.head.bias[1] -= (logits[:, 1] - logits[:, 0]).median()
-    save_model(path, net, "unet", {"base_width": 4}, 64)
+    save_model(path, net, "unet", {"base_width": 4}, 64, resize=resize)
     return path
 
 
@@ -402,3 +404,76 @@ def test_the_pyfunc_has_type_hints_and_keeps_its_explicit_signature(tmp_path: Pa
     assert data["signature"]["inputs"] is None and data["signature"]["outputs"] is None
     assert {p["name"]: p["default"] for p in json.loads(data["signature"]["params"])} == {
         "output": "mask", "threshold": 0.5, "encoding": "array"}
+
+
+def test_the_pyfunc_takes_every_input_form_like_predict_and_refuses_bad_input(
+        tmp_path: Path) -> None:
+    """In process (the served model's code without the server, issue #35): frames of two
+    sizes as a tensor, base64 PNG/JPEG in each accepted form, masks and probabilities as
+    arrays or PNGs, all equal to what ``mr2unet predict`` writes; bad input is one
+    INVALID_PARAMETER_VALUE error each."""
+    import base64
+    import io
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from mr2unet.tracking.pyfunc import MAX_FRAME_SIDE, SegmentationModel
+
+    rng = np.random.default_rng(3)
+    rgbs = {"wide": rng.integers(0, 256, (40, 90, 3), dtype=np.uint8),
+            "tall": rng.integers(0, 256, (70, 30, 3), dtype=np.uint8)}
+    encoded = {}
+    for name, rgb in rgbs.items():
+        Image.fromarray(rgb).save(tmp_path / f"{name}.png")
+        encoded[name] = base64.b64encode((tmp_path / f"{name}.png").read_bytes()).decode()
+    path = tmp_path / "pad.pt"  # a pad-mode model: half of the wide frame a defect
+    half_defect_unet(0, tmp_path / "wide.png", path, resize="pad")
+    assert main(["predict", "--model", str(path), str(tmp_path / "wide.png"),
+                 str(tmp_path / "tall.png"), "--out", str(tmp_path / "out"),
+                 "--probabilities", "--device", "cpu"]) == 0
+    written = {name: (tmp_path / "out" / f"{name}_mask.png").read_bytes() for name in rgbs}
+    masks = {name: np.asarray(Image.open(io.BytesIO(b))) // 255 for name, b in written.items()}
+    assert all(0 < m.mean() < 1 for m in masks.values())
+    served = SegmentationModel()
+    served.load_context(SimpleNamespace(artifacts={"checkpoint": str(path)}))
+
+    tensor = served.predict(None, rgbs["wide"][None].astype(np.int64))  # as JSON arrives
+    assert tensor.shape == (1, 40, 90) and np.array_equal(tensor[0], masks["wide"])
+    both = [encoded["wide"], encoded["tall"]]
+    for form in ({"image": both}, {"image": np.array(both)}, pd.DataFrame({"image": both}),
+                 np.array(both), both, {"image": [f"data:image/png;base64,{both[0]}",
+                                                  both[1]]}):
+        answer = served.predict(None, form)
+        assert isinstance(answer, list) and len(answer) == 2  # two sizes: a list
+        assert np.array_equal(answer[0], masks["wide"]) and np.array_equal(answer[1],
+                                                                           masks["tall"])
+    pngs = served.predict(None, {"image": both}, params={"encoding": "png"})
+    assert [base64.b64decode(p) for p in pngs] == [written["wide"], written["tall"]]
+    probs = served.predict(None, {"image": both[:1]},
+                           params={"output": "probabilities", "encoding": "png"})
+    assert base64.b64decode(probs[0]) == (tmp_path / "out" / "wide_prob.png").read_bytes()
+    jpeg = io.BytesIO()
+    Image.fromarray(rgbs["tall"]).save(jpeg, format="JPEG")
+    assert served.predict(None, {"image": [base64.b64encode(jpeg.getvalue()).decode()]}
+                          ).shape == (1, 70, 30)
+
+    too_large = io.BytesIO()
+    Image.new("L", (4, MAX_FRAME_SIDE + 1)).save(too_large, format="PNG")
+    for bad, needle in (
+            ({"image": [base64.b64encode(b"GIF? no").decode()]}, "not a readable image"),
+            ({"image": ["not base64 !"]}, "not base64"),
+            ({"image": []}, "no frames"), ([], "no frames"),
+            ({"image": [base64.b64encode(too_large.getvalue()).decode()]},
+             f"4x{MAX_FRAME_SIDE + 1} px, larger than the limit"),
+            (np.zeros((1, MAX_FRAME_SIDE + 1, 2, 3), np.uint8), "larger than the limit"),
+            (np.full((1, 4, 4, 3), 256), "integers 0-255"),
+            (np.zeros((1, 4, 4, 3), np.float32), "integers 0-255"),
+            (np.zeros((4, 4, 3), np.uint8), "(N, H, W, 3)"),
+            ({"pixels": [1]}, "'image'")):
+        with pytest.raises(MlflowException, match=re.escape(needle)) as caught:
+            served.predict(None, bad)
+        assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+    with pytest.raises(MlflowException, match="params.encoding must be one of array, png"):
+        served.predict(None, {"image": both}, params={"encoding": "jpeg"})
