@@ -20,7 +20,7 @@ process by calling the functions the pyfunc calls** (not inside the server): dec
 ``frames.network_input`` (resize to the input size), predict = the network's forward pass
 on it (with the logits -> mask threshold), post-process = ``frames.to_frame_size`` (the
 mask back at 2000x1500, nearest), encode = ``pyfunc.answer`` (PNG + base64); each a median
-of ``--repeats``, on the threads torch picks (2 on the 2-core machine). The rest of the
+of ``--stage-repeats`` calls, on the threads torch picks (2 on the 2-core machine). The rest of the
 server's time is HTTP and MLflow's JSON parsing and answer writing.
 """
 
@@ -176,11 +176,11 @@ def measure(arch: str, work: Path, bodies: dict[str, bytes], args: argparse.Name
         _, array_answer = post(invocations, bodies["jpeg_array"])
     finally:
         stop(proc)
-    stages = shares(checkpoint, json.loads(bodies["jpeg"]), args.repeats)
+    stages = shares(checkpoint, json.loads(bodies["jpeg"]), args.stage_repeats)
     return {"arch": arch, "jpeg_s": statistics.median(t for t, _ in jpeg),
             "tensor_s": statistics.median(t for t, _ in tensor),
             "png_answer_bytes": jpeg[0][1], "array_answer_bytes": array_answer,
-            "stages_s": stages}
+            "stages_s": stages, "stages_sum_s": sum(stages.values())}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tensor-repeats", type=int, default=3)
+    parser.add_argument("--stage-repeats", type=int, default=20,
+                        help="calls per stage for the in-process shares (median)")
     parser.add_argument("--out", type=Path, help="also write the numbers as JSON here (rows "
                         "of other networks already in the file are kept: run the networks "
                         "in several shorter jobs)")
@@ -234,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
             "frame": f"{FRAME[1]}x{FRAME[0]} JPEG quality 90", "jpeg_bytes": len(jpeg),
             "request_bytes": {k: len(v) for k, v in bodies.items()},
             "repeats": args.repeats, "tensor_repeats": args.tensor_repeats,
+            "stage_repeats": args.stage_repeats,
             "rows": rows}, indent=1) + "\n")
 
 
