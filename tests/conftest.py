@@ -48,7 +48,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # The fast loop (`make test-fast`, -m "not slow") stays under 3 minutes on 2 cores only while
 # every long test carries the `slow` mark: a test whose setup or call takes longer than this
 # without it fails, naming the mark. MR2UNET_FAST_LIMIT_S overrides it (0 turns it off).
-FAST_LIMIT_S = 15.0
+FAST_LIMIT_S = 20.0
 
 
 @pytest.hookimpl(wrapper=True)

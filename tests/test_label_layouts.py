@@ -387,6 +387,7 @@ def _set_data(project: Path, **data: object) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params))
 
 
+@pytest.mark.slow
 def test_stages_read_yolo_coco_and_labelme_from_archives_and_directories(
         neu: tuple, tmp_path: Path) -> None:
     images, masks = neu
