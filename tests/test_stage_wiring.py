@@ -5,7 +5,8 @@ them, and what they leave in MLflow is read back.
 
 Who gets an alias: a network that learned (a tiny U-Net trained in this process on red
 squares, which a grey-level threshold cannot find) and one that cannot learn (a real
-MR2U-Net whose head outputs "no defect" everywhere). Only the first becomes `champion`;
+MR2U-Net whose head outputs "defect everywhere": not collapsed, so only its verdict keeps
+it from an alias). Only the first becomes `champion`;
 the second loses the `challenger` alias a previous run gave it, on its own registered model
 and on `mr2unet-best`; each run and version carries its `verdict` tag. Then a run where
 neither learned removes every alias from every registered model.
@@ -140,8 +141,8 @@ def test_only_a_learned_network_gets_an_alias_and_none_learned_removes_them(
     experiment = client.create_experiment("mr2unet", str(project / "mlruns"))
 
     runs = place_models(project, client, uri, experiment,
-                        {"unet": trained_unet(train), "mr2unet": constant_model("mr2unet",
-                                                                                False)})
+                        {"unet": trained_unet(train),
+                         "mr2unet": constant_model("mr2unet", True)})
     # The previous run's aliases: MR2U-Net was the challenger, on its model and on -best.
     from mr2unet.tracking.registry import set_aliases
 
