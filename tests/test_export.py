@@ -113,6 +113,20 @@ def test_the_file_says_how_to_feed_it(exported: dict) -> None:
     assert np.abs(probs - run_onnx(session, images)[1]).max() == 0
 
 
+def test_a_pad_model_says_it_pads(exported: dict, tmp_path: Path) -> None:
+    """A model trained on padded squares (prepare.resize: pad) says so in its ONNX file;
+    a squashed one says it squashes (the caller's pre-processing differs)."""
+    squash = read_metadata(exported["unet"]["result"].path)
+    assert squash["input.resize_mode"] == "squash" and "no padding" in squash["input.resize"]
+    checkpoint = tmp_path / "pad.pt"
+    save_model(checkpoint, exported["unet"]["model"], "unet", {"base_width": WIDTH}, SIZE,
+               resize="pad")
+    meta = read_metadata(export_checkpoint(checkpoint, tmp_path / "pad.onnx").path)
+    assert meta["input.resize_mode"] == "pad"
+    assert "keeping the aspect ratio" in meta["input.resize"]
+    assert "no padding" not in meta["input.resize"]
+
+
 def test_the_dynamo_exporter_gives_the_same_logits(tmp_path: Path) -> None:
     pytest.importorskip("onnxscript")
     model = briefly_trained("unet", size=32, steps=2)

@@ -108,11 +108,24 @@ def checkpoint_file(model_ref: str, tracking_uri: str | None = None) -> Iterator
         yield find_checkpoint(Path(model_ref))
 
 
+# How a caller makes a frame the network's S x S input, per ``prepare.resize`` (the model
+# file's ``resize``; mr2unet.models.frames does the same for predict and the pyfunc).
+_RESIZE_TEXT = {
+    "squash": "resize the whole image to {s}x{s} (bilinear, antialiased as PIL with "
+              "reducing_gap=3); no crop, no padding",
+    "pad": "scale the long side to {s} keeping the aspect ratio (short side rounded, at least "
+           "1 px; bilinear, antialiased as PIL with reducing_gap=3), then centre it on a "
+           "{s}x{s} square with its edge pixels replicated (the odd pixel of padding right / "
+           "below); crop the padding off the mask before resizing it to the image size",
+}
+
+
 def contract(arch: str, image_size: int, opset: int, exporter: str, source: str = "",
              checkpoint_sha256: str = "", threshold: float = DEFAULT_THRESHOLD,
-             threshold_rule: str = "") -> dict[str, str]:
+             threshold_rule: str = "", resize: str = "squash") -> dict[str, str]:
     """The ``metadata_props`` written into the file: what a caller needs to feed it
-    (``threshold``: the model's mask threshold, ``threshold_rule`` how it was chosen)."""
+    (``threshold``: the model's mask threshold, ``threshold_rule`` how it was chosen,
+    ``resize`` how ``prepare`` made its images square: ``squash`` or ``pad``)."""
     import mr2unet
 
     s = image_size
@@ -129,8 +142,8 @@ def contract(arch: str, image_size: int, opset: int, exporter: str, source: str 
         "input.std": "1,1,1",
         "input.normalisation": "value = uint8 pixel / 255.0; no mean subtraction, no std "
                                "division",
-        "input.resize": f"resize the whole image to {s}x{s} (bilinear, antialiased as PIL "
-                        "with reducing_gap=3); no crop, no padding",
+        "input.resize": _RESIZE_TEXT[resize].format(s=s),
+        "input.resize_mode": resize,
         "output.logits": f"float32 [{BATCH_AXIS}, 2, {s}, {s}]: class 0 good, class 1 defect",
         "output.defect_probability": f"float32 [{BATCH_AXIS}, {s}, {s}]: softmax(logits)[:, 1]",
         "mask.rule": "defect where defect_probability > threshold (mask.default_threshold, "
@@ -152,7 +165,7 @@ def contract(arch: str, image_size: int, opset: int, exporter: str, source: str 
 def export_onnx(model: nn.Module, arch: str, image_size: int, out: str | Path,
                 exporter: str = "torchscript", opset: int | None = None, source: str = "",
                 checkpoint_sha256: str = "", threshold: float = DEFAULT_THRESHOLD,
-                threshold_rule: str = "") -> ExportResult:
+                threshold_rule: str = "", resize: str = "squash") -> ExportResult:
     """Write ``model`` (eval mode, CPU) as ONNX to ``out`` with the metadata of :func:`contract`."""
     import onnx
 
@@ -181,7 +194,7 @@ def export_onnx(model: nn.Module, arch: str, image_size: int, out: str | Path,
     proto = onnx.load(str(tmp))
     opset_written = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     meta = contract(arch, image_size, opset_written, exporter, source, checkpoint_sha256,
-                    threshold, threshold_rule)
+                    threshold, threshold_rule, resize)
     del proto.metadata_props[:]
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
@@ -226,13 +239,19 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, exporter: str = "
                       opset: int | None = None, source: str = "") -> ExportResult:
     """Export the network stored in ``checkpoint`` (a ``.pt`` written by training)."""
     from mr2unet.config.provenance import file_sha256
-    from mr2unet.models.checkpoint import load_model, stored_threshold, threshold_record
+    from mr2unet.models.checkpoint import (
+        load_model,
+        resize_mode,
+        stored_threshold,
+        threshold_record,
+    )
 
     model, payload = load_model(checkpoint)
     chosen = threshold_record(payload) or {}
     return export_onnx(model, payload["arch"], int(payload["image_size"]), out, exporter, opset,
                        source or str(checkpoint), file_sha256(checkpoint),
-                       stored_threshold(payload), str(chosen.get("rule", "")))
+                       stored_threshold(payload), str(chosen.get("rule", "")),
+                       resize_mode(payload))
 
 
 # ------------------------------------------------------------------------- checks
