@@ -5,6 +5,7 @@ networks, and a throw-away copy of the project. Test modules import them with
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -84,6 +86,19 @@ def briefly_trained(arch: str, size: int = 64, steps: int = 12, width: int = 8) 
         z = model.eval()(x)
         model.head.bias[1] -= (z[:, 1] - z[:, 0]).median()
     return model
+
+
+def stage_module(name: str, monkeypatch: Any) -> ModuleType:
+    """``pipeline/<name>.py`` imported as a module (to call a stage's own functions):
+    pipeline/ on the path for its ``_common`` import, and the module registered (its
+    dataclasses look it up), both undone by ``monkeypatch`` after the test."""
+    monkeypatch.syspath_prepend(str(REPO / "pipeline"))
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "pipeline" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def git(repo: Path, *args: str) -> str:
