@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mr2unet.data.prepare import PrepareConfig, prepare
+from mr2unet.data.prepare import PrepareConfig, crop_padding, prepare, resize_image
 from mr2unet.data.prepared import load_split
 from mr2unet.errors import UserError
 from mr2unet.evaluation.evaluate import evaluate
@@ -178,7 +178,9 @@ def test_a_thin_line_that_resizing_loses_is_found_by_tiles(tmp_path: Path) -> No
             256 // test.images.shape[2], 2).astype(bool)
         truth = _full_masks(raw, test.sources)
         scores[mode] = (pred & truth).sum() / (pred | truth).sum()
-    assert scores["tiles"] > 0.3, scores
+    # docs/data.md reports 0.82 (0.81 on a 2-core AMD EPYC, 2026-12-07); the margin of 0.10
+    # covers the CPU-to-CPU spread of a 25-epoch run (docs/training.md: 0.03-0.05 IOU)
+    assert scores["tiles"] > 0.82 - 0.10, scores
     assert scores["tiles"] > scores["resize"] + 0.15, scores
 
 
@@ -192,10 +194,13 @@ def test_predict_tiles_a_whole_image_at_its_own_size(tmp_path: Path,
 
     torch.manual_seed(0)
     model = build_model("unet", base_width=2).eval()
+    rgb = np.random.default_rng(0).integers(0, 255, (50, 77, 3)).astype(np.uint8)
+    with torch.no_grad():  # centre the untrained head (all defect) so the mask has both
+        z = tiled_logits(model, to_input(torch.from_numpy(rgb)[None]), 32, 16)
+        model.head.bias[1] -= (z[0, 1] - z[0, 0]).median()
     tiling = Tiling(32, 16, source_size)
     save_model(tmp_path / "m.pt", model, "unet", {"base_width": 2}, 32,
                meta={"tiling": tiling.as_dict()})
-    rgb = np.random.default_rng(0).integers(0, 255, (50, 77, 3)).astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "part.png")
     loaded = load_predictor(str(tmp_path / "m.pt"))
     assert loaded.tiling == tiling
@@ -212,8 +217,48 @@ def test_predict_tiles_a_whole_image_at_its_own_size(tmp_path: Path,
     served.load_context(SimpleNamespace(artifacts={"checkpoint": str(tmp_path / "m.pt")}))
     assert np.array_equal(served.predict(None, rgb[None])[0] * 255, mask)
     assert signature().inputs is None  # any size, tensors or encoded images (issue #35)
-    if source_size is None:  # native: the windows see the image itself
-        with torch.no_grad():
-            logits = tiled_logits(model, to_input(torch.from_numpy(rgb)[None]), 32, 16)
-        expected = (logits[0, 1] > logits[0, 0]).numpy().astype(np.uint8) * 255
-        assert np.array_equal(mask, expected)
+    # computed here, not by whole_image_logits (which predict and the pyfunc both call):
+    # native, the windows see the image itself; with a source size, they see the image as
+    # prepare stores it (long side 48, aspect kept), and the logits are resized back
+    scaled = rgb
+    if source_size is not None:
+        scaled = crop_padding(resize_image(Image.fromarray(rgb), source_size, "pad"), 77, 50,
+                              "pad")
+        assert scaled.shape == (31, 48, 3)
+    with torch.no_grad():
+        logits = tiled_logits(model, to_input(torch.from_numpy(np.ascontiguousarray(scaled))[
+            None]), 32, 16)
+    logits = nn.functional.interpolate(logits, size=(50, 77), mode="bilinear",
+                                       align_corners=False)
+    expected = (logits[0, 1] > logits[0, 0]).numpy().astype(np.uint8) * 255
+    assert 0 < expected.mean() < 255  # both classes: the comparison means something
+    assert np.array_equal(mask, expected)
+
+
+@pytest.mark.parametrize(("stride", "starts"), [(None, [0, 16, 32, 48, 64]),
+                                                 (24, [0, 24, 48, 64])])
+def test_tile_stride_sets_where_the_windows_of_a_whole_image_lie(
+        monkeypatch: pytest.MonkeyPatch, stride: int | None, starts: list[int]) -> None:
+    """prepare.tile_stride reaches the windows: the train stage's tiling record (what the
+    model file stores), read back, slides 32 px windows over a 96 px image every
+    tile_stride px (unset: half a window), plus one flush with the edge."""
+    from helpers import REPO, stage_module
+
+    from mr2unet.config.params import load_params
+    from mr2unet.models.tiling import WINDOWS, whole_image_logits
+
+    prepare_params = {**load_params(REPO / "params.yaml")["prepare"], "mode": "tiles",
+                      "image_size": 32, "tile_stride": stride, "tile_predict": WINDOWS}
+    record = stage_module("train", monkeypatch).tiling_meta(prepare_params)["tiling"]
+    seen: list[tuple[int, int]] = []
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        """Notes each window's top-left pixel, which holds its own row and column."""
+        corner = (batch[:, :2, 0, 0] * 255).round().int().tolist()
+        seen.extend((row, col) for row, col in corner)
+        return torch.zeros(len(batch), 2, *batch.shape[-2:])
+
+    rows, cols = np.meshgrid(np.arange(96), np.arange(96), indexing="ij")
+    rgb = np.stack([rows, cols, np.zeros_like(rows)], axis=-1).astype(np.uint8)
+    whole_image_logits(forward, rgb, Tiling.from_dict(record))
+    assert seen == [(top, left) for top in starts for left in starts]
