@@ -183,6 +183,20 @@ def test_visa_layout(tmp_path: Path) -> None:
         layouts.choose_categories(root, layout, ["wood"])
 
 
+def test_visa_images_and_masks_that_do_not_pair_are_one_error(tmp_path: Path) -> None:
+    root = write_visa_set(tmp_path / "visa")
+    masks = root / "pcb1" / "Data" / "Masks" / "Anomaly"
+    (masks / "001.png").unlink()                                # an image without its mask
+    _save(_mask(BOXES[0], 1), masks / "stray.png")              # a mask without its image
+    with pytest.raises(UserError) as err:
+        layouts.scan(root, DataLayout("visa"), ["candle", "pcb1"])
+    message = str(err.value)
+    assert "2 problem(s)" in message and "(7 defective image(s) paired)" in message
+    assert "image pcb1/Data/Images/Anomaly/001.JPG has no mask" in message
+    assert "mask pcb1/Data/Masks/Anomaly/stray.png has no image" in message
+    assert "needs a mask of the same stem" in message  # what to do
+
+
 def _digest(folder: Path) -> str:
     return hashlib.sha256(b"".join((folder / n).read_bytes() for n in
                                    ("train.npz", "test.npz", "manifest.csv"))).hexdigest()
