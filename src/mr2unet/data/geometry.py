@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 MIN_WIDTH_PX = 2.0  # auto: tiles when the median defect is narrower at image_size
 MIN_AREA_PIXELS = 16.0  # auto: tiles when the median defect covers fewer pixels at image_size
@@ -53,6 +52,10 @@ def defect_region_widths(mask: np.ndarray) -> np.ndarray:
     # the defects' bounding box, padded by one background pixel: a defect touching the
     # border is measured as if the image went on empty (and the transform is cheaper)
     box = np.pad(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], 1)
+    # Imported here: prepare imports this module, and `mr2unet predict` and the served
+    # model import prepare's resizing without measuring anything (test_pictures checks it).
+    from scipy import ndimage
+
     labels, count = ndimage.label(box, structure=_EIGHT)
     distance = ndimage.distance_transform_edt(box)
     peaks = np.zeros(count + 1)

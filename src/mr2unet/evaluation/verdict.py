@@ -47,7 +47,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.metrics.segmentation import IGNORE_LABEL, confusion_counts, mean_scores
@@ -235,6 +234,10 @@ def exact_interval(count: int, total: int, confidence: float = CONFIDENCE
     (``scipy.stats.binomtest``); None without any trial."""
     if total == 0:
         return None
+    # Imported here: scipy.stats costs about 1.8 s, and `mr2unet predict` and the served
+    # model import this module without ever judging a network (test_pictures checks it).
+    from scipy.stats import binomtest
+
     ci = binomtest(count, total).proportion_ci(confidence_level=confidence, method="exact")
     return float(ci.low), float(ci.high)
 
