@@ -141,5 +141,8 @@ def test_on_thin_lines_the_whole_pass_scores_as_the_windows(tmp_path: Path) -> N
                         tiling=Tiling(64, 32, None, way)).predictions.astype(bool)
         truth = test.masks == 1
         iou[way] = (pred & truth).sum() / (pred | truth).sum()
-    assert iou[WINDOWS] > 0.3, iou  # the lines are found at all
+    # performance.md reports 0.807 (windows) and 0.797 (whole) for this set-up: the
+    # bound of test_tiles on the same lines (0.72, the docs' 0.82 less 0.10 for the
+    # spread between CPUs)
+    assert iou[WINDOWS] > 0.72, iou
     assert iou[WHOLE] >= iou[WINDOWS] - 0.01, iou
