@@ -225,3 +225,17 @@ def stale_stages(project: Path) -> set[str]:
     """The stages `dvc status` reports as changed."""
     out = run([DVC, "status", "--json"], project).stdout
     return set(json.loads(out or "{}"))
+
+
+def register_version(client: Any, uri: str, arch: str, checkpoint: Path, experiment: str
+              ) -> dict[str, Any]:
+    """A version of mr2unet-<arch> whose artifacts hold ``checkpoint``, and its run info."""
+    run = client.create_run(experiment)
+    client.log_artifact(run.info.run_id, str(checkpoint), "model")
+    name = f"mr2unet-{arch}"
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name)
+    version = client.create_model_version(name, f"{run.info.artifact_uri}/model",
+                                          run_id=run.info.run_id)
+    return {"tracking": True, "tracking_uri": uri, "run_id": run.info.run_id,
+            "registered_model": name, "model_version": str(version.version)}

@@ -13,7 +13,16 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from helpers import AREAS, REPO, SIZE, constant_model, fake_project, fake_split, stage_params
+from helpers import (
+    AREAS,
+    REPO,
+    SIZE,
+    constant_model,
+    fake_project,
+    fake_split,
+    register_version,
+    stage_params,
+)
 from PIL import Image
 
 from mr2unet.errors import UserError
@@ -235,20 +244,6 @@ def test_rank_models_breaks_ties_by_name() -> None:
         "mr2unet", "resunet", "unet"]
 
 
-def _register(client: Any, uri: str, arch: str, checkpoint: Path, experiment: str
-              ) -> dict[str, Any]:
-    """A version of mr2unet-<arch> whose artifacts hold ``checkpoint``, and its run info."""
-    run = client.create_run(experiment)
-    client.log_artifact(run.info.run_id, str(checkpoint), "model")
-    name = f"mr2unet-{arch}"
-    if not client.search_registered_models(f"name = '{name}'"):
-        client.create_registered_model(name)
-    version = client.create_model_version(name, f"{run.info.artifact_uri}/model",
-                                          run_id=run.info.run_id)
-    return {"tracking": True, "tracking_uri": uri, "run_id": run.info.run_id,
-            "registered_model": name, "model_version": str(version.version)}
-
-
 def local_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str, str]:
     """(client, URI, experiment id) of a throw-away SQLite store, the cwd moved there."""
     mlflow = pytest.importorskip("mlflow")
@@ -265,7 +260,7 @@ def test_champion_and_challenger_aliases(tmp_path: Path, monkeypatch: pytest.Mon
     for arch, size in (("unet", 32), ("resunet", 48), ("mr2unet", 64)):
         path = tmp_path / arch / f"{arch}.pt"  # told apart by image size
         save_model(path, build_model(arch, base_width=4), arch, {"base_width": 4}, size)
-        runs[arch] = _register(client, uri, arch, path, experiment)
+        runs[arch] = register_version(client, uri, arch, path, experiment)
 
     assignments = set_aliases(runs, {"unet": 0.4, "resunet": 0.6, "mr2unet": 0.5}, "mr2unet-")
     assert {a.uri: (a.arch, a.version) for a in assignments} == {
@@ -281,7 +276,7 @@ def test_champion_and_challenger_aliases(tmp_path: Path, monkeypatch: pytest.Mon
     # Rerunning changes nothing; a new unet version that wins takes both aliases over.
     set_aliases(runs, {"unet": 0.4, "resunet": 0.6, "mr2unet": 0.5}, "mr2unet-")
     assert len(client.search_model_versions("name = 'mr2unet-best'")) == 2
-    runs["unet"] = _register(client, uri, "unet", tmp_path / "unet" / "unet.pt", experiment)
+    runs["unet"] = register_version(client, uri, "unet", tmp_path / "unet" / "unet.pt", experiment)
     set_aliases(runs, {"unet": 0.9, "resunet": 0.6, "mr2unet": 0.5}, "mr2unet-")
     assert client.get_registered_model("mr2unet-unet").aliases == {"champion": 2}
     assert client.get_registered_model("mr2unet-resunet").aliases == {"challenger": 1}
@@ -355,7 +350,7 @@ def test_a_collapsed_network_gets_no_alias(collapsed_project: tuple[Path, dict[s
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(uri, uri)
     experiment = client.create_experiment("t", str(tmp_path / "artifacts"))
-    runs = {arch: _register(client, uri, arch, collapsed_project / f"data/models/{arch}.pt",
+    runs = {arch: register_version(client, uri, arch, collapsed_project / f"data/models/{arch}.pt",
                             experiment) for arch in ("unet", "mr2unet")}
     inputs = load_report(params, collapsed_project)
     assignments = set_aliases(runs, rankable_iou(inputs), "mr2unet-")
@@ -443,7 +438,7 @@ def test_aliases_are_removed_when_no_network_learned(tmp_path: Path,
     for arch in ("unet", "mr2unet"):
         path = tmp_path / arch / f"{arch}.pt"
         save_model(path, build_model(arch, base_width=4), arch, {"base_width": 4}, 32)
-        runs[arch] = _register(client, uri, arch, path, experiment)
+        runs[arch] = register_version(client, uri, arch, path, experiment)
     set_aliases(runs, {"unet": 0.6, "mr2unet": 0.5}, "mr2unet-")  # last run's aliases
     assert client.get_registered_model("mr2unet-best").aliases
     assert set_aliases(runs, {}, "mr2unet-") == []  # this run: none learned

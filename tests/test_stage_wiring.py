@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import ENV, constant_model, project_copy
+from helpers import ENV, constant_model, project_copy, register_version
 from torch import nn
 
 from mr2unet.data.prepared import PreparedSplit
@@ -74,22 +74,6 @@ def trained_unet(train: PreparedSplit, steps: int = 150) -> nn.Module:
     return model.eval()
 
 
-def register(client: Any, uri: str, experiment: str, arch: str, checkpoint: Path
-             ) -> dict[str, Any]:
-    """A run holding ``checkpoint`` and a new version of mr2unet-<arch>: the run info the
-    train stage writes to data/models/<arch>.run.json."""
-    run = client.create_run(experiment)
-    client.log_artifact(run.info.run_id, str(checkpoint), "model")
-    client.set_terminated(run.info.run_id)
-    name = f"mr2unet-{arch}"
-    if not client.search_registered_models(f"name = '{name}'"):
-        client.create_registered_model(name)
-    version = client.create_model_version(name, f"{run.info.artifact_uri}/model",
-                                          run_id=run.info.run_id)
-    return {"tracking": True, "tracking_uri": uri, "run_id": run.info.run_id,
-            "registered_model": name, "model_version": str(version.version)}
-
-
 def stage(project: Path, *args: str) -> str:
     result = subprocess.run([sys.executable, *args], cwd=project, env=ENV,
                             capture_output=True, text=True, timeout=600)
@@ -108,7 +92,8 @@ def place_models(project: Path, client: Any, uri: str, experiment: str,
         files.history.parent.mkdir(parents=True, exist_ok=True)
         files.history.write_text("epoch,loss,train_iou,train_dice,lr,seconds\n" + "".join(
             f"{e},{1 / e:.4f},{e / 10:.4f},{e / 8:.4f},0.001,1.0\n" for e in (1, 2, 3)))
-        runs[arch] = register(client, uri, experiment, arch, files.checkpoint)
+        runs[arch] = register_version(client, uri, arch, files.checkpoint, experiment)
+        client.set_terminated(runs[arch]["run_id"])  # as the train stage leaves it
         files.run_info.write_text(json.dumps(runs[arch]))
     return runs
 
