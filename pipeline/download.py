@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from _common import run_stage_cli
 
-from mr2unet.config.workspace import project_path
+from mr2unet.config.workspace import RAW, project_path
 from mr2unet.data import layouts
 from mr2unet.data.download import download, verify
 from mr2unet.data.extract import KEEP_FILES, extract
@@ -31,7 +31,6 @@ from mr2unet.data.layouts import DataLayout
 from mr2unet.data.synthetic import generate
 from mr2unet.errors import UserError
 
-RAW = Path("data/raw")
 DEFAULT_NAME = "mvtec_anomaly_detection.tar.xz"
 
 

@@ -20,13 +20,9 @@ from typing import Any
 from _common import run_model_stage
 
 from mr2unet.config.provenance import read_run_info
-from mr2unet.evaluation.evaluate import (
-    ModelFiles,
-    flat_metrics,
-    read_verdict,
-    run_evaluation,
-    verdict_tags,
-)
+from mr2unet.config.workspace import ModelFiles
+from mr2unet.evaluation.evaluate import read_verdict, run_evaluation, verdict_tags
+from mr2unet.evaluation.summaries import flat_metrics
 
 log = logging.getLogger("evaluate")
 

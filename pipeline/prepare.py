@@ -6,16 +6,13 @@ Usage: python pipeline/prepare.py [--params params.yaml]   (from the repository 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from _common import run_stage_cli
 
+from mr2unet.config.workspace import PREPARED, RAW
 from mr2unet.data.layouts import DataLayout
 from mr2unet.data.prepare import PrepareConfig, prepare
-
-RAW = Path("data/raw")
-PREPARED = Path("data/prepared")
 
 
 def main(params: dict[str, Any]) -> None:
@@ -32,7 +29,7 @@ def main(params: dict[str, Any]) -> None:
         tile_source_size=params["prepare"]["tile_source_size"],
     )
     data = params["data"]
-    summary = prepare(RAW, PREPARED, cfg, categories=data["categories"] or None,
+    summary = prepare(RAW, PREPARED.folder, cfg, categories=data["categories"] or None,
                       check=data["check_counts"] and data["source"] != "synthetic",
                       layout=DataLayout.from_params(data))
     good = summary.get("good_images")
@@ -42,7 +39,7 @@ def main(params: dict[str, Any]) -> None:
           + (f"; prepare.mode auto -> {summary['mode']}" if "auto" in summary else "") + "), "
           + (f"of them good: {good['train']} train / {good['test']} test"
              + (f" / {good['val']} val" if "val" in good else "") + ", " if good else "") +
-          f"{sum(summary['bytes'].values()) / 1e6:.1f} MB in {PREPARED}/")
+          f"{sum(summary['bytes'].values()) / 1e6:.1f} MB in {PREPARED.folder}/")
 
 
 if __name__ == "__main__":

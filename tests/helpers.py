@@ -23,10 +23,10 @@ from torch import nn
 
 from mr2unet.config import profiles
 from mr2unet.config.params import load_params
+from mr2unet.config.workspace import PREPARED, ModelFiles
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.data.transforms import to_input
 from mr2unet.deploy.export import random_images
-from mr2unet.evaluation.evaluate import TEST_SPLIT, ModelFiles
 from mr2unet.models import build_model
 from mr2unet.models.checkpoint import save_model
 from mr2unet.training.loop import TrainConfig
@@ -169,7 +169,7 @@ def stage_params(models: list[str]) -> dict[str, Any]:
 
 def fake_project(root: Path, models: dict[str, nn.Module]) -> Path:
     """The files `evaluate` and `report` read: test split, checkpoints, histories."""
-    fake_split().save(root / TEST_SPLIT)
+    fake_split().save(root / PREPARED.test)
     fake_split().save(root / "data/prepared/train.npz")  # the verdict's intensity baseline
     for arch, model in models.items():
         files = ModelFiles(arch, root)

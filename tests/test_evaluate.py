@@ -23,21 +23,14 @@ from helpers import (
 )
 from torch import nn
 
+from mr2unet.config.workspace import ModelFiles
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.errors import UserError
 from mr2unet.evaluation.cost import count_parameters, forward_flops, measure_latency, model_cost
-from mr2unet.evaluation.evaluate import (
-    ModelFiles,
-    dequantise,
-    evaluate,
-    flat_metrics,
-    predict_maps,
-    predict_masks,
-    quantise,
-    read_probabilities,
-    run_evaluation,
-    summarise,
-)
+from mr2unet.evaluation.evaluate import run_evaluation
+from mr2unet.evaluation.inference import evaluate, predict_maps, predict_masks
+from mr2unet.evaluation.probabilities import dequantise, quantise, read_probabilities
+from mr2unet.evaluation.summaries import flat_metrics, summarise
 from mr2unet.metrics.segmentation import IGNORE_LABEL
 from mr2unet.models import build_model
 from mr2unet.models.checkpoint import save_model
@@ -200,7 +193,7 @@ def test_stage_outputs_exact_scores_and_stable_files(tmp_path: Path) -> None:
         np.mean([primary["per_category"][c]["iou"] for c in AREAS]), abs=1e-6)
     assert list(primary["mean"]) == ["iou", "dice", "pixel_auroc", "pixel_ap", "aupro"]
 
-    pooled = json.loads(files.pooled.read_text())
+    pooled = json.loads(files.evaluation.read_text())
     assert pooled["per_category"]["weave"]["iou"] == pytest.approx(137 / (3 * SIZE**2), abs=1e-6)
     assert pooled["per_category"]["bottle"]["images"] == 3
     table = pd.read_csv(files.per_image)
@@ -233,7 +226,7 @@ def test_stage_outputs_exact_scores_and_stable_files(tmp_path: Path) -> None:
         assert latency["per_image_ms"] == pytest.approx(latency["median_ms"] / batch, abs=1e-3)
     assert "train_seconds" not in timing  # the fake project's run.json has none
 
-    before = {p: p.read_bytes() for p in (files.metrics, files.pooled, files.per_image,
+    before = {p: p.read_bytes() for p in (files.metrics, files.evaluation, files.per_image,
                                           files.predictions, files.probabilities)}
     run_evaluation(params, "unet", tmp_path)
     assert all(p.read_bytes() == data for p, data in before.items())  # byte-stable
@@ -244,7 +237,7 @@ def test_stage_outputs_exact_scores_and_stable_files(tmp_path: Path) -> None:
     assert {k: empty["mean"][k] for k in ("iou", "dice")} == {"iou": 0.0, "dice": 0.0}
     timing = json.loads(ModelFiles("mr2unet", tmp_path).timing.read_text())
     assert timing["train_seconds"] == 12.5 and timing["train_device"] == "cpu"
-    empty_pooled = json.loads(ModelFiles("mr2unet", tmp_path).pooled.read_text())
+    empty_pooled = json.loads(ModelFiles("mr2unet", tmp_path).evaluation.read_text())
     assert empty_pooled["empty_predictions"] == 6
     assert empty_pooled["per_category"]["weave"]["empty_predictions"] == 3
 
@@ -298,13 +291,14 @@ def test_dvc_metrics_diff_shows_the_changed_category(tmp_path: Path) -> None:
     (tmp_path / "dvc.yaml").write_text(
         "stages:\n  evaluate:\n    cmd: 'true'\n    metrics:\n"
         "      - metrics/unet.json:\n          cache: false\n"
-        "    outs:\n      - metrics/pooled/unet.json:\n          cache: false\n")
+        "    outs:\n      - metrics/evaluation/unet.json:\n          cache: false\n")
     counts = np.array([[4, 0, 4], [1, 1, 0], [3, 0, 1]])
     cats = np.array(["bottle", "bottle", "grid"])
     for tp in (4, 6):  # the second commit finds more of the first bottle's defect
         counts[0] = [tp, 0, 8 - tp]
         primary, pooled = summarise(counts, cats)
-        for name, data in (("metrics/unet.json", primary), ("metrics/pooled/unet.json", pooled)):
+        for name, data in (("metrics/unet.json", primary),
+                           ("metrics/evaluation/unet.json", pooled)):
             (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / name).write_text(json.dumps(data, indent=2) + "\n")
         run("git", "add", "-A")

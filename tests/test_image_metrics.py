@@ -11,7 +11,8 @@ import torch
 
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.errors import UserError
-from mr2unet.evaluation.evaluate import good_images, image_level, summarise
+from mr2unet.evaluation.evaluate import good_images
+from mr2unet.evaluation.summaries import image_level, summarise
 from mr2unet.metrics.image import (
     defective,
     detection_counts,

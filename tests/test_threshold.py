@@ -17,7 +17,7 @@ from mr2unet.data.prepared import load_split
 from mr2unet.data.samples import Sample
 from mr2unet.errors import UserError
 from mr2unet.evaluation import threshold as thresholds
-from mr2unet.evaluation.evaluate import evaluate, predict_maps
+from mr2unet.evaluation.inference import evaluate, predict_maps
 from mr2unet.models.checkpoint import read_checkpoint, save_model, stored_threshold
 from mr2unet.models.inference import defect_mask
 
@@ -301,7 +301,8 @@ def test_repro_with_the_recipe_threshold_flags_fewer_good_parts_than_half(
     import yaml
     from helpers import DVC, TINY, project_copy, run
 
-    from mr2unet.evaluation.evaluate import good_images, part_decisions
+    from mr2unet.evaluation.evaluate import good_images
+    from mr2unet.evaluation.summaries import part_decisions
     from mr2unet.models.checkpoint import load_model
 
     recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "profiles/user-data.yaml")
@@ -314,7 +315,7 @@ def test_repro_with_the_recipe_threshold_flags_fewer_good_parts_than_half(
         "tracking": {"enabled": False}})
     out = run([DVC, "repro"], project, timeout=900)
     assert "auto=0.05" in out.stdout + out.stderr
-    pooled = json.loads((project / "metrics/pooled/unet.json").read_text())
+    pooled = json.loads((project / "metrics/evaluation/unet.json").read_text())
     chosen = pooled["threshold"]
     assert chosen["rule"] == "auto=0.05" and chosen["val_good_images"] >= 10
     assert chosen["resolved"] == "best_iou raised to max_false_alarm_rate=0.05", chosen

@@ -22,10 +22,11 @@ from PIL import Image
 from test_stage_wiring import stage
 
 from mr2unet.config.params import load_params
+from mr2unet.config.workspace import PREPARED, ModelFiles
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.data.transforms import to_input
 from mr2unet.deploy.export import random_images
-from mr2unet.evaluation.evaluate import TEST_SPLIT, ModelFiles, predict_maps
+from mr2unet.evaluation.inference import predict_maps
 from mr2unet.models.inference import defect_mask
 
 pytestmark = pytest.mark.slow
@@ -81,7 +82,7 @@ def test_the_threshold_train_chooses_is_used_by_every_consumer(
     assert expected.any(axis=(1, 2)).all()
     assert not np.array_equal(expected, defect_mask(logits, 0.5).numpy())
     test = split_of(test_images, expected)
-    test.save(project / TEST_SPLIT)
+    test.save(project / PREPARED.test)
     test.save(project / "data/prepared/train.npz")  # the verdict's intensity baseline
 
     files = ModelFiles("unet", project)  # as the train stage writes them
@@ -93,7 +94,7 @@ def test_the_threshold_train_chooses_is_used_by_every_consumer(
 
     # the evaluate stage: the pooled record and the scores at t
     stage(project, "pipeline/evaluate.py", "unet")
-    pooled = json.loads((project / "metrics/pooled/unet.json").read_text())
+    pooled = json.loads((project / "metrics/evaluation/unet.json").read_text())
     assert pooled["threshold"]["value"] == t
     scores = json.loads((project / "metrics/unet.json").read_text())["mean"]
     assert scores["iou"] == pytest.approx(1.0), scores

@@ -16,7 +16,7 @@ from mr2unet.config.params import MODEL_NAMES
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.data.transforms import to_input
 from mr2unet.evaluation.cost import image_latency
-from mr2unet.evaluation.evaluate import evaluate
+from mr2unet.evaluation.inference import evaluate
 from mr2unet.models import build_model
 from mr2unet.models.tiling import (
     WHOLE,

@@ -14,7 +14,7 @@ from torch import nn
 from mr2unet.data.prepare import PrepareConfig, crop_padding, prepare, resize_image
 from mr2unet.data.prepared import load_split
 from mr2unet.errors import UserError
-from mr2unet.evaluation.evaluate import evaluate
+from mr2unet.evaluation.inference import evaluate
 from mr2unet.metrics.segmentation import IGNORE_LABEL
 from mr2unet.models.tiling import Tiling, tiled_logits, window_starts
 from mr2unet.training.crops import crop_origins, crop_table, gather_crops

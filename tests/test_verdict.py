@@ -13,7 +13,8 @@ from sklearn.metrics import roc_auc_score
 
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.evaluation import verdict as v
-from mr2unet.evaluation.evaluate import evaluate, judge, summarise
+from mr2unet.evaluation.inference import evaluate
+from mr2unet.evaluation.summaries import judge, summarise
 from mr2unet.metrics.segmentation import IGNORE_LABEL
 from mr2unet.models import build_model
 from mr2unet.training.loop import train

@@ -70,6 +70,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from mr2unet.config.workspace import PreparedFiles
 from mr2unet.data import geometry, layouts
 from mr2unet.data.images import defect_pixels, mask_values, read_image, to_rgb
 from mr2unet.data.layouts import DataLayout
@@ -377,7 +378,7 @@ def _save_splits(out: Path, manifest: pd.DataFrame, prepared: list[PreparedImage
             categories=manifest["category"].to_numpy()[rows],
             defect_types=manifest["defect_type"].to_numpy()[rows],
             sources=manifest["image"].to_numpy()[rows],
-        ).save(out / f"{name}.npz")
+        ).save(PreparedFiles(out).split(name))
 
 
 def _summary(out: Path, cfg: PrepareConfig, manifest: pd.DataFrame,
@@ -414,7 +415,7 @@ def _summary(out: Path, cfg: PrepareConfig, manifest: pd.DataFrame,
         # the distinct values seen in the mask files: 0/255, 0/1, or a label map's classes
         "mask_values": sorted({v for p in prepared for v in p.mask_values}),
         "per_category": per_category,
-        "bytes": {name: (out / f"{name}.npz").stat().st_size for name in splits},
+        "bytes": {name: PreparedFiles(out).split(name).stat().st_size for name in splits},
     }
 
 
@@ -462,7 +463,7 @@ def prepare(raw: Path, out: Path, cfg: PrepareConfig, categories: list[str] | No
 
     out.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(samples, splits, prepared)
-    manifest.to_csv(out / "manifest.csv", index=False, lineterminator="\n")
+    manifest.to_csv(PreparedFiles(out).manifest, index=False, lineterminator="\n")
     _save_splits(out, manifest, prepared)
     summary = _summary(out, cfg, manifest, prepared, status)
     summary.update(layouts.label_summary(layout, samples))
@@ -471,7 +472,7 @@ def prepare(raw: Path, out: Path, cfg: PrepareConfig, categories: list[str] | No
                        crop_size=cfg.image_size)
     if decision is not None:
         summary.update(mode=decision.mode, auto=decision.as_dict())
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    PreparedFiles(out).summary.write_text(json.dumps(summary, indent=2) + "\n")
     log.info("prepared %d images (%d train / %d test%s) at %d px (%s); %d thin defects kept",
              summary["images"], summary["train"], summary["test"],
              f" / {summary[VAL]} val" if VAL in summary else "", cfg.image_size,

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from mr2unet.data.images import IMAGE_SUFFIXES, png_bytes, read_rgb
 from mr2unet.errors import UserError
-from mr2unet.evaluation.evaluate import quantise
+from mr2unet.evaluation.probabilities import quantise
 from mr2unet.models.frames import FrameMaps, LoadedModel, frame_maps, loaded_model
 from mr2unet.models.inference import check_threshold
 from mr2unet.reporting.pictures import overlay
@@ -177,7 +177,7 @@ def predict_images(model: LoadedModel, paths: Sequence[Path], out_dir: Path,
 
 def run(args: argparse.Namespace) -> int:
     """``mr2unet predict``: 0 when every image was written, 1 when any failed."""
-    from mr2unet.training.speed import resolve_device
+    from mr2unet.training.options import resolve_device
 
     inputs, out_dir = [Path(p) for p in args.inputs], Path(args.out)
     if not find_images(inputs, out_dir):
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
                         f"{', '.join(SUFFIXES)}).")
     try:
         device = resolve_device(args.device)
-    except (UserError, RuntimeError):  # train's message names train.device; an odd name
+    except (UserError, RuntimeError):  # its message names run.device; an odd name
         raise UserError(f"--device {args.device}: not a usable device here; use auto, cpu "
                         "or cuda (with a visible GPU).") from None
     model = load_predictor(args.model, device, args.tracking_uri)

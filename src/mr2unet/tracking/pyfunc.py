@@ -62,7 +62,7 @@ from mlflow.exceptions import MlflowException
 import mr2unet
 from mr2unet.data.images import ImageTooLarge, png_bytes, read_rgb
 from mr2unet.errors import UserError
-from mr2unet.evaluation.evaluate import quantise
+from mr2unet.evaluation.probabilities import quantise
 from mr2unet.models.checkpoint import (
     load_model,
     read_checkpoint,
