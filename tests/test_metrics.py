@@ -22,7 +22,7 @@ from mr2unet.metrics.segmentation import (
     scored_pixels,
     scores_from_counts,
 )
-from mr2unet.reporting.report import paper_table
+from mr2unet.reporting.inputs import paper_table
 
 SHARED_TABLE1 = Path(__file__).resolve().parents[1].parent / "shared" / "paper" / "table1.csv"
 

@@ -39,7 +39,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_repro_writes_every_output_and_leaves_nothing_to_do(built: Path) -> None:
     for name in ("metrics/unet.json", "metrics/mr2unet.json", "metrics/history/unet.csv",
                  "data/models/mr2unet.pt", "data/prepared/manifest.csv",
-                 "reports/report.html"):
+                 "reports/report.html", "data/promotion.json"):
         assert (built / name).is_file(), name
     status = run([DVC, "status", "--quiet"], built)
     assert status.stdout.strip() == ""
@@ -63,7 +63,8 @@ def test_a_train_value_reruns_train_evaluate_and_report_only(built: Path,
     set_param(project, "train.epochs", 2)
     assert stale_stages(project) == {"train@unet", "train@mr2unet"}
     ran = ran_stages(run([DVC, "repro"], project, timeout=900).stdout)
-    assert ran == {"train@unet", "train@mr2unet", "evaluate@unet", "evaluate@mr2unet", "report"}
+    assert ran == {"train@unet", "train@mr2unet", "evaluate@unet", "evaluate@mr2unet", "report",
+                   "promote"}
 
 
 def test_an_evaluate_value_reruns_evaluate_and_report_only(built: Path, tmp_path: Path) -> None:
@@ -71,7 +72,7 @@ def test_an_evaluate_value_reruns_evaluate_and_report_only(built: Path, tmp_path
     set_param(project, "evaluate.empty_score", 0.0)
     assert stale_stages(project) == {"evaluate@unet", "evaluate@mr2unet"}
     ran = ran_stages(run([DVC, "repro"], project, timeout=900).stdout)
-    assert ran == {"evaluate@unet", "evaluate@mr2unet", "report"}
+    assert ran == {"evaluate@unet", "evaluate@mr2unet", "report", "promote"}
 
 
 def test_editing_an_unapplied_profile_changes_nothing(built: Path, tmp_path: Path) -> None:
@@ -108,7 +109,7 @@ def test_parallel_repro_gives_the_sequential_results(built: Path, tmp_path: Path
     out = run([str(BIN / "mr2unet"), "repro", "--jobs", "2", "--force"], project,
               timeout=900).stdout
     assert ran_stages(out) == {"download", "prepare", "train@unet", "train@mr2unet",
-                               "evaluate@unet", "evaluate@mr2unet", "report"}
+                               "evaluate@unet", "evaluate@mr2unet", "report", "promote"}
     assert "[mr2unet] Running stage 'train@mr2unet'" in out  # the costliest network first
     assert "[unet] Running stage 'evaluate@unet'" in out
     results = [*project.glob("metrics/*.json"), *project.glob("metrics/pooled/*.json"),
@@ -130,7 +131,7 @@ def test_repro_together_gives_the_sequential_results(built: Path, tmp_path: Path
     assert "training unet, mr2unet together" in text or \
         "training mr2unet, unet together" in text
     assert ran_stages(text) == {"download", "prepare", "evaluate@unet", "evaluate@mr2unet",
-                                "report"}  # the training ran outside dvc repro
+                                "report", "promote"}  # the training ran outside dvc repro
     results = [*project.glob("metrics/*.json"), *project.glob("metrics/pooled/*.json"),
                *project.glob("metrics/history/*.csv")]
     assert len(results) >= 6

@@ -29,17 +29,12 @@ from mr2unet.errors import UserError
 from mr2unet.evaluation.evaluate import run_evaluation
 from mr2unet.models import build_model
 from mr2unet.models.checkpoint import save_model
+from mr2unet.reporting.figures import pick_samples
+from mr2unet.reporting.inputs import LABELS, load_report, paper_categories, paper_table
 from mr2unet.reporting.markup import Cell
-from mr2unet.reporting.report import (
-    cost_table,
-    load_report,
-    paper_categories,
-    paper_table,
-    pick_samples,
-    ranking_table,
-    table1,
-    write_report,
-)
+from mr2unet.reporting.report import write_report
+from mr2unet.reporting.tables import cost_table, detection_table, ranking_table, table1
+from mr2unet.reporting.verdicts import verdict_table
 from mr2unet.tracking.registry import download_checkpoint, rank_models, set_aliases
 
 
@@ -155,7 +150,7 @@ def test_html_is_self_contained(reported: Path) -> None:
     sources = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", page)
     assert sources and all(s.startswith("data:") for s in sources)
     assert "<b>0.6547</b>" in page  # the paper's better bottle IOU of the pair (MR2U-Net's)
-    assert "Tracking is off" in page
+    assert "No network may hold an alias." in page  # both constant: neither learned
     assert "abc123" in page  # training commit from the checkpoint's provenance
 
 
@@ -299,7 +294,9 @@ def collapsed_project(tmp_path_factory: pytest.TempPathFactory
     """U-Net predicts all defect; MR2U-Net finds image 1's defect exactly and nothing on the
     other 5: the better mean IOU (1/6 against ~0.04), but empty on 5 of 6 images."""
 
-    from mr2unet.evaluation.evaluate import Evaluation, ModelFiles, write_outputs
+    from mr2unet.config.workspace import ModelFiles
+    from mr2unet.evaluation.evaluate import write_outputs
+    from mr2unet.evaluation.inference import Evaluation
 
     root = fake_project(tmp_path_factory.mktemp("collapsed"),
                         {"unet": constant_model("unet", True),
@@ -317,19 +314,18 @@ def collapsed_project(tmp_path_factory: pytest.TempPathFactory
 
 def test_a_collapsed_network_is_reported_and_not_ranked(
         collapsed_project: tuple[Path, dict[str, Any]]) -> None:
-    from mr2unet.reporting.report import collapsed_models, rankable_iou
-
     collapsed_project, params = collapsed_project
 
-    pooled = json.loads((collapsed_project / "metrics/pooled/mr2unet.json").read_text())
+    pooled = json.loads((collapsed_project / "metrics/evaluation/mr2unet.json").read_text())
     assert (pooled["collapsed"], pooled["missed_images"], pooled["defective_images"]) == (
         True, 5, 6)
-    assert json.loads((collapsed_project / "metrics/pooled/unet.json").read_text())[
+    assert json.loads((collapsed_project / "metrics/evaluation/unet.json").read_text())[
         "collapsed"] is False
     inputs = load_report(params, collapsed_project)
     assert inputs.metrics["mr2unet"]["mean"]["iou"] == pytest.approx(1 / 6, abs=1e-6)
-    assert list(collapsed_models(inputs)) == ["mr2unet"]
-    assert rankable_iou(inputs) == {"unet": inputs.metrics["unet"]["mean"]["iou"]}
+    assert list(inputs.records.collapse_notes(LABELS)) == ["mr2unet"]
+    assert inputs.records.rankable() == {"unet": inputs.metrics["unet"]["mean"]["iou"]}
+    assert inputs.records.excluded() == {"unet": "not learned", "mr2unet": "collapsed"}
     write_report(inputs, collapsed_project / "reports")
     md = (collapsed_project / "reports/report.md").read_text()
     assert ("**Warning: MR2U-Net predicts no defect on 5 of 6 defective test images: "
@@ -342,8 +338,6 @@ def test_a_collapsed_network_gets_no_alias(collapsed_project: tuple[Path, dict[s
                                            tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     mlflow = pytest.importorskip("mlflow")
-    from mr2unet.reporting.report import rankable_iou
-
     collapsed_project, params = collapsed_project
 
     monkeypatch.chdir(tmp_path)
@@ -353,7 +347,7 @@ def test_a_collapsed_network_gets_no_alias(collapsed_project: tuple[Path, dict[s
     runs = {arch: register_version(client, uri, arch, collapsed_project / f"data/models/{arch}.pt",
                             experiment) for arch in ("unet", "mr2unet")}
     inputs = load_report(params, collapsed_project)
-    assignments = set_aliases(runs, rankable_iou(inputs), "mr2unet-")
+    assignments = set_aliases(runs, inputs.records.rankable(), "mr2unet-")
     assert {(a.alias, a.arch) for a in assignments} == {("champion", "unet")}
     assert client.get_registered_model("mr2unet-mr2unet").aliases == {}
     # Without the exclusion, the collapsed network's better mean IOU would win.
@@ -366,11 +360,9 @@ def test_a_collapsed_network_gets_no_alias(collapsed_project: tuple[Path, dict[s
 
 def test_report_gives_verdicts_and_no_alias_to_a_network_that_did_not_learn(
         reported: Path) -> None:
-    from mr2unet.reporting.report import alias_candidates, detection_table, verdict_table
-
     inputs = load_report(stage_params(["unet", "mr2unet"]), reported)
     # Constant networks: U-Net *is* "defect everywhere", MR2U-Net "no defect anywhere".
-    assert alias_candidates(inputs) == {}
+    assert inputs.records.alias_candidates() == {} and inputs.records.roles() == {}
     header, rows = verdict_table(inputs)
     assert [c.text for c in rows[0]][:2] == ["U-Net", "not learned"]
     assert rows[0][5].text == "0.5000 [0.5000, 0.5000]"
@@ -398,8 +390,6 @@ def test_report_gives_verdicts_and_no_alias_to_a_network_that_did_not_learn(
 def test_good_images_reach_the_report(tmp_path: Path) -> None:
 
     from mr2unet.data.prepared import PreparedSplit
-    from mr2unet.reporting.report import detection_table
-
     root = fake_project(tmp_path, {"unet": constant_model("unet", True)})
     split = fake_split()
     masks = split.masks.copy()
@@ -412,7 +402,7 @@ def test_good_images_reach_the_report(tmp_path: Path) -> None:
     # Everything flagged: every good image a false alarm, no miss; equal scores: AUROC 1/2.
     assert metrics["per_category"]["weave"]["false_alarm_rate"] == 1.0
     assert metrics["mean"]["miss_rate"] == 0.0 and metrics["mean"]["image_auroc"] == 0.5
-    pooled = json.loads((root / "metrics/pooled/unet.json").read_text())
+    pooled = json.loads((root / "metrics/evaluation/unet.json").read_text())
     assert pooled["image_level"]["false_alarms"] == pooled["image_level"]["good_images"] == 2
     write_report(load_report(params, root), root / "reports")
     _, rows = detection_table(load_report(params, root))

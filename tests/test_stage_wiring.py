@@ -1,7 +1,8 @@
-"""The stages wired together as the pipeline runs them (issue #33): the evaluate and report
-stage scripts run as `dvc repro` calls them (``python pipeline/<stage>.py`` in a copy of the
-project, tracking to its SQLite store) on models registered as the train stage registers
-them, and what they leave in MLflow is read back.
+"""The stages wired together as the pipeline runs them (issue #33): the evaluate, report and
+promote stage scripts run as `dvc repro` calls them (``python pipeline/<stage>.py`` in a
+copy of the project, tracking to its SQLite store) on models registered as the train stage
+registers them, and what they leave in MLflow is read back. The report only reads; the
+promote stage sets the aliases.
 
 Who gets an alias: a network that learned (a tiny U-Net trained in this process on red
 squares, which a grey-level threshold cannot find) and one that cannot learn (a real
@@ -26,9 +27,9 @@ import torch
 from helpers import ENV, constant_model, project_copy, register_version
 from torch import nn
 
+from mr2unet.config.workspace import PREPARED, ModelFiles
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.data.transforms import to_input
-from mr2unet.evaluation.evaluate import TEST_SPLIT, ModelFiles
 from mr2unet.models import build_model
 from mr2unet.models.checkpoint import save_model
 
@@ -103,8 +104,14 @@ def evaluate_and_report(project: Path) -> dict[str, str]:
     for arch in NETWORKS:
         stage(project, "pipeline/evaluate.py", arch)
     stage(project, "pipeline/report.py")
-    return {arch: json.loads((project / f"metrics/pooled/{arch}.json").read_text())
+    return {arch: json.loads((project / f"metrics/evaluation/{arch}.json").read_text())
             ["verdict"]["verdict"] for arch in NETWORKS}
+
+
+def promote(project: Path) -> dict[str, Any]:
+    """The promote stage, which sets the aliases; what it says it set."""
+    stage(project, "pipeline/promote.py")
+    return json.loads((project / "data/promotion.json").read_text())
 
 
 def aliases(client: Any) -> dict[str, dict[str, int]]:
@@ -120,7 +127,7 @@ def test_only_a_learned_network_gets_an_alias_and_none_learned_removes_them(
         "evaluate": {"report_samples": 1, "batch_size": 8}})
     train, test = red_squares(32, seed=0), red_squares(12, seed=1)
     train.save(project / "data/prepared/train.npz")
-    test.save(project / TEST_SPLIT)
+    test.save(project / PREPARED.test)
     uri = f"sqlite:///{project}/mlflow.db"
     client = mlflow.MlflowClient(uri, uri)
     experiment = client.create_experiment("mr2unet", str(project / "mlruns"))
@@ -135,8 +142,14 @@ def test_only_a_learned_network_gets_an_alias_and_none_learned_removes_them(
     assert aliases(client)["mr2unet-mr2unet"] == {"challenger": 1}
     assert set(aliases(client)["mr2unet-best"]) == {"champion", "challenger"}
 
+    before = aliases(client)
     verdicts = evaluate_and_report(project)
     assert verdicts == {"unet": "learned", "mr2unet": "not learned"}
+    assert aliases(client) == before  # the report only reads: promote sets the aliases
+    promotion = promote(project)
+    assert promotion["excluded"] == {"mr2unet": "not learned"}
+    assert {(a["alias"], a["registered_model"]) for a in promotion["aliases"]} == {
+        ("champion", "mr2unet-unet"), ("champion", "mr2unet-best")}
     found = aliases(client)
     assert found["mr2unet-unet"] == {"champion": int(runs["unet"]["model_version"])}
     assert found["mr2unet-mr2unet"] == {}
@@ -157,6 +170,7 @@ def test_only_a_learned_network_gets_an_alias_and_none_learned_removes_them(
                         {"unet": constant_model("unet", True),
                          "mr2unet": constant_model("mr2unet", False)})
     assert evaluate_and_report(project) == {"unet": "not learned", "mr2unet": "not learned"}
+    assert promote(project)["aliases"] == []
     found = aliases(client)
     assert set(found) == {"mr2unet-unet", "mr2unet-mr2unet", "mr2unet-best"}
     assert all(held == {} for held in found.values()), found

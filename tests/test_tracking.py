@@ -260,7 +260,7 @@ def test_concurrent_writers_do_not_fail(tmp_path) -> None:
 
 
 def test_lock_file_sits_beside_the_database(tmp_path) -> None:
-    from mr2unet.tracking.runs import store_lock
+    from mr2unet.tracking.connection import store_lock
 
     uri = f"sqlite:///{tmp_path}/sub/mlflow.db"
     with store_lock(uri):

@@ -13,12 +13,8 @@ from helpers import CFG, states_equal, tiny_split
 
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.errors import UserError
-from mr2unet.training.collapse import (
-    COLLAPSE_EPOCHS,
-    collapse_streak,
-    epoch_collapse,
-    report_sentence,
-)
+from mr2unet.evaluation.verdict import collapse_sentence
+from mr2unet.training.collapse import COLLAPSE_EPOCHS, collapse_streak, epoch_collapse
 from mr2unet.training.loop import (
     TrainConfig,
     augment_batch,
@@ -227,7 +223,7 @@ def test_a_collapsed_run_says_so(tmp_path, caplog: pytest.LogCaptureFixture) -> 
     lines = path.read_text().splitlines()
     assert lines[0].endswith(",pred_defect_fraction,true_defect_fraction,collapsed")
     assert lines[-1].endswith(",0,0.000976562,1")
-    assert report_sentence("U-Net", {}, result.history) is not None
+    assert collapse_sentence("U-Net", {}, result.history) is not None
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ matrix products, not a thousand calls of scikit-learn.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,6 +50,8 @@ import torch
 
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.metrics.segmentation import IGNORE_LABEL, confusion_counts, mean_scores
+from mr2unet.training.collapse import ADVICE as COLLAPSE_ADVICE
+from mr2unet.training.collapse import COLLAPSE_EPOCHS
 
 SEED = 0
 N_RESAMPLES = 1000
@@ -355,3 +357,107 @@ def sentence(label: str, verdict: Mapping[str, Any]) -> str:
     if not verdict.get("false_alarms", {"measured": True})["measured"]:
         text += f" {NOT_MEASURED[0].upper()}{NOT_MEASURED[1:]}."
     return text
+
+
+# ------------------------------------------------------------ collapse on the test split
+# A network that collapsed to a constant answer (mr2unet.training.collapse watches for it
+# while training) is one more reason to keep it out of the ranking and the aliases. On the
+# test split: its prediction is empty on more than half of the test images that have a
+# defect. ``metrics/pooled/<model>.json`` records it (``collapsed``, ``missed_images``,
+# ``defective_images``); the history's last ``collapsed`` value records a training collapse.
+
+
+def missed_images(counts: np.ndarray) -> int:
+    """Test images with a defect (TP + FN > 0) whose prediction is empty (TP + FP = 0)."""
+    counts = np.asarray(counts).reshape(-1, 3)
+    return int((((counts[:, 0] + counts[:, 1]) == 0) & ((counts[:, 0] + counts[:, 2]) > 0))
+               .sum())
+
+
+def defective_images(counts: np.ndarray) -> int:
+    """Test images whose ground truth holds a defect (TP + FN > 0)."""
+    counts = np.asarray(counts).reshape(-1, 3)
+    return int(((counts[:, 0] + counts[:, 2]) > 0).sum())
+
+
+def evaluation_collapsed(counts: np.ndarray) -> bool:
+    """Empty predictions on more than half of the test images that have a defect."""
+    return 2 * missed_images(counts) > defective_images(counts)
+
+
+def collapse_sentence(label: str, pooled: Mapping[str, Any],
+                      history: Sequence[Mapping[str, float]] = ()) -> str | None:
+    """The warning about a network that collapsed, or None when it did not.
+
+    From ``metrics/pooled/<model>.json`` (``collapsed``, ``missed_images``,
+    ``defective_images``) and the training history's last ``collapsed`` value.
+    """
+    trained = bool(history) and bool(history[-1].get("collapsed", 0))
+    if pooled.get("collapsed"):
+        text = (f"{label} predicts no defect on {pooled['missed_images']} of "
+                f"{pooled['defective_images']} defective test images: not a valid ranking.")
+        if trained:
+            text += " Its training had collapsed too (history column `collapsed`)."
+        return f"{text} Its scores are those of an empty mask; {COLLAPSE_ADVICE}."
+    if trained:
+        return (f"{label} collapsed during training (its last {COLLAPSE_EPOCHS} epochs "
+                f"predicted a constant mask; history column `collapsed`): not a valid "
+                f"ranking; {COLLAPSE_ADVICE}.")
+    return None
+
+
+# ------------------------------------------------------------------- who may be promoted
+
+
+def rank_models(mean_iou: Mapping[str, float]) -> list[str]:
+    """Architectures, best mean IOU first; ties broken by name so the order is stable."""
+    return sorted(mean_iou, key=lambda arch: (-mean_iou[arch], arch))
+
+
+@dataclass(frozen=True)
+class Records:
+    """What evaluation (and training) recorded of each network, by model name:
+    ``metrics/<model>.json``, the evaluate stage's whole record (verdict, ``collapsed``...)
+    and the training history (``metrics/history/<model>.csv``)."""
+
+    metrics: Mapping[str, Mapping[str, Any]]
+    pooled: Mapping[str, Mapping[str, Any]]
+    histories: Mapping[str, Sequence[Mapping[str, float]]]
+
+    @property
+    def mean_iou(self) -> dict[str, float]:
+        return {m: float(found["mean"]["iou"]) for m, found in self.metrics.items()}
+
+    def verdict_of(self, model: str) -> Mapping[str, Any]:
+        """The ``verdict`` block of the model's record (empty when absent)."""
+        return self.pooled[model].get("verdict", {})
+
+    def collapse_notes(self, labels: Mapping[str, str]) -> dict[str, str]:
+        """Model -> :func:`collapse_sentence`, for each network that collapsed."""
+        notes = {m: collapse_sentence(labels.get(m, m), self.pooled[m],
+                                      self.histories.get(m, ())) for m in self.metrics}
+        return {m: note for m, note in notes.items() if note}
+
+    def rankable(self) -> dict[str, float]:
+        """Mean test IOU of the networks that may be ranked: not collapsed."""
+        collapsed = self.collapse_notes({})
+        return {m: iou for m, iou in self.mean_iou.items() if m not in collapsed}
+
+    def alias_candidates(self) -> dict[str, float]:
+        """Mean test IOU of the networks that may hold a registry alias: not collapsed and
+        ``learned`` (weak, not learned or without a verdict: none)."""
+        return {m: iou for m, iou in self.rankable().items()
+                if self.verdict_of(m).get("verdict") == LEARNED}
+
+    def excluded(self) -> dict[str, str]:
+        """Model -> why it may hold no alias: ``collapsed``, or its verdict (``not
+        learned``, ``weak``; ``no verdict`` when evaluated before verdicts existed)."""
+        candidates, collapsed = self.alias_candidates(), self.collapse_notes({})
+        return {m: "collapsed" if m in collapsed else
+                str(self.verdict_of(m).get("verdict", "no verdict"))
+                for m in self.metrics if m not in candidates}
+
+    def roles(self, aliases: Sequence[str] = ("champion", "challenger")) -> dict[str, str]:
+        """Alias -> model: the candidates by mean IOU (:func:`rank_models`), the first alias
+        to the best. Empty when no network may hold one: every old alias is then removed."""
+        return dict(zip(aliases, rank_models(self.alias_candidates()), strict=False))

@@ -1,4 +1,5 @@
-"""Rendering helpers for the report: tables (HTML, Markdown), SVG charts, the HTML page.
+"""Rendering for the report: tables, SVG charts, and documents (sections of blocks) to
+Markdown and one HTML page.
 
 Pure functions from plain data to text; they know nothing about models or metrics.
 Charts are inline SVG (no plotting library needed); images are embedded as base64 PNG,
@@ -180,3 +181,97 @@ def html_page(title: str, body: Sequence[str]) -> str:
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(body) + "\n</body></html>\n")
+
+
+# --------------------------------------------------------------------------- documents
+# A document is described once, as sections of blocks, and rendered to Markdown
+# (:func:`render_markdown`) and to one self-contained HTML page (:func:`render_html`).
+
+
+@dataclass(frozen=True)
+class Text:
+    """A paragraph (bold: the whole paragraph)."""
+
+    text: str
+    bold: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    header: Sequence[str]
+    rows: Sequence[Sequence[Cell]]
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A picture: ``path`` (relative to the Markdown file) for Markdown, ``inline`` (an
+    SVG document or :func:`png_img`) for HTML, an optional caption."""
+
+    path: str
+    alt: str
+    inline: str
+    caption: str = ""
+
+
+Block = Text | Table | Bullets | Figure
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    blocks: Sequence[Block]
+    level: int = 2
+
+
+def _markdown_block(block: Block) -> str:
+    if isinstance(block, Text):
+        return f"**{block.text}**" if block.bold else block.text
+    if isinstance(block, Table):
+        return markdown_table(block.header, block.rows)
+    if isinstance(block, Bullets):
+        return "\n".join(f"- {item}" for item in block.items)
+    figure = f"![{block.alt}]({block.path})"
+    return f"{figure}\n\n{block.caption}" if block.caption else figure
+
+
+def _html_block(block: Block) -> str:
+    if isinstance(block, Text):
+        text = html.escape(block.text)
+        return f"<p><b>{text}</b></p>" if block.bold else f"<p>{text}</p>"
+    if isinstance(block, Table):
+        return html_table(block.header, block.rows)
+    if isinstance(block, Bullets):
+        return "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in block.items) + "</ul>"
+    if not block.caption:
+        return block.inline
+    return (f"<figure>{block.inline}<figcaption>{html.escape(block.caption)}</figcaption>"
+            "</figure>")
+
+
+def render_markdown_blocks(blocks: Sequence[Block]) -> str:
+    """Blocks as Markdown, one paragraph each."""
+    return "\n\n".join(_markdown_block(b).strip() for b in blocks) + "\n"
+
+
+def render_markdown(title: str, lead: Sequence[Block], sections: Sequence[Section]) -> str:
+    """The document as Markdown: ``# title``, the lead blocks, then each section."""
+    parts = [f"# {title}", *(_markdown_block(b) for b in lead)]
+    for section in sections:
+        parts += [f"{'#' * section.level} {section.title}",
+                  *(_markdown_block(b) for b in section.blocks)]
+    return "\n\n".join(part.strip() for part in parts) + "\n"
+
+
+def render_html(title: str, lead: Sequence[Block], sections: Sequence[Section]) -> str:
+    """The document as one self-contained HTML page (:func:`html_page`)."""
+    body = [f"<h1>{html.escape(title)}</h1>", *(_html_block(b) for b in lead)]
+    for section in sections:
+        n = section.level
+        body.append(f"<h{n}>{html.escape(section.title)}</h{n}>"
+                    + "".join(_html_block(b) for b in section.blocks))
+    return html_page(title, body)

@@ -15,7 +15,6 @@ category). docs/evaluation.md explains every figure.
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -28,7 +27,7 @@ import numpy as np
 from mr2unet.config.params import MODEL_NAMES
 from mr2unet.errors import UserError
 from mr2unet.evaluation import stats
-from mr2unet.reporting.markup import Cell, html_table, markdown_table
+from mr2unet.reporting.markup import Block, Bullets, Cell, Table, Text, render_markdown_blocks
 
 TITLE = "Are the differences significant?"
 METRICS = ("iou", "dice")
@@ -262,28 +261,27 @@ def note(n_pairs: int, alpha: float = stats.ALPHA) -> str:
         "significant; with few images per category they are exploratory.")
 
 
-def section(comparisons: Sequence[Comparison], labels: Mapping[str, str],
-            intro: str = "") -> tuple[str, str]:
-    """``(markdown, html)`` of the significance section."""
+def section_blocks(comparisons: Sequence[Comparison], labels: Mapping[str, str],
+                   intro: str = "") -> list[Block]:
+    """The significance section as blocks (:mod:`mr2unet.reporting.markup` documents)."""
     if not comparisons:
-        text = "Fewer than two models: nothing to compare."
-        return text + "\n", f"<p>{text}</p>"
+        return [Text("Fewer than two models: nothing to compare.")]
     n_pairs = len({(c.first, c.second) for c in comparisons})
-    head = (intro + " " if intro else "") + note(n_pairs)
-    table = overall_table(comparisons, labels)
-    md = [head, "", markdown_table(*table)]
-    body = [f"<p>{html.escape(head)}</p>", html_table(*table)]
+    blocks: list[Block] = [Text((intro + " " if intro else "") + note(n_pairs)),
+                           Table(*overall_table(comparisons, labels))]
     for metric in METRICS:
-        lines = [sentence(c, labels) for c in comparisons
-                 if c.scope == ALL and c.metric == metric]
-        md += [f"**{METRIC_LABELS[metric]}, all test images:**", "",
-               *(f"- {line}" for line in lines), ""]
-        body.append(f"<p><b>{METRIC_LABELS[metric]}, all test images:</b></p><ul>"
-                    + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+        blocks += [Text(f"{METRIC_LABELS[metric]}, all test images:", bold=True),
+                   Bullets([sentence(c, labels) for c in comparisons
+                            if c.scope == ALL and c.metric == metric])]
     for metric in METRICS:
         table = category_table(comparisons, metric, labels)
-        if not table[1]:
-            continue
-        md += [f"**{METRIC_LABELS[metric]} per category:**", "", markdown_table(*table)]
-        body += [f"<p><b>{METRIC_LABELS[metric]} per category:</b></p>", html_table(*table)]
-    return "\n".join(md), "".join(body)
+        if table[1]:
+            blocks += [Text(f"{METRIC_LABELS[metric]} per category:", bold=True),
+                       Table(*table)]
+    return blocks
+
+
+def section(comparisons: Sequence[Comparison], labels: Mapping[str, str],
+            intro: str = "") -> str:
+    """The significance section's Markdown (without a title)."""
+    return render_markdown_blocks(section_blocks(comparisons, labels, intro))

@@ -33,8 +33,10 @@ import numpy as np
 import yaml
 
 from mr2unet.config.params import MODEL_NAMES, deep_merge
+from mr2unet.config.workspace import ModelFiles
 from mr2unet.errors import UserError
 from mr2unet.reporting import significance as report_stats
+from mr2unet.reporting.inputs import LABELS, paper_categories, paper_table
 from mr2unet.reporting.significance import PerImage
 from mr2unet.tracking.runs import flatten
 
@@ -145,7 +147,7 @@ def read_output(repo: Path, ref: str, path: str, lock_text: str | None = None) -
 
 
 def per_image_path(model: str) -> str:
-    return f"data/eval/{model}.csv"
+    return ModelFiles(model).per_image.as_posix()
 
 
 def collect(repo: Path, refs: list[str] | None = None, per_image: bool = True
@@ -165,7 +167,7 @@ def collect(repo: Path, refs: list[str] | None = None, per_image: bool = True
         config = tuple(sorted(flat.items()))
         lock_text = _show(repo, ref, "dvc.lock") if per_image else None
         for model in MODEL_NAMES:
-            text = _show(repo, ref, f"metrics/{model}.json")
+            text = _show(repo, ref, ModelFiles(model).metrics.as_posix())
             if text is None:
                 continue
             data = json.loads(text)
@@ -227,8 +229,6 @@ def spread_markdown(scores: list[ExperimentScores]) -> str:
 def spread_report(scores: list[ExperimentScores]) -> tuple[str, dict[str, Any]]:
     """``(markdown, pairwise)``: :func:`spread_markdown`'s text and, per group label, the
     paired comparison as :func:`mr2unet.reporting.significance.pairwise_json` writes it."""
-    from mr2unet.reporting.report import LABELS
-
     groups = group_by_config(scores)
     n_runs = len({s.ref for s in scores})
     lines = [f"# Spread over {n_runs} experiments in {len(groups)} configuration(s)", ""]
@@ -266,8 +266,6 @@ def _table1(table: dict[str, dict[str, tuple[float, float, int]]], metric: str
     """Markdown Table 1 over seeds: per model ``mean ± std``, the paper's value and
     mean − paper, laid out like the report's Table 1 (paper columns only when some
     category is the paper's; its Mean compared only for exactly its 15 categories)."""
-    from mr2unet.reporting.report import LABELS, paper_categories, paper_table
-
     paper = paper_table()
     models = [m for m in MODEL_NAMES if m in table]
     categories = sorted({c for m in models for c in table[m] if c != "mean"})
@@ -349,13 +347,11 @@ def _short(ref: str) -> str:
 
 def _group_pairwise(scores: list[ExperimentScores]) -> tuple[str, dict[str, Any] | None]:
     """The markdown of the group's paired comparison and its JSON (None: not possible)."""
-    from mr2unet.reporting.report import LABELS
-
     averaged, used, note = seed_averaged(scores)
     if not averaged:
         return note + "\n", None
     comparisons = report_stats.pairwise(averaged)
-    md, _ = report_stats.section(comparisons, LABELS, intro=note)
+    md = report_stats.section(comparisons, LABELS, intro=note)
     data = report_stats.pairwise_json(comparisons, averaged, extra={
         "seed_averaged": True, "seeds": sorted({s.seed for s in used}),
         "experiments": sorted({s.ref for s in used})})

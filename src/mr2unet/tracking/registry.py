@@ -15,48 +15,21 @@ MLflow is imported inside the functions, so importing this module (e.g. from
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mr2unet.config.params import MODEL_NAMES
 from mr2unet.errors import UserError
-from mr2unet.tracking.runs import locked_write
+from mr2unet.evaluation.verdict import rank_models
+from mr2unet.tracking.connection import client as store_client
+from mr2unet.tracking.connection import locked_write, process_tracking_uri
 
 log = logging.getLogger(__name__)
 
 BEST_SUFFIX = "best"
 SOURCE_TAG = "source_version"
-
-
-def _client(uri: str) -> Any:
-    import mlflow
-
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-@contextmanager
-def _process_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's process-wide tracking URI at ``uri`` for the ``with`` block.
-
-    MLflow's SQL registry resolves a ``models:/m-...`` source through the process-wide
-    tracking URI, not the client's (a TODO in MLflow's ``create_model_version``). Its
-    default, ``./mlflow.db``, is the project's store only when the stage runs in the repo
-    root, not in a queued DVC experiment's temporary workspace. ``set_tracking_uri`` also
-    sets ``$MLFLOW_TRACKING_URI``; afterwards both go back to what that variable said.
-    """
-    import mlflow
-
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets
 
 
 # ----------------------------------------------------------------------- test metrics
@@ -68,7 +41,7 @@ def with_version(run_info: dict[str, Any]) -> dict[str, Any]:
     if not run_info.get("tracking") or run_info.get("model_version"):
         return run_info
     name, run_id = run_info["registered_model"], run_info["run_id"]
-    found = _client(run_info["tracking_uri"]).search_model_versions(
+    found = store_client(run_info["tracking_uri"]).search_model_versions(
         f"name = '{name}' and run_id = '{run_id}'")
     if not found:
         raise UserError(f"the model of run {run_id} is not in the registry ({name}) yet: the "
@@ -85,7 +58,7 @@ def log_evaluation(run_info: dict[str, Any], metrics: dict[str, float],
 
     run_info = with_version(run_info)
     uri = run_info["tracking_uri"]
-    client = _client(uri)
+    client = store_client(uri)
     stamp = int(time.time() * 1000)
     batch = [Metric(k, float(v), stamp, 0) for k, v in sorted(metrics.items())]
     for i in range(0, len(batch), 500):  # MLflow takes at most 1000 metrics a batch
@@ -121,11 +94,6 @@ class AliasAssignment:
         return f"models:/{self.registered_model}@{self.alias}"
 
 
-def rank_models(mean_iou: dict[str, float]) -> list[str]:
-    """Architectures, best mean IOU first; ties broken by name so the order is stable."""
-    return sorted(mean_iou, key=lambda arch: (-mean_iou[arch], arch))
-
-
 def set_aliases(runs: dict[str, dict[str, Any]], mean_iou: dict[str, float], prefix: str,
                 champion: str = "champion", challenger: str = "challenger"
                 ) -> list[AliasAssignment]:
@@ -146,7 +114,7 @@ def set_aliases(runs: dict[str, dict[str, Any]], mean_iou: dict[str, float], pre
         log.info("no eligible tracked model: registry aliases not set")
         return []
     uri = runs[ranked[0]]["tracking_uri"]
-    client = _client(uri)
+    client = store_client(uri)
     best = f"{prefix}{BEST_SUFFIX}"
     roles = dict(zip((champion, challenger), ranked, strict=False))  # alias -> arch
     assignments = []
@@ -171,7 +139,7 @@ def set_aliases(runs: dict[str, dict[str, Any]], mean_iou: dict[str, float], pre
 
 def drop_all_aliases(uri: str, prefix: str, aliases: tuple[str, ...]) -> None:
     """Remove ``aliases`` from every architecture's registered model and from ``<prefix>best``."""
-    client = _client(uri)
+    client = store_client(uri)
     for name in (*(f"{prefix}{arch}" for arch in MODEL_NAMES), f"{prefix}{BEST_SUFFIX}"):
         _drop_aliases(client, uri, name, aliases)
 
@@ -202,7 +170,7 @@ def _mirror_version(client: Any, uri: str, name: str, version: str, target: str,
             if "already exists" not in str(exc).lower():
                 raise
     source = client.get_model_version(name, version)
-    with _process_tracking_uri(uri):
+    with process_tracking_uri(uri):
         created = locked_write(uri, lambda: client.create_model_version(
             target, source.source, run_id=source.run_id, tags=tags,
             description=f"Copy of {source_id}", model_id=logged_model_id(source)))
@@ -242,7 +210,7 @@ def _drop_aliases(client: Any, uri: str, name: str, aliases: tuple[str, ...]) ->
 
 def model_files(uri: str, name: str, version: str) -> tuple[str | None, set[str]]:
     """The logged model behind registered ``name``/``version`` and its top-level files."""
-    client = _client(uri)
+    client = store_client(uri)
     model_id = logged_model_id(client.get_model_version(name, version))
     if not model_id:  # a version registered from a run's artifacts, before MLflow 3
         return None, set()
@@ -251,13 +219,13 @@ def model_files(uri: str, name: str, version: str) -> tuple[str | None, set[str]
 
 def add_model_file(uri: str, model_id: str, path: Path) -> None:
     """Add the file ``path`` to the files of logged model ``model_id``."""
-    client = _client(uri)
+    client = store_client(uri)
     locked_write(uri, lambda: client.log_model_artifact(model_id, str(path)))
 
 
 def tag_versions(uri: str, holders: list[AliasAssignment], tags: dict[str, str]) -> None:
     """Set ``tags`` on each registered version in ``holders``."""
-    client = _client(uri)
+    client = store_client(uri)
     for holder in holders:
         for key, value in tags.items():
             locked_write(uri, lambda h=holder, k=key, v=value: client.set_model_version_tag(
@@ -295,7 +263,7 @@ def download_checkpoint(model_uri: str, dest: Path, tracking_uri: str) -> Path:
             raise UserError(f"no MLflow store at {db}: run from the project root, set "
                             "MLFLOW_TRACKING_URI or pass --tracking-uri.")
     try:
-        location = storage_location(_client(tracking_uri), model_uri)
+        location = storage_location(store_client(tracking_uri), model_uri)
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=location, dst_path=str(dest), tracking_uri=tracking_uri)
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI

@@ -1,29 +1,29 @@
-"""MLflow tracking and model registry: an optional layer around training and evaluation.
+"""One MLflow run per trained model (:class:`TrainingTracker`): params, metrics, the model.
 
-Nothing in the training core imports MLflow; stage scripts call these functions when
-``tracking.enabled`` is true.  The store is ``tracking.uri`` if set, else
-``$MLFLOW_TRACKING_URI``, else the embedded default ``sqlite:///mlflow.db`` at the
-repository root, with artifacts in ``mlruns/`` beside it.  A queued DVC experiment runs in
-a copy of the workspace under ``<repo>/.dvc/tmp/exps/`` that DVC deletes afterwards; its
-default store is still ``<repo>/mlflow.db`` (:mod:`mr2unet.config.workspace`), so every
-run of a sweep lands in one place.
+Nothing in the training core imports MLflow; the train stage uses this when
+``tracking.enabled`` is true.  Which store, and how to write to it safely, is
+:mod:`mr2unet.tracking.connection`; with a server, the outbox is sent by
+:mod:`mr2unet.tracking.sync`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mr2unet.config.provenance import file_sha256, git_commit, torch_version
-from mr2unet.config.workspace import file_lock, project_root
 from mr2unet.errors import UserError
+from mr2unet.models.checkpoint import read_checkpoint, stored_threshold
+from mr2unet.tracking.connection import (
+    default_artifact_location,
+    first_line,
+    locked_write,
+    resolve_tracking_uri,
+)
 from mr2unet.tracking.outbox import Outbox
 from mr2unet.tracking.probe import (
     bound_http_requests,
@@ -32,6 +32,7 @@ from mr2unet.tracking.probe import (
     unreachable_message,
     unreachable_reason,
 )
+from mr2unet.tracking.sync import BackgroundSender, sync_outbox
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,48 +41,8 @@ TRAIN_PREPARE_KEYS = ("image_size", "resize")
 # ...and the keys that choose its mask threshold (pipeline/train.py, threshold_meta)
 THRESHOLD_KEYS = (("evaluate", "threshold"), ("split", "val_fraction"))
 
-DEFAULT_DB = "mlflow.db"
-DEFAULT_ARTIFACTS = "mlruns"
 # At the end of training, how long the background sender may take to send what is queued.
 SENDER_DRAIN_S = 15.0
-
-
-def resolve_tracking_uri(params: dict[str, Any], root: str | Path = ".") -> str:
-    """The tracking URI: ``tracking.uri``, ``$MLFLOW_TRACKING_URI`` or the repo's SQLite file."""
-    uri = params.get("tracking", {}).get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return str(uri)
-    return f"sqlite:///{(project_root(root) / DEFAULT_DB).as_posix()}"
-
-
-def default_artifact_location(uri: str) -> str | None:
-    """``mlruns/`` beside a local SQLite store, as a URI; None (the server decides) otherwise.
-
-    Set explicitly when the experiment is created, because MLflow's own default is
-    ``./mlruns`` under whatever directory the first run happened to start in.
-    """
-    if not uri.startswith("sqlite:///"):
-        return None
-    # A relative database path is relative to the working directory, as for SQLAlchemy.
-    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / DEFAULT_ARTIFACTS).as_uri()
-
-
-def with_retry(fn: Callable[[], T], attempts: int = 8, base_delay: float = 0.5) -> T:
-    """Call ``fn``, retrying with jittered back-off while SQLite reports a lock.
-
-    Several DVC stages (``dvc exp run --queue`` workers) may write one SQLite store at
-    once; SQLite serialises writers and the losers see "database is locked".
-    """
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:
-            if "locked" not in str(exc).lower() or attempt == attempts - 1:
-                raise
-            delay = base_delay * (2**attempt) * (0.5 + random.random())
-            log.warning("tracking store busy (%s); retrying in %.1fs", exc, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -94,29 +55,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = json.dumps(value) if isinstance(value, list | dict) else str(value)
     return flat
-
-
-@contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Serialise writers of one SQLite store across processes (no-op for servers).
-
-    SQLite allows one writer at a time; holding an ``flock`` beside the database while
-    writing turns "database is locked" failures into a short wait.
-    """
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    with file_lock(Path(uri.removeprefix("sqlite:///") + ".lock")):
-        yield
-
-
-def locked_write(uri: str, fn: Callable[[], T]) -> T:
-    """Run one write to the store under :func:`store_lock`, retrying if still locked."""
-    def attempt() -> T:
-        with store_lock(uri):
-            return fn()
-
-    return with_retry(attempt)
 
 
 # --------------------------------------------------------------------- training runs
@@ -143,7 +81,7 @@ class TrainingTracker:
     """
 
     def __init__(self, params: dict[str, Any], arch: str, root: str | Path = ".") -> None:
-        import mlflow
+        import mlflow  # lazy: optional dependency, needed only with tracking on
 
         self.params = params
         self.arch = arch
@@ -179,8 +117,6 @@ class TrainingTracker:
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - MLflow and requests raise many types
-            from mr2unet.tracking.sync import first_line
-
             reason = first_line(exc)
             if any(code in reason for code in REFUSED):  # it answers: it said no
                 raise UserError(f"the MLflow tracking server {self.uri} refused the request "
@@ -231,8 +167,6 @@ class TrainingTracker:
         return self.run_id
 
     def _open_outbox(self, **record: Any) -> None:
-        from mr2unet.tracking.sync import BackgroundSender
-
         self.outbox = Outbox.for_run(self.run_id, self.root, tracking_uri=self.uri,
                                      experiment_id=self.experiment_id, arch=self.arch,
                                      status=None, **record)
@@ -284,9 +218,11 @@ class TrainingTracker:
     def finish(self, checkpoint: Path, history_csv: Path, data_file: Path,
                system: dict[str, Any]) -> dict[str, Any]:
         """Log artifacts and the model, register a version, close the run."""
-        import mlflow
+        import mlflow  # lazy: optional dependency, needed only with tracking on
 
-        from mr2unet.tracking.pyfunc import log_segmentation_model
+        from mr2unet.tracking.pyfunc import (  # lazy: pyfunc imports mlflow at load
+            log_segmentation_model,
+        )
 
         if self.outbox is not None:
             return self._finish_remote(checkpoint, history_csv, data_file, system)
@@ -313,8 +249,6 @@ class TrainingTracker:
 
     def _version_tags(self, checkpoint: Path, data_file: Path) -> dict[str, str]:
         """The registered version's tags: provenance and the model's mask ``threshold``."""
-        from mr2unet.models.checkpoint import read_checkpoint, stored_threshold
-
         return {"git_commit": git_commit(self.root), "data_sha256": file_sha256(data_file),
                 "arch": self.arch,
                 "threshold": f"{stored_threshold(read_checkpoint(checkpoint)):g}"}
@@ -322,8 +256,6 @@ class TrainingTracker:
     def _finish_remote(self, checkpoint: Path, history_csv: Path, data_file: Path,
                        system: dict[str, Any]) -> dict[str, Any]:
         """Record the end of the run in the outbox, then send it all if the server answers."""
-        from mr2unet.tracking.sync import first_line, sync_outbox
-
         assert self.outbox is not None
         name = f"{self.params['tracking']['registry_prefix']}{self.arch}"
         self.outbox.update(status="FINISHED", tags={"device": str(system.get("device", ""))},

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mr2unet.config.workspace import file_lock
+from mr2unet.tracking.connection import client as store_client
+from mr2unet.tracking.connection import first_line, process_tracking_uri
 from mr2unet.tracking.outbox import Outbox, pending
 from mr2unet.tracking.probe import bound_http_requests, check_reachable
 
@@ -28,12 +30,6 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the name the run's logged model has (pyfunc.log_segmentation_model)
 PARAMS_PER_BATCH = 100  # MLflow's limits per log_batch
 METRICS_PER_BATCH = 500
-
-
-def first_line(exc: BaseException) -> str:
-    """A short description of an MLflow/requests failure (they run to pages)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 class BackgroundSender:
@@ -105,7 +101,7 @@ class SyncResult:
 
 def _missing_metrics(client: Any, run_id: str, rows: list[dict[str, Any]]) -> list[Any]:
     """The outbox's metric values that the run's history on the server lacks."""
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric  # lazy: optional dependency
 
     have: dict[str, set[tuple[int, int, str]]] = {}
     missing = []
@@ -132,15 +128,16 @@ def _ready_logged_model(client: Any, experiment_id: str, run_id: str) -> Any:
 
 def _sync_model(client: Any, record: dict[str, Any], result: SyncResult) -> None:
     """Log the run's model and register it, each unless the server has it already."""
-    import mlflow
+    import mlflow  # lazy: optional dependency, needed only with tracking on
 
-    from mr2unet.tracking.pyfunc import log_segmentation_model
-    from mr2unet.tracking.registry import _process_tracking_uri
+    from mr2unet.tracking.pyfunc import (  # lazy: pyfunc imports mlflow at load
+        log_segmentation_model,
+    )
 
     model, run_id, uri = record["model"], record["run_id"], record["tracking_uri"]
     client.log_artifact(run_id, model["history"])  # same path: replaced, not duplicated
     logged = _ready_logged_model(client, record["experiment_id"], run_id)
-    with _process_tracking_uri(uri):
+    with process_tracking_uri(uri):
         if logged is None:
             with mlflow.start_run(run_id=run_id):
                 result.model_uri = log_segmentation_model(Path(model["checkpoint"])).model_uri
@@ -165,8 +162,7 @@ def sync_outbox(box: Outbox) -> SyncResult:
     Raises what MLflow raises when the server fails; the outbox is then left as it was
     (minus nothing: it is only removed after everything arrived).
     """
-    import mlflow
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param, RunTag  # lazy: optional dependency
 
     bound_http_requests()
     with file_lock(box.lock_path):
@@ -175,7 +171,7 @@ def sync_outbox(box: Outbox) -> SyncResult:
         if not record:  # another process synced it meanwhile
             return result
         uri, run_id = record["tracking_uri"], record["run_id"]
-        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client = store_client(uri)
         run = client.get_run(run_id)
         params = [Param(k, v[:6000]) for k, v in sorted(record.get("params", {}).items())
                   if k not in run.data.params]
