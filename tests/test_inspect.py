@@ -17,7 +17,7 @@ from test_geometry import FOLDER, line, thin_masks, write_folder
 
 from mr2unet.cli import main
 from mr2unet.data.folder import FolderLayout
-from mr2unet.data.inspect import format_report, inspect
+from mr2unet.data.inspect import defect_contrast, format_report, inspect
 from mr2unet.data.layouts import DataLayout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,6 +118,27 @@ def test_the_bottle_sample_keeps_resize(bottle_raw: Path) -> None:
     assert report["mask_values"] == [0, 255]
     assert report["auto"]["mode"] == "resize"
     assert 5 < report["defects"]["width_at_size_px"]["median"] < 15
+    # docs/data.md's row of the bottle sample (benchmarks/defect_stats.py --size 64 gave
+    # the same figures until commit 63e852b): its defects hardly stand out.
+    contrast, cnr = report["defects"]["contrast_at_size"], report["defects"]["cnr_at_size"]
+    assert [round(contrast[k], 3) for k in ("p10", "median", "p90")] == [0.010, 0.034, 0.137]
+    assert [round(cnr[k], 3) for k in ("p10", "median", "p90")] == [0.118, 0.405, 2.027]
+
+
+def test_contrast_is_the_defect_against_a_ring_around_it() -> None:
+    """A 100-level defect on a 90/110 checkerboard (mean 100, std 10): contrast 100 / 255,
+    cnr 100 / 10; the ring is 2 px wide at 64 px, so a defect at the border still has one."""
+    grey = np.where(np.indices((64, 64)).sum(0) % 2 == 0, 90, 110).astype(np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[20:36, 0:16] = True
+    grey[mask] = 200
+    image, mask_img = Image.fromarray(grey), Image.fromarray(mask.astype(np.uint8) * 255)
+    contrast, cnr = defect_contrast(image, mask_img, 64)
+    assert contrast == pytest.approx(100 / 255) and cnr == pytest.approx(10.0)
+    flat = Image.fromarray(np.full((64, 64), 100, np.uint8))
+    assert defect_contrast(flat, mask_img, 64) == (0.0, 0.0)  # std 0 counts as 1 level
+    empty = Image.fromarray(np.zeros((64, 64), np.uint8))
+    assert all(np.isnan(defect_contrast(image, empty, 64)))
 
 
 def test_neu_seg_keeps_resize(neu_tar: Path, tmp_path: Path) -> None:
