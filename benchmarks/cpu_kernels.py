@@ -26,12 +26,22 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from demo_step_profile import median_ms
 from torch import nn
 
-from mr2unet.config.params import MODEL_NAMES
-from mr2unet.models import build_model
+from mr2unet.models import MODEL_NAMES, build_model
 from mr2unet.models.kernels import narrow_norms_in_nchw, onednn_1x1_convs
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 CL = torch.channels_last
 

@@ -1,7 +1,6 @@
 """Size and cost of the four networks, written into docs/models.md.
 
     python benchmarks/model_summary.py            # parameters + FLOPs (full size), rewrites docs
-    python benchmarks/model_summary.py --timing   # also CPU fwd+bwd time at the demo width
 
 The size table: parameters and forward FLOPs of the full-size networks (``base_width``
 64, 3 -> 2 channels) for one 3x128x128 image, beside the counts of public reference
@@ -10,34 +9,24 @@ implementations.  FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMod
 BN, ReLU, pooling and up-sampling are not counted), with the functions of
 ``mr2unet.evaluation.cost`` that `evaluate` uses for the report's cost table.
 
-The timing table (``--timing``): one training step (forward, cross-entropy, backward) on
-a batch of 8 images of 128x128 at ``base_width`` 8, the best of ``--repeats`` timed steps
-after two warm-up steps, on ``--threads`` CPU threads (default 1), in the default (NCHW)
-and channels-last memory formats.  It reports the process's CPU time per step beside the
-wall time: with one thread the CPU time is close to the step's cost on an idle core even
-when other jobs share the machine, while the wall time is not.
-
-Each table is printed and replaced between its markers in docs/models.md.
+The table is printed and replaced between its markers in docs/models.md.  The CPU timing
+table there was measured by ``--timing``, removed after commit 63e852b
+(``git show 63e852b:benchmarks/model_summary.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from mr2unet.evaluation.cost import count_parameters, forward_flops
 from mr2unet.models import MODEL_NAMES, build_model
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "models.md"
 SIZE_MARKERS = ("<!-- model-table:start -->", "<!-- model-table:end -->")
-TIMING_MARKERS = ("<!-- model-timing:start -->", "<!-- model-timing:end -->")
 
 # Parameter counts of public implementations with 3 input and 2 output channels (derived
 # from their layer definitions), and why ours differ.  docs/models.md has the details.
@@ -69,55 +58,6 @@ def size_table(size: int = 128) -> str:
     return "\n".join(lines)
 
 
-def step_time(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-              repeats: int) -> tuple[float, float]:
-    """Best wall and best CPU time of ``repeats`` training steps (forward, loss, backward),
-    in seconds."""
-    def step() -> None:
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-
-    step()
-    step()  # warm-up: allocator, oneDNN primitive caches
-    wall = cpu = float("inf")
-    for _ in range(repeats):
-        start_wall, start_cpu = time.perf_counter(), time.process_time()
-        step()
-        wall = min(wall, time.perf_counter() - start_wall)
-        cpu = min(cpu, time.process_time() - start_cpu)
-    return wall, cpu
-
-
-def timing_table(threads: int, repeats: int, batch: int = 8, size: int = 128,
-                 base_width: int = 8) -> str:
-    load = os.getloadavg()[0]
-    torch.set_num_threads(threads)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 3, size, size, generator=gen)
-    y = (torch.rand(batch, size, size, generator=gen) > 0.9).long()
-    rows, baseline = [], None
-    for name in MODEL_NAMES:
-        torch.manual_seed(0)
-        model = build_model(name, base_width=base_width).train()
-        wall, cpu = step_time(model, x, y, repeats)
-        model = model.to(memory_format=torch.channels_last)
-        cl_wall, cl_cpu = step_time(model, x.contiguous(memory_format=torch.channels_last), y,
-                                    repeats)
-        baseline = baseline or cpu
-        rows.append(f"| {name} | {count_parameters(model):,} | {cpu * 1e3:.0f} | "
-                    f"{cpu / baseline:.1f}× | {wall * 1e3:.0f} | {cl_cpu * 1e3:.0f} | "
-                    f"{cl_wall * 1e3:.0f} |")
-    header = [f"Training step (forward + backward), batch {batch}×3×{size}×{size}, "
-              f"`base_width` {base_width}, {threads} thread(s), best of {repeats}; "
-              f"torch {torch.__version__}, {platform.machine()}, "
-              f"{os.cpu_count()} CPUs, load average {load:.1f} at the start.",
-              "",
-              "| model | parameters | CPU ms (NCHW) | vs U-Net | wall ms (NCHW) | "
-              "CPU ms (channels-last) | wall ms (channels-last) |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    return "\n".join(header + rows)
-
-
 def replace_between(text: str, markers: tuple[str, str], body: str) -> str:
     start, end = markers
     pattern = re.compile(f"{re.escape(start)}.*?{re.escape(end)}", flags=re.S)
@@ -128,9 +68,6 @@ def replace_between(text: str, markers: tuple[str, str], body: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--timing", action="store_true", help="also time a training step")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
 
@@ -138,11 +75,6 @@ def main() -> None:
     table = size_table()
     print(table)
     text = replace_between(text, SIZE_MARKERS, table)
-    if args.timing:
-        timing = timing_table(args.threads, args.repeats)
-        print()
-        print(timing)
-        text = replace_between(text, TIMING_MARKERS, timing)
     if not args.no_write:
         DOC.write_text(text)
         print(f"updated {DOC}")
