@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mr2unet.config.params import FIT_FOR_USE
 from mr2unet.config.provenance import read_run_info
 from mr2unet.config.workspace import ModelFiles, PreparedFiles
 from mr2unet.data.prepared import PreparedSplit, load_split
@@ -53,12 +54,12 @@ class Settings:
 
     image_score: str = "max_smoothed"
     min_defect_area: int = 1
-    fit_for_use: dict[str, float] = field(default_factory=lambda: dict(verdicts.FIT_FOR_USE))
+    fit_for_use: dict[str, float] = field(default_factory=lambda: dict(FIT_FOR_USE))
 
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> Settings:
         return cls(cfg["image_score"], int(cfg["min_defect_area"]),
-                   {**verdicts.FIT_FOR_USE, **cfg["fit_for_use"]})
+                   {**FIT_FOR_USE, **cfg["fit_for_use"]})
 
 
 def good_images(split: PreparedSplit, manifest: Path | None = None) -> np.ndarray | None:
