@@ -89,11 +89,11 @@ def write_outputs(files: ModelFiles, split: PreparedSplit, result: Evaluation,
                   ) -> dict[str, Any]:
     """Write the evaluation files of one model; return the primary metrics.
 
-    ``cost`` (:func:`mr2unet.evaluation.cost.model_cost`) goes into the pooled file as
+    ``cost`` (:func:`mr2unet.evaluation.cost.model_cost`) goes into the evaluation record as
     ``cost``; the ``verdict`` block (:func:`judge`) uses ``train`` for the intensity
     baseline when given; ``good`` (:func:`good_images`) says which test images are good;
     ``threshold`` (the model file's :func:`~mr2unet.models.checkpoint.threshold_record`,
-    where it has one) goes into the pooled file as ``threshold``.
+    where it has one) goes into the evaluation record as ``threshold``.
     """
     settings = settings or Settings()
     primary, pooled = summarise(result.counts, split.categories, empty_score,
