@@ -68,12 +68,9 @@ def run_stage_cli(body: Callable[[dict[str, Any]], None], doc: str | None) -> No
 
 
 def run_model_stage(body: Callable[[dict[str, Any], Any], None], doc: str | None,
-                    verb: str, several: bool = False) -> None:
-    """Command line of a per-model stage (``train@<model>``, ``evaluate@<model>``);
-    ``several``: one or more models, passed to ``body`` as a list."""
+                    verb: str) -> None:
+    """Command line of a per-model stage (``train@<model>``, ``evaluate@<model>``)."""
     parser = _parser(doc)
-    parser.add_argument("model", nargs="+" if several else None,
-                        help=f"architecture to {verb} (one of params.yaml train.models)"
-                        + ("; several: trained together in this process" if several else ""))
+    parser.add_argument("model", help=f"architecture to {verb} (one of params.yaml train.models)")
     args = parser.parse_args()
     run_stage(lambda params: body(params, args.model), args.params)

@@ -1,9 +1,11 @@
 """Stage `train@<model>`: train one architecture on the prepared training split.
 
     python pipeline/train.py <model>            (dvc.yaml: train@unet, train@mr2unet, ...)
-    python pipeline/train.py <model> <model>... (several stages' work in one process:
-                                                 `mr2unet repro --together`)
     torchrun --nproc-per-node N pipeline/train.py <model>   (DistributedDataParallel)
+
+What the network learns comes from params.yaml's `train:` (DVC dependencies); how the run
+executes from `run:` (device, threads, speed levers) and whether and where it is tracked
+from `tracking:`, neither of which DVC watches: changing them retrains nothing.
 
 With a validation split (split.val_fraction > 0) or evaluate.threshold other than 0.5, the
 mask threshold is chosen after training (mr2unet.evaluation.threshold) on
@@ -27,28 +29,21 @@ import numpy as np
 import torch
 from _common import run_model_stage
 
-from mr2unet.config.params import MODEL_NAMES
+from mr2unet.config.workspace import PREPARED, ModelFiles
 from mr2unet.data.prepare import resolved_prepare
 from mr2unet.data.prepared import load_split
 from mr2unet.errors import UserError
 from mr2unet.evaluation import threshold as thresholds
-from mr2unet.evaluation.evaluate import SUMMARY, good_images, predict_maps
+from mr2unet.evaluation.evaluate import good_images
+from mr2unet.evaluation.inference import predict_maps
+from mr2unet.models import MODEL_NAMES
 from mr2unet.models.inference import DEFAULT_THRESHOLD
 from mr2unet.models.tiling import Tiling
-from mr2unet.training.loop import (
-    TrainConfig,
-    TrainResult,
-    history_metrics,
-    init_distributed,
-    save_trained_model,
-    train,
-    write_history,
-)
-from mr2unet.training.many import TrainJob, train_many
-
-TRAIN_SPLIT = Path("data/prepared/train.npz")
-VAL_SPLIT = Path("data/prepared/val.npz")
-MANIFEST = Path("data/prepared/manifest.csv")
+from mr2unet.training.config import TrainConfig
+from mr2unet.training.loop import TrainResult, train
+from mr2unet.training.options import RunOptions
+from mr2unet.training.outputs import history_metrics, save_trained_model, write_history
+from mr2unet.training.setup import init_distributed
 
 
 def tiling_meta(prepare: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +62,7 @@ def threshold_meta(params: dict[str, Any], model: torch.nn.Module, device: str,
     for the default (0.5 and no validation split: the model file as before)."""
     rule = thresholds.parse_rule(params["evaluate"]["threshold"])
     # an older prepared folder has no val.npz: fine for a fixed threshold
-    val = load_split(VAL_SPLIT) if VAL_SPLIT.is_file() or rule.needs_validation else None
+    val = load_split(PREPARED.val) if PREPARED.val.is_file() or rule.needs_validation else None
     if val is None or len(val) == 0:
         if rule == thresholds.ThresholdRule(thresholds.FIXED, DEFAULT_THRESHOLD):
             return {}
@@ -80,7 +75,7 @@ def threshold_meta(params: dict[str, Any], model: torch.nn.Module, device: str,
     # IOU of an image with nothing to find and nothing found: 1 (not evaluate.empty_score,
     # which re-scores without retraining); a false alarm as the test counts it
     return {"threshold": thresholds.choose(rule, probs, val.masks, val.categories,
-                                           good_images(val, MANIFEST), empty_score=1.0,
+                                           good_images(val, PREPARED.manifest), empty_score=1.0,
                                            min_area=params["evaluate"]["min_defect_area"])}
 
 
@@ -116,37 +111,26 @@ def start(params: dict[str, Any], arch: str, rank: int) -> Stage:
     return stage
 
 
-def main(params: dict[str, Any], archs: list[str]) -> None:
-    """Train ``archs``: one is the stage train@<model>; several train together in this
-    process (mr2unet.training.many: each on its own CUDA stream), each then finished
-    exactly as its stage finishes alone."""
-    if len(set(archs)) != len(archs):
-        raise UserError(f"name each model once, got {' '.join(archs)}")
+def main(params: dict[str, Any], arch: str) -> None:
+    """Train ``arch`` (the stage train@<arch>) and write its outputs."""
     # prepare.mode auto: the mode prepare chose (a different choice changes train.npz too)
-    params = {**params, "prepare": resolved_prepare(params["prepare"], SUMMARY)}
-    split = load_split(TRAIN_SPLIT)
+    params = {**params, "prepare": resolved_prepare(params["prepare"], PREPARED.summary)}
+    split = load_split(PREPARED.train)
     rank = init_distributed()
-    if len(archs) > 1 and torch.distributed.is_initialized():
-        raise UserError("train several models together or with torchrun, not both")
-    stages = [start(params, arch, rank) for arch in archs]
-    jobs = [TrainJob(s.cfg, split, s.checkpoint_dir, s.tracker.log_epoch if s.tracker else None)
-            for s in stages]
+    stage = start(params, arch, rank)
     try:
-        # one network: the plain loop on the default stream, as the stage always ran
-        results = ([train(jobs[0].cfg, split, jobs[0].checkpoint_dir, jobs[0].on_epoch_end)]
-                   if len(jobs) == 1 else train_many(jobs, progress=True))
+        result = train(stage.cfg, split, stage.checkpoint_dir,
+                       stage.tracker.log_epoch if stage.tracker else None,
+                       options=RunOptions.from_params(params))
     except BaseException:
-        for s in stages:
-            if s.tracker:
-                s.tracker.fail()
+        if stage.tracker:
+            stage.tracker.fail()
         raise
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    if rank != 0:
-        return
-    for s, result in zip(stages, results, strict=True):
-        finish(params, s, result)
+    if rank == 0:
+        finish(params, stage, result)
 
 
 def finish(params: dict[str, Any], stage: Stage, result: TrainResult) -> None:
@@ -154,8 +138,8 @@ def finish(params: dict[str, Any], stage: Stage, result: TrainResult) -> None:
     from mr2unet.config.provenance import git_commit, write_run_info
 
     arch, cfg, tracker = stage.arch, stage.cfg, stage.tracker
-    model_path = Path("data/models") / f"{arch}.pt"
-    history_path = Path("metrics/history") / f"{arch}.csv"
+    files = ModelFiles(arch)
+    model_path, history_path = files.checkpoint, files.history
     tiling = tiling_meta(params["prepare"])
     chosen = threshold_meta(params, result.model, result.device, tiling)
     save_trained_model(model_path, result, cfg, image_size=params["prepare"]["image_size"],
@@ -174,12 +158,12 @@ def finish(params: dict[str, Any], stage: Stage, result: TrainResult) -> None:
                           "threshold": f"{threshold:g}",
                           **({"threshold_rule": how_chosen(chosen["threshold"])}
                              if chosen else {})})
-        info = tracker.finish(model_path, history_path, TRAIN_SPLIT,
+        info = tracker.finish(model_path, history_path, PREPARED.train,
                               system={"device": result.device})
     # Wall-clock training time for the report's cost table (metrics/timing/<model>.json via
     # evaluate): a measurement, so it lives here and not in the byte-compared metrics.
     info.update(train_seconds=round(result.seconds, 1), train_device=result.device)
-    write_run_info(Path("data/models") / f"{arch}.run.json", info)
+    write_run_info(files.run_info, info)
     shutil.rmtree(stage.checkpoint_dir, ignore_errors=True)
     print(f"{arch}: {len(result.history)} epochs in {result.seconds:.1f}s on {result.device}; "
           f"final loss {result.history[-1]['loss']:.4f}, train IOU "
@@ -194,4 +178,4 @@ def finish(params: dict[str, Any], stage: Stage, result: TrainResult) -> None:
 
 
 if __name__ == "__main__":
-    run_model_stage(main, __doc__, "train", several=True)
+    run_model_stage(main, __doc__, "train")

@@ -29,13 +29,15 @@ from mr2unet.data.transforms import to_input
 from mr2unet.deploy.export import random_images
 from mr2unet.models import build_model
 from mr2unet.models.checkpoint import save_model
-from mr2unet.training.loop import TrainConfig
+from mr2unet.training.config import TrainConfig
+from mr2unet.training.options import RunOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
 # A tiny U-Net run: 4 epochs of 12 images at 32 px.
-CFG = TrainConfig(arch="unet", epochs=4, batch_size=4, lr=3e-3, base_width=4, seed=3,
-                  device="cpu", checkpoint_every=1, log_every=1)
+CFG = TrainConfig(arch="unet", epochs=4, batch_size=4, lr=3e-3, base_width=4, seed=3)
+# ...on the CPU, a checkpoint every epoch (the resume tests stop it between epochs)
+RUN = RunOptions(device="cpu", checkpoint_every=1, log_every=1)
 
 
 def tiny_split(n: int = 12, size: int = 32, seed: int = 0) -> PreparedSplit:
@@ -161,7 +163,8 @@ def fake_split() -> PreparedSplit:
 
 def stage_params(models: list[str]) -> dict[str, Any]:
     params = copy.deepcopy(load_params(REPO / "params.yaml"))
-    params["train"].update(models=models, device="cpu")
+    params["train"]["models"] = models
+    params["run"]["device"] = "cpu"
     params["evaluate"].update(batch_size=4, report_samples=2)
     params["tracking"]["enabled"] = False
     return params
@@ -192,8 +195,8 @@ ENV.pop("MLFLOW_TRACKING_URI", None)
 TINY = {
     "data": {"source": "synthetic"},
     "synthetic": {"images_per_defect": 2},
-    "train": {"epochs": 3, "batch_size": 8, "base_width": 4, "lr": 3.0e-3,
-              "checkpoint_every": 1, "device": "cpu"},
+    "train": {"epochs": 3, "batch_size": 8, "base_width": 4, "lr": 3.0e-3},
+    "run": {"checkpoint_every": 1, "device": "cpu"},
     "evaluate": {"report_samples": 1},
 }
 

@@ -11,7 +11,7 @@ import torch
 from mr2unet import cli
 from mr2unet.models import build_model
 from mr2unet.models.checkpoint import save_model
-from mr2unet.training.loop import load_training_state, save_training_state
+from mr2unet.training.checkpoint import load_training_state, save_training_state
 
 
 def cut_in_half(path: Path) -> None:

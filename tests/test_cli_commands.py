@@ -31,7 +31,7 @@ def test_profile_writes_the_demo_names_it_and_goes_back_to_the_paper(
         "profiles/demo.yaml)" in capsys.readouterr().out
     demo = load_params(project / "params.yaml")
     assert demo["data"]["source"] == "synthetic" and demo["prepare"]["image_size"] == 48
-    assert demo["train"]["epochs"] == 30 and demo["train"]["cpu_threads"] == 1
+    assert demo["train"]["epochs"] == 30 and demo["run"]["cpu_threads"] == 1
     # only the overlay's keys differ from the paper's values
     assert demo["train"]["models"] == paper["train"]["models"]
     assert demo["evaluate"] == paper["evaluate"]

@@ -29,8 +29,10 @@ from helpers import briefly_trained, states_equal, tiny_split
 from mr2unet.data.transforms import to_input
 from mr2unet.deploy.export import random_images
 from mr2unet.models import MODEL_NAMES, build_model
-from mr2unet.training import loop
-from mr2unet.training.loop import TrainConfig, TrainResult, train
+from mr2unet.training import setup
+from mr2unet.training.config import TrainConfig
+from mr2unet.training.loop import TrainResult, train
+from mr2unet.training.options import RunOptions, configure_determinism
 
 # Deterministic cuBLAS reads this at its first call in the process; train() sets it too,
 # but only when it is the first to use CUDA.
@@ -41,8 +43,8 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(
     reason="no CUDA GPU: these check the CUDA paths (on the device: benchmarks/device_call.sh)")]
 
 # 14 images, batch 4: three full batches (graphed) and one of 2 (eager) an epoch.
-CFG = TrainConfig(arch="unet", epochs=3, batch_size=4, lr=3e-3, base_width=8, seed=3,
-                  device="cuda", checkpoint_every=1, log_every=1)
+CFG = TrainConfig(arch="unet", epochs=3, batch_size=4, lr=3e-3, base_width=8, seed=3)
+RUN = RunOptions(device="cuda", checkpoint_every=1, log_every=1)
 ARCHS = ("unet", "mr2unet")
 LOSS_RTOL = 1e-6  # the loss's atomics (module docstring)
 
@@ -69,20 +71,20 @@ def fp32() -> None:
     """True fp32 (no TF32, which rounds convolution inputs to 10 bits) and the loop's
     deterministic kernels, for comparisons of fp32 results."""
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    loop.configure_determinism(True, torch.device("cuda"))
+    configure_determinism(True, torch.device("cuda"))
 
 
 @pytest.fixture
 def captures(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     """The batch shapes CUDA graphs were captured at: proof that a run used them."""
     seen: list[tuple[int, ...]] = []
-    original = loop.CudaGraphedForward.capture
+    original = setup.CudaGraphedForward.capture
 
-    def capture(self: loop.CudaGraphedForward, sample: torch.Tensor) -> None:
+    def capture(self: setup.CudaGraphedForward, sample: torch.Tensor) -> None:
         seen.append(tuple(sample.shape))
         original(self, sample)
 
-    monkeypatch.setattr(loop.CudaGraphedForward, "capture", capture)
+    monkeypatch.setattr(setup.CudaGraphedForward, "capture", capture)
     return seen
 
 
@@ -112,10 +114,11 @@ GRAPH_CASES = [
 @pytest.mark.parametrize(("arch", "precision", "loss_rtol"), GRAPH_CASES)
 def test_cuda_graphs_train_as_eager_does(arch: str, precision: str, loss_rtol: float | None,
                                          split, fp32, captures) -> None:
-    cfg = dataclasses.replace(CFG, arch=arch, precision=precision)
-    eager = train(cfg, split, progress=False)
+    cfg, run = dataclasses.replace(CFG, arch=arch), dataclasses.replace(RUN, precision=precision)
+    eager = train(cfg, split, progress=False, options=run)
     assert captures == []
-    graphed = train(dataclasses.replace(cfg, cuda_graphs=True), split, progress=False)
+    graphed = train(cfg, split, progress=False,
+                    options=dataclasses.replace(run, cuda_graphs=True))
     assert captures == [(4, 3, 32, 32)]  # once, at the first full batch
     if loss_rtol is None:
         assert_same_run(eager, graphed)
@@ -131,7 +134,7 @@ def test_a_graphed_step_is_the_eager_step_without_the_autocast_cache(arch: str) 
     units apply each recurrent kernel t = 3 times, so its gradients differ with the cache on
     (measured on the CPU: up to 0.03; U-Net's, whose weights are used once, do not). So a
     graphed bf16 step should be, to the bit, the eager step with the cache off."""
-    loop.configure_determinism(True, torch.device("cuda"))
+    configure_determinism(True, torch.device("cuda"))
     torch.manual_seed(0)
     model = build_model(arch, base_width=8).cuda().to(memory_format=torch.channels_last)
     gen = torch.Generator(device="cuda").manual_seed(1)
@@ -141,7 +144,7 @@ def test_a_graphed_step_is_the_eager_step_without_the_autocast_cache(arch: str) 
     eager, graphed = copy.deepcopy(model), copy.deepcopy(model)
     with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
         F.cross_entropy(eager(x).float(), y).backward()
-    step = loop.CudaGraphedForward(graphed, torch.bfloat16)
+    step = setup.CudaGraphedForward(graphed, torch.bfloat16)
     with torch.autocast("cuda", dtype=torch.bfloat16):  # the loop's, around the graphs
         logits = step(x)
     F.cross_entropy(logits.float(), y).backward()
@@ -157,9 +160,9 @@ def test_a_graphed_step_is_the_eager_step_without_the_autocast_cache(arch: str) 
 def test_deterministic_runs_repeat_bit_for_bit(arch: str, split) -> None:
     """The committed settings on CUDA (bf16 autocast, channels_last, deterministic)."""
     cfg = dataclasses.replace(CFG, arch=arch, augment="flips_rot90")
-    first = train(cfg, split, progress=False)
-    assert_same_run(first, train(cfg, split, progress=False))
-    other = train(dataclasses.replace(cfg, seed=4), split, progress=False)
+    first = train(cfg, split, progress=False, options=RUN)
+    assert_same_run(first, train(cfg, split, progress=False, options=RUN))
+    other = train(dataclasses.replace(cfg, seed=4), split, progress=False, options=RUN)
     assert not states_equal(first.model, other.model)  # the comparison can tell runs apart
 
 
@@ -173,16 +176,18 @@ def test_an_interrupted_run_resumes_bit_for_bit(arch: str, mode: str, split,
                                                 tmp_path: Path) -> None:
     """As tests/test_train.py on the CPU: killed during epoch 3 of 4, resumed from epoch 2's
     checkpoint (weights, Adam, the CPU shuffle and CUDA augmentation generators)."""
-    cfg = dataclasses.replace(CFG, arch=arch, epochs=4, augment="flips_rot90", **MODES[mode])
-    reference = train(cfg, split, progress=False)
+    cfg = dataclasses.replace(CFG, arch=arch, epochs=4, augment="flips_rot90")
+    run = dataclasses.replace(RUN, **MODES[mode])
+    reference = train(cfg, split, progress=False, options=run)
 
     def crash(row: dict[str, float]) -> None:
         if row["epoch"] == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, split, checkpoint_dir=tmp_path, on_epoch_end=crash, progress=False)
-    resumed = train(cfg, split, checkpoint_dir=tmp_path, progress=False)
+        train(cfg, split, checkpoint_dir=tmp_path, on_epoch_end=crash, progress=False,
+              options=run)
+    resumed = train(cfg, split, checkpoint_dir=tmp_path, progress=False, options=run)
     assert resumed.resumed_from_epoch == 2 and len(resumed.history) == cfg.epochs
     assert_same_run(reference, resumed)
 
@@ -190,9 +195,10 @@ def test_an_interrupted_run_resumes_bit_for_bit(arch: str, mode: str, split,
 @pytest.mark.parametrize("arch", ARCHS)
 def test_graphs_with_fused_adam_repeat_bit_for_bit(arch: str, split, captures) -> None:
     """Issue #22's combination: CUDA graphs, fused Adam and deterministic kernels."""
-    cfg = dataclasses.replace(CFG, arch=arch, augment="flips_rot90", **MODES["graphs_fused"])
-    first = train(cfg, split, progress=False)
-    assert_same_run(first, train(cfg, split, progress=False))
+    cfg = dataclasses.replace(CFG, arch=arch, augment="flips_rot90")
+    run = dataclasses.replace(RUN, **MODES["graphs_fused"])
+    first = train(cfg, split, progress=False, options=run)
+    assert_same_run(first, train(cfg, split, progress=False, options=run))
     assert len(captures) == 2
 
 
@@ -272,11 +278,13 @@ def test_torch_compile_matches_eager_after_one_step(fp32) -> None:
     if importlib.util.find_spec("triton") is None:
         pytest.skip("torch.compile on CUDA needs triton, which is not installed")
     split = tiny_split(4, 32)
-    cfg = dataclasses.replace(CFG, epochs=2, precision="fp32", checkpoint_every=10)
-    eager = train(cfg, split, progress=False)
+    cfg = dataclasses.replace(CFG, epochs=2)
+    run = dataclasses.replace(RUN, precision="fp32", checkpoint_every=10)
+    eager = train(cfg, split, progress=False, options=run)
     torch._dynamo.reset()
     try:
-        compiled = train(dataclasses.replace(cfg, compile="default"), split, progress=False)
+        compiled = train(cfg, split, progress=False,
+                         options=dataclasses.replace(run, compile=True))
     except Exception as exc:
         chain, text = exc, ""
         while chain is not None:
@@ -293,27 +301,11 @@ def test_torch_compile_matches_eager_after_one_step(fp32) -> None:
     assert after < before  # the step was taken
 
 
-# ------------------------------------------------ runs together, fused MR2U-Net convolutions
-
-@pytest.mark.parametrize("mode", MODES)
-def test_runs_trained_together_on_streams_are_the_runs_trained_alone(mode: str, split,
-                                                                     captures) -> None:
-    """mr2unet.training.many on CUDA: each run on its own stream (its own graphs in
-    graphs_fused mode) ends with the weights it has when trained alone."""
-    from mr2unet.training.many import TrainJob, train_many
-
-    cfgs = [dataclasses.replace(CFG, arch=arch, seed=seed, augment="flips_rot90",
-                                **MODES[mode])
-            for arch, seed in (("unet", 3), ("mr2unet", 4), ("unet", 5))]
-    together = train_many([TrainJob(cfg, split) for cfg in cfgs])
-    for cfg, result in zip(cfgs, together, strict=True):
-        assert_same_run(train(cfg, split, progress=False), result)
-    assert len(captures) == (6 if mode == "graphs_fused" else 0)  # 3 together + 3 alone
-
+# ------------------------------------------------------------ fused MR2U-Net convolutions
 
 @pytest.mark.parametrize("options", [{}, {"recurrent_kernels": "tied"}])
 def test_fused_mr2unet_convolutions_match_the_reference_on_cuda(options: dict, fp32) -> None:
-    """train.fused_convs on CUDA: the same function as the reference (float64, fixed BN
+    """RunOptions.fused_convs on CUDA: the same function as the reference (float64, fixed BN
     statistics: 1e-12), and one fp32 training step of each within rounding."""
     from mr2unet.models.mr2unet import fuse_convolutions
 
@@ -325,8 +317,9 @@ def test_fused_mr2unet_convolutions_match_the_reference_on_cuda(options: dict, f
     fused = model(x)
     assert ((fused - reference).norm() / reference.norm()).item() < 1e-12
     split = tiny_split(8, 32)
-    cfg = dataclasses.replace(CFG, arch="mr2unet", epochs=1, batch_size=8, precision="fp32",
+    cfg = dataclasses.replace(CFG, arch="mr2unet", epochs=1, batch_size=8,
                               model_options=options)
-    plain = train(cfg, split, progress=False)
-    quick = train(dataclasses.replace(cfg, fused_convs=True), split, progress=False)
+    run = dataclasses.replace(RUN, precision="fp32")
+    plain = train(cfg, split, progress=False, options=run)
+    quick = train(cfg, split, progress=False, options=dataclasses.replace(run, fused_convs=True))
     assert losses(quick) == pytest.approx(losses(plain), rel=1e-5)

@@ -16,26 +16,28 @@ pytestmark = pytest.mark.slow
 SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
-    from mr2unet.training import loop
-    from mr2unet.training.loop import TrainConfig, init_distributed, train
+    from mr2unet.training import batches as batch_module
+    from mr2unet.training.config import TrainConfig
+    from mr2unet.training.loop import train
+    from mr2unet.training.options import RunOptions
+    from mr2unet.training.setup import init_distributed
     sys.path.insert(0, {tests!r})
     from helpers import tiny_split
 
     # Record which images each step of this rank trains on: the loop turns every batch
     # of uint8 images into the network's input with to_input.
     split, batches = tiny_split(), []
-    to_input = loop.to_input
+    to_input = batch_module.to_input
 
     def recording(images):
         batches.append([int((split.images == image.numpy()).all(axis=(1, 2, 3)).argmax())
                         for image in images])
         return to_input(images)
 
-    loop.to_input = recording
+    batch_module.to_input = recording
     rank = init_distributed()
-    cfg = TrainConfig(arch="unet", epochs=3, batch_size=2, lr=3e-3, base_width=4,
-                      device="cpu", seed=5)
-    result = train(cfg, split, progress=False)
+    cfg = TrainConfig(arch="unet", epochs=3, batch_size=2, lr=3e-3, base_width=4, seed=5)
+    result = train(cfg, split, progress=False, options=RunOptions(device="cpu"))
     weights = {{k: v.detach() for k, v in result.model.named_parameters()}}
     torch.save(weights, f"{{sys.argv[1]}}/rank{{rank}}.pt")
     rows = [{{k: v for k, v in r.items() if k in ("epoch", "loss", "train_iou")}}

@@ -223,8 +223,8 @@ SWEEP_PROFILE = {
     "data": {"source": "synthetic"},
     "synthetic": {"images_per_defect": 1, "good_images": 1},
     "prepare": {"image_size": 16},
-    "train": {"models": ["unet", "mr2unet"], "epochs": 2, "batch_size": 8, "base_width": 4,
-              "device": "cpu", "cpu_threads": 1, "checkpoint_every": 1},
+    "train": {"models": ["unet", "mr2unet"], "epochs": 2, "batch_size": 8, "base_width": 4},
+    "run": {"device": "cpu", "cpu_threads": 1, "checkpoint_every": 1},
     "evaluate": {"report_samples": 1},
     "tracking": {"enabled": False},
 }

@@ -47,7 +47,7 @@ def test_deep_merge_keeps_siblings() -> None:
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("train.models", ["unet", "segformer"], "`train.models`"),
+    ("train.models", [], "`train.models`"),  # a name not in the registry: test_one_place
     ("train.epochs", -3, "`train.epochs`"),
     ("train.epochs", 2.5, "`train.epochs`"),
     ("split.test_fraction", 1.0, "`split.test_fraction`"),
@@ -61,11 +61,11 @@ def test_deep_merge_keeps_siblings() -> None:
     ("train.class_weights", "inverse", "`train.class_weights`"),
     ("train.focal_gamma", -1, "`train.focal_gamma`"),
     ("train.tversky_beta", True, "`train.tversky_beta`"),
-    ("train.device", "gpu", "`train.device`"),
+    ("run.device", "gpu", "`run.device`"),
     ("data.sha256", "abc", "`data.sha256`"),
     ("train.lr", 0, "`train.lr`"),
     ("train.weight_decay", "1e-4", "`train.weight_decay`"),
-    ("train.channels_last", 1, "`train.channels_last`"),
+    ("run.channels_last", 1, "`run.channels_last`"),
     ("evaluate.empty_score", True, "`evaluate.empty_score`"),
     ("evaluate.empty_score", 0.5, "`evaluate.empty_score`"),
 ])

@@ -83,6 +83,21 @@ def test_editing_an_unapplied_profile_changes_nothing(built: Path, tmp_path: Pat
     assert stale_stages(project) == set()
 
 
+def test_run_options_and_the_tracking_server_retrain_nothing(built: Path,
+                                                            tmp_path: Path) -> None:
+    """`run:` (how a run executes) and `tracking:` (where it is logged) are no DVC
+    dependencies of train or evaluate: pointing the pipeline at another MLflow store, or
+    another thread count, device or cadence, leaves every stage up to date (issue #34)."""
+    project = copy_built(built, tmp_path / "p")
+    set_param(project, "tracking.uri", "sqlite:///elsewhere.db")
+    set_param(project, "run.cpu_threads", 1)
+    set_param(project, "run.checkpoint_every", 7)
+    set_param(project, "run.adam_impl", "foreach")
+    assert stale_stages(project) == set()
+    set_param(project, "train.seed", 1)  # a train key still is one
+    assert stale_stages(project) == {"train@unet", "train@mr2unet"}
+
+
 def test_exp_run_set_param_shows_the_effective_values(built: Path, tmp_path: Path) -> None:
     """`dvc exp run -S` changes the value that runs, whatever profile params.yaml came from,
     and `dvc exp show` reports the values that ran (not a profile's blob)."""
@@ -120,29 +135,6 @@ def test_parallel_repro_gives_the_sequential_results(built: Path, tmp_path: Path
     assert stale_stages(project) == set()
 
 
-def test_repro_together_gives_the_sequential_results(built: Path, tmp_path: Path) -> None:
-    """`mr2unet repro --together`: the networks trained in one process (pipeline/train.py
-    unet mr2unet), their stages recorded by `dvc commit`, then evaluated; the same bytes
-    as `dvc repro` and nothing left to do.  A second run trains nothing."""
-    project = copy_built(built, tmp_path / "p")
-    out = run([str(BIN / "mr2unet"), "repro", "--together", "--force"], project,
-              timeout=900)
-    text = out.stdout + out.stderr
-    assert "training unet, mr2unet together" in text or \
-        "training mr2unet, unet together" in text
-    assert ran_stages(text) == {"download", "prepare", "evaluate@unet", "evaluate@mr2unet",
-                                "report", "promote"}  # the training ran outside dvc repro
-    results = [*project.glob("metrics/*.json"), *project.glob("metrics/pooled/*.json"),
-               *project.glob("metrics/history/*.csv")]
-    assert len(results) >= 6
-    for path in results:
-        assert path.read_bytes() == (built / path.relative_to(project)).read_bytes(), path
-    assert stale_stages(project) == set()
-    again = run([str(BIN / "mr2unet"), "repro", "--together"], project, timeout=300)
-    assert "together in one process" not in again.stdout + again.stderr
-    assert "Running stage" not in again.stdout
-
-
 def test_remote_push_pull(built: Path, tmp_path: Path) -> None:
     remote = tmp_path / "remote"
     run([DVC, "remote", "add", "-d", "local", str(remote)], built)
@@ -167,7 +159,7 @@ def test_queued_seed_sweep_with_two_workers(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", ["unet"], tracking=True)
     for seed in (1, 2):
         run([DVC, "exp", "run", "--queue", "-S", f"train.seed={seed}",
-             "-S", "train.cpu_threads=1"], project)
+             "-S", "run.cpu_threads=1"], project)
     run([DVC, "exp", "run", "--run-all", "-j", "2"], project, timeout=900)
     refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], project).stdout
     assert len([r for r in refs.split() if "/exec/" not in r]) == 2

@@ -43,11 +43,11 @@ def test_plan_keeps_unknown_networks_in_dvc_yaml_order_and_needs_a_train_stage()
 def test_thread_oversubscription_is_named(tmp_path: Path, train: str, jobs: int,
                                           warns: bool) -> None:
     params = tmp_path / "params.yaml"
-    params.write_text("train:\n" + train)
+    params.write_text("run:\n" + train)
     warning = check_threads(params, jobs, cores=2)
     assert (warning is not None) == warns
     if warns:
-        assert "set train.cpu_threads to 1" in warning
+        assert "set run.cpu_threads to 1" in warning
 
 
 def test_a_failed_network_stops_new_ones_and_the_report(monkeypatch: pytest.MonkeyPatch,

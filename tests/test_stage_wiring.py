@@ -122,7 +122,8 @@ def test_only_a_learned_network_gets_an_alias_and_none_learned_removes_them(
         tmp_path: Path) -> None:
     project = project_copy(tmp_path / "p", {
         "tracking": {"enabled": True},
-        "train": {"models": list(NETWORKS), "device": "cpu", "base_width": WIDTH},
+        "train": {"models": list(NETWORKS), "base_width": WIDTH},
+        "run": {"device": "cpu"},
         "prepare": {"image_size": SIZE},
         "evaluate": {"report_samples": 1, "batch_size": 8}})
     train, test = red_squares(32, seed=0), red_squares(12, seed=1)

@@ -51,7 +51,8 @@ def test_the_threshold_train_chooses_is_used_by_every_consumer(
 
     project = project_copy(tmp_path / "p", {
         "tracking": {"enabled": False},
-        "train": {"models": ["unet"], "device": "cpu", "base_width": 4},
+        "train": {"models": ["unet"], "base_width": 4},
+        "run": {"device": "cpu"},
         "prepare": {"image_size": SIZE},
         "split": {"val_fraction": 0.25},
         "evaluate": {"report_samples": 1, "batch_size": 8, "threshold": "best_iou"}})

@@ -12,12 +12,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mr2unet.config.params import MODEL_NAMES
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.data.transforms import to_input
 from mr2unet.evaluation.cost import image_latency
 from mr2unet.evaluation.inference import evaluate
-from mr2unet.models import build_model
+from mr2unet.models import MODEL_NAMES, build_model
 from mr2unet.models.tiling import (
     WHOLE,
     WINDOWS,
@@ -125,15 +124,17 @@ def test_on_thin_lines_the_whole_pass_scores_as_the_windows(tmp_path: Path) -> N
 
     from mr2unet.data.prepare import PrepareConfig, prepare
     from mr2unet.data.prepared import load_split
-    from mr2unet.training.loop import TrainConfig, train
+    from mr2unet.training.config import TrainConfig
+    from mr2unet.training.loop import train
+    from mr2unet.training.options import RunOptions
 
     raw = _line_images(tmp_path / "raw", 16)
     prepare(raw, tmp_path / "out", PrepareConfig(image_size=64, mode="tiles",
                                                  test_fraction=0.25))
     cfg = TrainConfig(arch="unet", epochs=25, batch_size=4, lr=3e-3, base_width=4,
-                      loss="focal_dice", cpu_threads=1, device="cpu", seed=0, crop_size=64,
-                      defect_crop_fraction=0.7)
-    model = train(cfg, load_split(tmp_path / "out" / "train.npz"), progress=False).model
+                      loss="focal_dice", seed=0, crop_size=64, defect_crop_fraction=0.7)
+    model = train(cfg, load_split(tmp_path / "out" / "train.npz"), progress=False,
+                  options=RunOptions(device="cpu", cpu_threads=1)).model
     test = load_split(tmp_path / "out" / "test.npz")
     iou = {}
     for way in (WHOLE, WINDOWS):

@@ -17,8 +17,10 @@ from mr2unet.errors import UserError
 from mr2unet.evaluation.inference import evaluate
 from mr2unet.metrics.segmentation import IGNORE_LABEL
 from mr2unet.models.tiling import Tiling, tiled_logits, window_starts
+from mr2unet.training.config import TrainConfig
 from mr2unet.training.crops import crop_origins, crop_table, gather_crops
-from mr2unet.training.loop import TrainConfig, train
+from mr2unet.training.loop import train
+from mr2unet.training.options import RunOptions
 
 
 @pytest.mark.parametrize(("length", "tile", "stride", "starts"), [
@@ -161,7 +163,7 @@ def test_a_thin_line_that_resizing_loses_is_found_by_tiles(tmp_path: Path) -> No
     contrast; tiles train on 64 px crops of the full image and predict it by windows."""
     raw = _line_images(tmp_path / "raw", 16)
     cfg = TrainConfig(arch="unet", epochs=25, batch_size=4, lr=3e-3, base_width=4,
-                      loss="focal_dice", cpu_threads=1, device="cpu", seed=0)
+                      loss="focal_dice", seed=0)
     scores = {}
     for mode in ("resize", "tiles"):
         out = tmp_path / mode
@@ -169,7 +171,8 @@ def test_a_thin_line_that_resizing_loses_is_found_by_tiles(tmp_path: Path) -> No
         tiling = Tiling(64, 32) if mode == "tiles" else None
         run = cfg if mode == "resize" else TrainConfig(**{**cfg.__dict__, "crop_size": 64,
                                                           "defect_crop_fraction": 0.7})
-        result = train(run, load_split(out / "train.npz"), progress=False)
+        result = train(run, load_split(out / "train.npz"), progress=False,
+                       options=RunOptions(device="cpu", cpu_threads=1))
         test = load_split(out / "test.npz")
         evaluation = evaluate(result.model, test, torch.device("cpu"), progress=False,
                               tiling=tiling)

@@ -9,38 +9,40 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from helpers import CFG, states_equal, tiny_split
+from helpers import CFG, RUN, states_equal, tiny_split
 
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.errors import UserError
 from mr2unet.evaluation.verdict import collapse_sentence
+from mr2unet.training.batches import augment_batch
+from mr2unet.training.checkpoint import fingerprint
 from mr2unet.training.collapse import COLLAPSE_EPOCHS, collapse_streak, epoch_collapse
-from mr2unet.training.loop import (
-    TrainConfig,
-    augment_batch,
-    epoch_lr,
+from mr2unet.training.config import TrainConfig, epoch_lr
+from mr2unet.training.loop import train
+from mr2unet.training.losses import segmentation_loss
+from mr2unet.training.options import RunOptions
+from mr2unet.training.outputs import (
     save_trained_model,
-    segmentation_loss,
-    train,
     write_history,
 )
 
 
 def test_two_runs_are_bit_identical() -> None:
     split = tiny_split()
-    first = train(CFG, split, progress=False)
-    second = train(CFG, split, progress=False)
+    first = train(CFG, split, progress=False, options=RUN)
+    second = train(CFG, split, progress=False, options=RUN)
     assert states_equal(first.model, second.model)
     strip = [{k: v for k, v in row.items() if k not in ("seconds", "images_per_second")}
              for row in first.history]
     assert strip == [{k: v for k, v in row.items() if k not in ("seconds", "images_per_second")}
                      for row in second.history]
-    other = train(dataclasses.replace(CFG, seed=4), split, progress=False)
+    other = train(dataclasses.replace(CFG, seed=4), split, progress=False, options=RUN)
     assert not states_equal(first.model, other.model)
 
 
 def test_training_reduces_the_loss() -> None:
-    result = train(dataclasses.replace(CFG, epochs=12, lr=1e-2), tiny_split(), progress=False)
+    result = train(dataclasses.replace(CFG, epochs=12, lr=1e-2), tiny_split(), progress=False,
+                   options=RUN)
     losses = [row["loss"] for row in result.history]
     assert losses[-1] < 0.3 * losses[0]
     assert result.history[-1]["train_iou"] > 0.8
@@ -50,16 +52,16 @@ def test_training_reduces_the_loss() -> None:
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path) -> None:
     split = tiny_split()
     cfg = dataclasses.replace(CFG, augment="flips_rot90")
-    reference = train(cfg, split, progress=False)
+    reference = train(cfg, split, progress=False, options=RUN)
 
     def crash(row: dict) -> None:
         if row["epoch"] == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, split, checkpoint_dir=tmp_path, on_epoch_end=crash, progress=False)
+        train(cfg, split, checkpoint_dir=tmp_path, on_epoch_end=crash, progress=False, options=RUN)
     assert (tmp_path / "last.pt").is_file()
-    resumed = train(cfg, split, checkpoint_dir=tmp_path, progress=False)
+    resumed = train(cfg, split, checkpoint_dir=tmp_path, progress=False, options=RUN)
     assert resumed.resumed_from_epoch == 2
     assert len(resumed.history) == cfg.epochs
     assert states_equal(reference.model, resumed.model)
@@ -69,7 +71,7 @@ def test_cosine_schedule_resumes_to_the_same_weights(tmp_path) -> None:
     """The schedule is a function of the epoch: a resumed run picks up the right rate."""
     split = tiny_split()
     cfg = dataclasses.replace(CFG, lr_schedule="cosine")
-    reference = train(cfg, split, progress=False)
+    reference = train(cfg, split, progress=False, options=RUN)
     assert [row["lr"] for row in reference.history] == pytest.approx(
         [3e-3, 3e-3 * (1 + np.cos(np.pi / 4)) / 2, 1.5e-3, 3e-3 * (1 + np.cos(3 * np.pi / 4)) / 2])
 
@@ -78,11 +80,11 @@ def test_cosine_schedule_resumes_to_the_same_weights(tmp_path) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, split, checkpoint_dir=tmp_path, on_epoch_end=crash, progress=False)
-    resumed = train(cfg, split, checkpoint_dir=tmp_path, progress=False)
+        train(cfg, split, checkpoint_dir=tmp_path, on_epoch_end=crash, progress=False, options=RUN)
+    resumed = train(cfg, split, checkpoint_dir=tmp_path, progress=False, options=RUN)
     assert resumed.resumed_from_epoch == 2
     assert states_equal(reference.model, resumed.model)
-    constant = train(CFG, split, progress=False)
+    constant = train(CFG, split, progress=False, options=RUN)
     assert not states_equal(reference.model, constant.model)
 
 
@@ -95,14 +97,26 @@ def test_epoch_lr() -> None:
         epoch_lr(0.1, 0, 10, "step")
 
 
-def test_cpu_threads_are_pinned_and_change_the_fingerprint() -> None:
+def test_cpu_threads_are_pinned_and_a_checkpoint_resumes_across_run_options(tmp_path) -> None:
+    """run.cpu_threads is set for the run; run options stay out of the fingerprint, so a
+    run stopped with one thread resumes with two (as it would on another machine)."""
+    split = tiny_split()
     before = torch.get_num_threads()
+
+    def crash(row: dict) -> None:
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
     try:
-        train(dataclasses.replace(CFG, epochs=1, cpu_threads=1), tiny_split(), progress=False)
+        with pytest.raises(KeyboardInterrupt):
+            train(CFG, split, tmp_path, on_epoch_end=crash, progress=False,
+                  options=dataclasses.replace(RUN, cpu_threads=1))
         assert torch.get_num_threads() == 1
+        resumed = train(CFG, split, tmp_path, progress=False,
+                        options=dataclasses.replace(RUN, cpu_threads=2, log_every=7))
     finally:
         torch.set_num_threads(before)
-    assert dataclasses.replace(CFG, cpu_threads=1).fingerprint() != CFG.fingerprint()
+    assert resumed.resumed_from_epoch == 1  # epoch 2 stopped before its checkpoint
 
 
 def test_checkpoint_of_other_params_is_ignored(tmp_path) -> None:
@@ -113,8 +127,8 @@ def test_checkpoint_of_other_params_is_ignored(tmp_path) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         train(dataclasses.replace(CFG, lr=1e-2), split, checkpoint_dir=tmp_path,
-              on_epoch_end=crash, progress=False)
-    fresh = train(CFG, split, checkpoint_dir=tmp_path, progress=False)
+              on_epoch_end=crash, progress=False, options=RUN)
+    fresh = train(CFG, split, checkpoint_dir=tmp_path, progress=False, options=RUN)
     assert fresh.resumed_from_epoch == 0
 
 
@@ -137,10 +151,12 @@ def test_ce_dice_adds_the_dice_term() -> None:
     logits = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(1))
     target = torch.zeros(2, 8, 8, dtype=torch.long)
     target[:, 2:5, 2:5] = 1
-    ce = segmentation_loss(logits, target, CFG)
-    both = segmentation_loss(logits, target, dataclasses.replace(CFG, loss="ce_dice"))
+    ce = segmentation_loss(logits, target, CFG.loss_config())
+    both = segmentation_loss(logits, target,
+                             dataclasses.replace(CFG, loss="ce_dice").loss_config())
     half = segmentation_loss(logits, target,
-                             dataclasses.replace(CFG, loss="ce_dice", dice_weight=0.5))
+                             dataclasses.replace(CFG, loss="ce_dice", dice_weight=0.5)
+                             .loss_config())
     # By hand: soft Dice of the defect class over the batch, smoothed by 1.
     p = torch.softmax(logits.double(), 1)[:, 1]
     t = target.double()
@@ -158,9 +174,9 @@ def test_auto_class_weights_are_resolved_recorded_and_fingerprinted(tmp_path) ->
     resolved = cfg.with_class_weights(split.masks)
     assert resolved.class_weights == [pytest.approx(1 / (2 * (1 - f1)), rel=1e-5),
                                       pytest.approx(1 / (2 * f1), rel=1e-5)]
-    assert resolved.fingerprint() != cfg.fingerprint()
+    assert fingerprint(resolved) != fingerprint(cfg)
     assert CFG.with_class_weights(split.masks) is CFG  # plain ce: nothing to resolve
-    result = train(cfg, split, progress=False)
+    result = train(cfg, split, progress=False, options=RUN)
     assert result.config == resolved
     save_trained_model(tmp_path / "m.pt", result, cfg, 32, {})
     meta = torch.load(tmp_path / "m.pt", weights_only=False)["meta"]
@@ -208,7 +224,7 @@ def test_a_collapsed_run_says_so(tmp_path, caplog: pytest.LogCaptureFixture) -> 
     cfg = dataclasses.replace(CFG, epochs=12, lr=5e-2, seed=0)
     logged: list[dict] = []
     with caplog.at_level(logging.WARNING, logger="mr2unet.training.loop"):
-        result = train(cfg, rare_split(), on_epoch_end=logged.append, progress=False)
+        result = train(cfg, rare_split(), on_epoch_end=logged.append, progress=False, options=RUN)
     warnings = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
     assert len(warnings) == 2  # once when it happens, once at the end
     assert "unet has collapsed: for 10 epochs in a row (up to epoch 11)" in warnings[0]
@@ -240,7 +256,7 @@ def test_a_collapsed_run_is_marked_in_mlflow(tmp_path, monkeypatch) -> None:
     tracker = TrainingTracker(params, "unet", root=tmp_path)
     run_id = tracker.start("train@unet")
     result = train(dataclasses.replace(CFG, epochs=12, lr=5e-2, seed=0), rare_split(),
-                   on_epoch_end=tracker.log_epoch, progress=False)
+                   on_epoch_end=tracker.log_epoch, progress=False, options=RUN)
     tracker.set_tags({"collapsed": "true" if result.collapsed else "false"})
     client = mlflow.MlflowClient(uri)
     assert client.get_run(run_id).data.tags["collapsed"] == "true"
@@ -251,7 +267,7 @@ def test_a_collapsed_run_is_marked_in_mlflow(tmp_path, monkeypatch) -> None:
 def test_a_learning_run_is_not_flagged(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="mr2unet.training.loop"):
         result = train(dataclasses.replace(CFG, epochs=6, lr=1e-2), tiny_split(),
-                       progress=False)
+                       progress=False, options=RUN)
     assert result.collapsed is None and not caplog.records
     assert all(r["collapsed"] == 0 for r in result.history)
     assert 0.02 < result.history[-1]["pred_defect_fraction"] < 0.2
@@ -259,20 +275,23 @@ def test_a_learning_run_is_not_flagged(caplog: pytest.LogCaptureFixture) -> None
 
 def test_config_from_params_and_fingerprint() -> None:
     params = {"train": {"epochs": 5, "batch_size": 2, "lr": 0.01, "base_width": 8,
-                        "device": "cpu", "models": ["mr2unet"],
-                        "model_options": {"mr2unet": {"recurrent_steps": 2}}}}
+                        "models": ["mr2unet"],
+                        "model_options": {"mr2unet": {"recurrent_steps": 2}}},
+              "run": {"device": "cpu", "cpu_threads": 1, "adam_impl": "fused"}}
     cfg = TrainConfig.from_params(params, "mr2unet")
     assert (cfg.epochs, cfg.batch_size, cfg.lr) == (5, 2, 0.01)
     assert cfg.model_kwargs() == {"base_width": 8, "recurrent_steps": 2}
-    assert cfg.fingerprint() == dataclasses.replace(cfg, log_every=99).fingerprint()
-    assert cfg.fingerprint() != dataclasses.replace(cfg, lr=0.02).fingerprint()
+    assert fingerprint(cfg) != fingerprint(dataclasses.replace(cfg, lr=0.02))
+    assert RunOptions.from_params(params) == RunOptions(device="cpu", cpu_threads=1,
+                                                        adam_impl="fused")
+    assert RunOptions.from_params({"train": {}}) == RunOptions()
 
 
 def test_missing_cuda_is_a_clear_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(UserError, match="no CUDA GPU"):
-        train(dataclasses.replace(CFG, device="cuda"), tiny_split(), progress=False)
+        train(CFG, tiny_split(), progress=False, options=RunOptions(device="cuda"))
 
 
 def test_history_csv_has_no_timings(tmp_path) -> None:
@@ -295,22 +314,24 @@ def test_a_step_budget_sets_the_epochs_and_resumes(tmp_path: pathlib.Path) -> No
 
     split = tiny_split(10)
     cfg = TrainConfig(arch="unet", epochs=99, steps=10, batch_size=4, base_width=2,
-                      device="cpu", checkpoint_every=2, seed=0, lr_schedule="cosine")
-    whole = train(cfg, split, progress=False)
+                      seed=0, lr_schedule="cosine")
+    run = dataclasses.replace(RUN, checkpoint_every=2)
+    whole = train(cfg, split, progress=False, options=run)
     assert len(whole.history) == 4 and whole.config.epochs == 4
     assert whole.history[-1]["lr"] == pytest.approx(epoch_lr(cfg.lr, 3, 4, "cosine"))
-    assert TrainConfig(arch="unet", epochs=7, steps=10).fingerprint() == \
-        TrainConfig(arch="unet", epochs=99, steps=10).fingerprint()
-    assert TrainConfig(arch="unet", epochs=99).fingerprint() != \
-        TrainConfig(arch="unet", epochs=99, steps=10).fingerprint()
+    assert fingerprint(TrainConfig(arch="unet", epochs=7, steps=10)) == \
+        fingerprint(TrainConfig(arch="unet", epochs=99, steps=10))
+    assert fingerprint(TrainConfig(arch="unet", epochs=99)) != \
+        fingerprint(TrainConfig(arch="unet", epochs=99, steps=10))
 
     def stop_at_3(row: dict) -> None:
         if row["epoch"] == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, split, checkpoint_dir=tmp_path, on_epoch_end=stop_at_3, progress=False)
-    resumed = train(cfg, split, checkpoint_dir=tmp_path, progress=False)
+        train(cfg, split, checkpoint_dir=tmp_path, on_epoch_end=stop_at_3, progress=False,
+              options=run)
+    resumed = train(cfg, split, checkpoint_dir=tmp_path, progress=False, options=run)
     assert resumed.resumed_from_epoch == 2
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]
 
@@ -332,7 +353,7 @@ def _per_step_scores(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 def test_epoch_tally_sums_what_the_per_step_sums_gave() -> None:
     """Every value bit for bit, with NaN and tied logits, padding, a partial last batch."""
-    from mr2unet.training.loop import EpochTally, defect_prediction
+    from mr2unet.training.batches import EpochTally, defect_prediction
 
     gen = torch.Generator().manual_seed(0)
     tally, expected = EpochTally(torch.device("cpu")), torch.zeros(6, dtype=torch.float64)
@@ -347,30 +368,31 @@ def test_epoch_tally_sums_what_the_per_step_sums_gave() -> None:
         target[:, :, -4:] = 255  # padding
         target[2] = 0  # an image without defect
         assert torch.equal(defect_prediction(logits), logits.argmax(1) == 1)
-        tally.add(logits, target)
+        tally.add(logits, target, torch.zeros(()))
         expected += _per_step_scores(logits, target)
     assert tally.totals().tolist() == expected.tolist()
     assert EpochTally(torch.device("cpu")).totals().tolist() == [0.0] * 6
 
 
-def _reference_training(cfg: TrainConfig, split: PreparedSplit) -> tuple[list[dict], dict]:
+def _reference_training(cfg: TrainConfig, run: RunOptions, split: PreparedSplit
+                        ) -> tuple[list[dict], dict]:
     """train() on the CPU in resize mode, written out as it was before issue #24: argmax and
     the scores every step.  (history rows, state_dict)"""
     from mr2unet.data.transforms import to_input
     from mr2unet.models import build_model
     from mr2unet.models.kernels import narrow_norms_in_nchw, onednn_1x1_convs
-    from mr2unet.training.loop import epoch_lr, make_optimizer
     from mr2unet.training.losses import SegmentationLoss
-    from mr2unet.training.speed import configure_determinism, set_cpu_threads
+    from mr2unet.training.options import configure_determinism, set_cpu_threads
+    from mr2unet.training.setup import make_optimizer
 
-    configure_determinism(cfg.deterministic, torch.device("cpu"))
-    set_cpu_threads(cfg.cpu_threads)
+    configure_determinism(run.deterministic, torch.device("cpu"))
+    set_cpu_threads(run.cpu_threads)
     criterion = SegmentationLoss(cfg.loss_config())
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, **cfg.model_kwargs()).to(memory_format=torch.channels_last)
-    narrow_norms_in_nchw(model)  # the CPU kernel routes of train.*: auto (test_speed.py)
+    narrow_norms_in_nchw(model)  # the CPU kernel routes: auto (test_speed.py)
     onednn_1x1_convs(model)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, run.adam_impl)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
     images, masks = torch.from_numpy(split.images), torch.from_numpy(split.masks).long()
@@ -412,12 +434,13 @@ def test_demo_settings_train_to_the_bits_of_the_loop_before(arch: str) -> None:
 
     params = yaml.safe_load(profiles.render("demo", REPO))
     cfg = dataclasses.replace(TrainConfig.from_params(params, arch), epochs=2)
-    assert (cfg.cpu_threads, cfg.augment, cfg.loss, cfg.crop_size) == (1, "flips_rot90",
-                                                                        "ce_dice", None)
+    run = RunOptions.from_params(params)
+    assert (run.cpu_threads, run.adam_impl, cfg.augment, cfg.loss, cfg.crop_size) == (
+        1, "fused", "flips_rot90", "ce_dice", None)
     split = tiny_split(20, params["prepare"]["image_size"], seed=1)  # batches of 8, 8, 4
     split.masks[:3, :, -6:] = 255  # padding on some images
-    result = train(cfg, split, progress=False)
-    rows, state = _reference_training(cfg, split)
+    result = train(cfg, split, progress=False, options=run)
+    rows, state = _reference_training(cfg, run, split)
     assert [{k: row[k] for k in rows[0]} for row in result.history] == rows
     got = result.model.state_dict()
     assert got.keys() == state.keys()

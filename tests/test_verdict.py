@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from helpers import CFG, constant_model
+from helpers import CFG, RUN, constant_model
 from sklearn.metrics import roc_auc_score
 
 from mr2unet.data.prepared import PreparedSplit
@@ -226,7 +226,7 @@ def verdict_of(model: torch.nn.Module, task: tuple[PreparedSplit, PreparedSplit]
 
 def trained(epochs: int, task: tuple[PreparedSplit, PreparedSplit]) -> torch.nn.Module:
     cfg = dataclasses.replace(CFG, epochs=epochs, loss="ce_dice", lr=1e-2)
-    return train(cfg, task[0], progress=False).model
+    return train(cfg, task[0], progress=False, options=RUN).model
 
 
 def test_a_constant_network_has_not_learned(task) -> None:

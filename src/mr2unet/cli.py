@@ -111,8 +111,7 @@ def _repro(args: argparse.Namespace) -> int:
 
     from mr2unet import repro
 
-    return repro.run(Path(args.repo), args.jobs, ["--force"] if args.force else [],
-                     together=args.together)
+    return repro.run(Path(args.repo), args.jobs, ["--force"] if args.force else [])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,12 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "stages at a time (separate dvc processes; results as dvc repro's)")
     p.add_argument("--jobs", "-j", type=int, default=2,
                    help="networks at a time (default 2); give each its share of the CPU "
-                        "cores with train.cpu_threads")
+                        "cores with run.cpu_threads")
     p.add_argument("--force", "-f", action="store_true",
                    help="run every stage even if nothing changed (dvc repro --force)")
-    p.add_argument("--together", action="store_true",
-                   help="train the stale networks in one process, each on its own CUDA "
-                        "stream (one GPU), then run the rest")
     p.add_argument("--repo", default=".")
     p.set_defaults(func=_repro)
 

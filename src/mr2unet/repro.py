@@ -14,14 +14,8 @@ it checks and records a stage, not while the stage's command runs, and
 Extra arguments (``--force``...) go to every ``dvc repro``. Each stage runs the same
 command with the same parameters as under a plain ``dvc repro``, so its outputs are the
 same; only the order of the MLflow runs differs. Jobs share the machine: on a CPU give
-each its share of the cores (``train.cpu_threads``); on one GPU they share the device
+each its share of the cores (``run.cpu_threads``); on one GPU they share the device
 (docs/performance.md measured 1.8x sooner for the four networks at once on an H100).
-
-``--together`` (for one GPU) trains the stale networks in one process instead, each on
-its own CUDA stream (``mr2unet.training.many``): after step 1 it runs
-``python pipeline/train.py X Y ...`` (the same outputs each ``train@X`` writes alone) and
-``dvc commit`` records those stages as ``dvc repro`` would; steps 2-3 then find them up to
-date and run the rest.
 
 SIGTERM or Ctrl-C stops every ``dvc`` process it started (each runs in its own process
 group, which gets SIGTERM, then SIGKILL after ``STOP_GRACE_S``), waits for them and exits
@@ -30,7 +24,6 @@ group, which gets SIGTERM, then SIGKILL after ``STOP_GRACE_S``), waits for them 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -170,23 +163,21 @@ def _stop_children_on_signals() -> Iterator[None]:
 
 
 def check_threads(params_path: Path, jobs: int, cores: int | None = None) -> str | None:
-    """A warning when ``jobs`` trainings at ``train.cpu_threads`` each oversubscribe the CPU."""
+    """A warning when ``jobs`` trainings at ``run.cpu_threads`` each oversubscribe the CPU."""
     cores = cores or os.cpu_count() or 1
-    train = read_mapping(params_path).get("train") or {}
-    if str(train.get("device", "auto")).startswith("cuda") or jobs <= 1:
+    run = read_mapping(params_path).get("run") or {}
+    if str(run.get("device", "auto")).startswith("cuda") or jobs <= 1:
         return None
-    threads = train.get("cpu_threads") or cores
+    threads = run.get("cpu_threads") or cores
     if jobs * threads <= cores:
         return None
-    return (f"{jobs} jobs x train.cpu_threads {threads} > {cores} CPU cores: CPU trainings "
-            f"will slow each other down (measured >10x); set train.cpu_threads to "
+    return (f"{jobs} jobs x run.cpu_threads {threads} > {cores} CPU cores: CPU trainings "
+            f"will slow each other down (measured >10x); set run.cpu_threads to "
             f"{max(1, cores // jobs)} or use fewer jobs (the GPU case is unaffected)")
 
 
-def run(project: Path, jobs: int, repro_args: Sequence[str] = (), together: bool = False
-        ) -> int:
-    """The pipeline of ``project`` with ``jobs`` networks at a time (``together``: their
-    training in one process first); 0 when all succeeded."""
+def run(project: Path, jobs: int, repro_args: Sequence[str] = ()) -> int:
+    """The pipeline of ``project`` with ``jobs`` networks at a time; 0 when all succeeded."""
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     dvc, args = _dvc(), list(repro_args)
@@ -203,7 +194,7 @@ def run(project: Path, jobs: int, repro_args: Sequence[str] = (), together: bool
     if warning:
         log.warning(warning)
     with _stop_children_on_signals():
-        code = _run_steps(project, dvc, args, steps, jobs, together)
+        code = _run_steps(project, dvc, args, steps, jobs)
     if _stopping:
         log.error("interrupted: every stage stopped; the checkpoints written so far are kept: "
                   "run `mr2unet repro` again to resume")
@@ -211,44 +202,10 @@ def run(project: Path, jobs: int, repro_args: Sequence[str] = (), together: bool
     return code
 
 
-def stale_training(project: Path, dvc: str, stages: Sequence[str], force: bool) -> list[str]:
-    """The ``train@X`` of ``stages`` that ``dvc repro`` would run (all with ``--force``)."""
-    if force:
-        return list(stages)
-    status = subprocess.run([dvc, "status", "--json", *stages], cwd=project,
-                            capture_output=True, text=True)
-    if status.returncode != 0:
-        raise UserError(f"`dvc status` failed in {project}: {status.stderr.strip()}")
-    changed = json.loads(status.stdout or "{}")
-    return [s for s in stages if s in changed]
-
-
-def _train_together(project: Path, dvc: str, args: list[str], steps: Plan,
-                    lock: threading.Lock) -> bool:
-    """Train the stale networks in one process and record their stages; True on failure."""
-    stages = [c[0] for c in steps.chains if c[0].startswith("train@")]
-    stale = stale_training(project, dvc, stages, "--force" in args or "-f" in args)
-    if not stale:
-        return False
-    models = [s.split("@", 1)[1] for s in stale]
-    log.info("training %s together in one process", ", ".join(models))
-    if _stream([sys.executable, "pipeline/train.py", *models], project, "[together] ", lock):
-        return True
-    return bool(_stream([dvc, "commit", "--force", *stale], project, "[together] ", lock))
-
-
-def _run_steps(project: Path, dvc: str, args: list[str], steps: Plan, jobs: int,
-               together: bool = False) -> int:
+def _run_steps(project: Path, dvc: str, args: list[str], steps: Plan, jobs: int) -> int:
     lock = threading.Lock()
     if steps.upstream and _stream([dvc, "repro", *args, steps.upstream], project, "", lock):
         return 1
-    chains = steps.chains
-    if together:
-        if _train_together(project, dvc, args, steps, lock):
-            return 1
-        # the training is recorded: the lanes run the rest (a --force must not retrain)
-        chains = tuple(rest for c in chains if (rest := tuple(
-            s for s in c if not s.startswith("train@"))))
     failed: list[str] = []
 
     def lane(chain: tuple[str, ...]) -> None:
@@ -260,7 +217,7 @@ def _run_steps(project: Path, dvc: str, args: list[str], steps: Plan, jobs: int,
             failed.append(network)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(lane, chains))
+        list(pool.map(lane, steps.chains))
     if failed:
         log.error("stages of %s failed (output above); the other networks' results are "
                   "recorded: fix it and run again", ", ".join(failed))

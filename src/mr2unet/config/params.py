@@ -22,8 +22,7 @@ from mr2unet.errors import UserError
 
 MODEL_NAMES = ("unet", "resunet", "attention_unet", "mr2unet")
 SOURCES = ("synthetic", "url", "archive", "directory")
-# `train.compile`: false, true (= default) or one of torch.compile's modes.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# `run.adam_impl` (mr2unet.training.setup.make_optimizer)
 ADAM_IMPLS = ("auto", "foreach", "fused")
 # `train.loss`: a pixel term, a region term, or `<pixel>_<region>` (mr2unet.training.losses).
 PIXEL_LOSSES = ("ce", "weighted_ce", "focal")
@@ -43,16 +42,19 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
                 "defect_crop_fraction"),
     "train": ("models", "epochs", "steps", "batch_size", "lr", "lr_schedule", "weight_decay",
               "loss", "dice_weight", "class_weights", "focal_gamma", "tversky_alpha",
-              "tversky_beta", "augment", "seed", "device", "precision", "channels_last",
-              "cpu_threads", "compile", "adam_impl", "cuda_graphs", "fused_convs",
-              "narrow_norms_nchw", "onednn_1x1_convs", "deterministic",
-              "checkpoint_every", "log_every",
-              "base_width", "model_options"),
+              "tversky_beta", "augment", "seed", "base_width", "model_options"),
+    # how the runs execute (mr2unet.training.options.RunOptions): not DVC dependencies
+    "run": ("device", "precision", "channels_last", "cpu_threads", "compile", "adam_impl",
+            "cuda_graphs", "deterministic", "checkpoint_every", "log_every"),
     "evaluate": ("batch_size", "empty_score", "report_samples", "image_score",
                  "min_defect_area", "fit_for_use", "threshold"),
     "tracking": ("enabled", "uri", "experiment", "registry_prefix", "champion_alias",
                  "challenger_alias"),
 }
+# Keys of an older params.yaml: where each went (issue #34). The removed speed levers'
+# committed values are now what always runs; benchmarks set them on RunOptions.
+MOVED_KEYS = {f"train.{key}": f"run.{key}" for key in KNOWN_KEYS["run"]}
+REMOVED_KEYS = ("train.fused_convs", "train.narrow_norms_nchw", "train.onednn_1x1_convs")
 TOP_LEVEL = tuple(KNOWN_KEYS)
 LAYOUTS = ("mvtec", "folder", "visa", "yolo", "coco", "labelme")
 # `data.folder` (data.layout: folder; mr2unet.data.folder)
@@ -121,6 +123,7 @@ def _unknown(keys: list[str], known: tuple[str, ...], prefix: str) -> str | None
 
 
 def check_known_keys(params: dict[str, Any], where: str = "params.yaml") -> None:
+    _check_moved_keys(params, where)
     """Raise :class:`UserError` on the first key that no stage reads (a typo)."""
     problem = _unknown(list(params), TOP_LEVEL, "")
     for section, known in KNOWN_KEYS.items():
@@ -138,6 +141,20 @@ def check_known_keys(params: dict[str, Any], where: str = "params.yaml") -> None
             problem = _unknown(list(spec), required + optional, f"data.{name}.")
     if problem:
         raise UserError(f"{where}: {problem}")
+
+def _check_moved_keys(params: dict[str, Any], where: str) -> None:
+    """One clear error for a key of an older layout (``train.cpu_threads``...)."""
+    train = params.get("train")
+    for key in train if isinstance(train, dict) else ():
+        dotted = f"train.{key}"
+        if dotted in MOVED_KEYS:
+            raise UserError(f"{where}: `{dotted}` moved to `{MOVED_KEYS[dotted]}` (the new "
+                            "`run:` section: how runs execute, not DVC dependencies); move "
+                            "it there, or rewrite the file with `mr2unet profile paper`.")
+        if dotted in REMOVED_KEYS:
+            raise UserError(f"{where}: `{dotted}` was removed (its committed value `auto` "
+                            "or `false` is what always runs; docs/params.md): delete it.")
+
 
 
 def _get(params: dict[str, Any], dotted: str) -> Any:
@@ -199,20 +216,24 @@ def _check_loss_knobs(params: dict[str, Any]) -> None:
            "a number >= 0 with tversky_alpha + tversky_beta > 0")
 
 
-def _check_speed_levers(params: dict[str, Any]) -> None:
-    """`train.compile`, `adam_impl`, `cuda_graphs`, `fused_convs`, `narrow_norms_nchw`,
-    `onednn_1x1_convs`, `deterministic` (docs/training.md)."""
-    _choice(params, "train.compile", (False, True, *COMPILE_MODES))
-    _choice(params, "train.adam_impl", ADAM_IMPLS)
-    _choice(params, "train.cuda_graphs", (False, True, "auto"))
-    _choice(params, "train.fused_convs", (False, True, "auto"))
-    _choice(params, "train.narrow_norms_nchw", (False, True, "auto"))
-    _choice(params, "train.onednn_1x1_convs", (False, True, "auto"))
-    _choice(params, "train.deterministic", (True, False))
-    compile_setting = params["train"]["compile"]
-    _check(not (params["train"]["cuda_graphs"] is True and compile_setting is not False),
-           "train.cuda_graphs", True, f"false while train.compile is {compile_setting!r} "
-           "(pick one: compile's reduce-overhead mode captures CUDA graphs itself)")
+def _check_run(params: dict[str, Any]) -> None:
+    """The ``run:`` section (mr2unet.training.options.RunOptions; docs/training.md)."""
+    device = _get(params, "run.device")
+    _check(isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device)
+           is not None, "run.device", device, "auto, cpu, cuda, cuda:N or mps")
+    _choice(params, "run.precision", ("auto", "bf16", "fp16", "fp32"))
+    _choice(params, "run.channels_last", ("auto", True, False))
+    threads = _get(params, "run.cpu_threads")
+    _check(threads is None or (_is_int(threads) and threads > 0),
+           "run.cpu_threads", threads, "null (one per core) or a positive integer")
+    _choice(params, "run.compile", (False, True))
+    _choice(params, "run.adam_impl", ADAM_IMPLS)
+    _choice(params, "run.cuda_graphs", (False, True))
+    _choice(params, "run.deterministic", (True, False))
+    _check(not (params["run"]["cuda_graphs"] and params["run"]["compile"]),
+           "run.cuda_graphs", True, "false while run.compile is true (pick one)")
+    for key in ("run.checkpoint_every", "run.log_every"):
+        _positive_int(params, key)
 
 
 IMAGE_SCORES = ("max_smoothed", "top_k_mean")  # mr2unet.metrics.image.IMAGE_SCORES
@@ -367,8 +388,7 @@ def validate(params: dict[str, Any]) -> None:
     models = _get(params, "train.models")
     _check(isinstance(models, list) and len(models) > 0 and set(models) <= set(MODEL_NAMES),
            "train.models", models, "a non-empty list drawn from " + ", ".join(MODEL_NAMES))
-    for key in ("train.epochs", "train.batch_size", "train.checkpoint_every", "train.log_every",
-                "train.base_width", "evaluate.batch_size"):
+    for key in ("train.epochs", "train.batch_size", "train.base_width", "evaluate.batch_size"):
         _positive_int(params, key)
     steps = _get(params, "train.steps")
     _check(steps is None or (_is_int(steps) and steps > 0), "train.steps", steps,
@@ -378,18 +398,10 @@ def validate(params: dict[str, Any]) -> None:
     _check(_is_number(decay) and decay >= 0,
            "train.weight_decay", decay, "a number >= 0")
     _choice(params, "train.lr_schedule", ("constant", "cosine"))
-    threads = _get(params, "train.cpu_threads")
-    _check(threads is None or (_is_int(threads) and threads > 0),
-           "train.cpu_threads", threads, "null (one per core) or a positive integer")
     _choice(params, "train.loss", LOSSES)
     _check_loss_knobs(params)
     _choice(params, "train.augment", ("none", "flips", "flips_rot90"))
-    _choice(params, "train.precision", ("auto", "bf16", "fp16", "fp32"))
-    _choice(params, "train.channels_last", ("auto", True, False))
-    _check_speed_levers(params)
-    device = _get(params, "train.device")
-    _check(isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device)
-           is not None, "train.device", device, "auto, cpu, cuda, cuda:N or mps")
+    _check_run(params)
     empty = _get(params, "evaluate.empty_score")
     _check(_is_number(empty) and empty in (0, 1),
            "evaluate.empty_score", empty, "1.0 or 0.0")

@@ -280,7 +280,7 @@ def judge(primary: dict[str, Any], split: PreparedSplit, levels: np.ndarray | No
           train: PreparedSplit | None, empty_score: float, fit_for_use: dict[str, float],
           good: np.ndarray | None = None, predictions: np.ndarray | None = None,
           min_area: int = 1) -> dict[str, Any]:
-    """The evaluation record's ``verdict`` block: the verdict, its reason and figures, and
+    """The pooled file's ``verdict`` block: the verdict, its reason and figures, and
     the trivial baselines' scores (:mod:`mr2unet.evaluation.verdict`); the baselines'
     IOU, like the network's, over the images that are not ``good`` parts. With the
     test ``predictions`` the good parts flagged join the verdict (``false_alarms``)

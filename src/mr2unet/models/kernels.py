@@ -11,8 +11,8 @@ another kernel for the same function (docs/performance.md, issue #24):
 * 1×1 convolutions of a batch under 16 on one thread go to PyTorch's im2col kernel
   rather than oneDNN (:func:`onednn_1x1_convs` routes them to oneDNN).
 
-Both are off until the training engine switches them on (``train.narrow_norms_nchw``,
-``train.onednn_1x1_convs``, :mod:`mr2unet.training.speed`); evaluation and export see
+Both are off until training switches them on (on the CPU with channels_last:
+:data:`mr2unet.training.options.AUTO`, :mod:`mr2unet.training.setup`); evaluation and export see
 the modules as PyTorch builds them.  :func:`like_layout` keeps a layout across
 operators that would drop it.
 """

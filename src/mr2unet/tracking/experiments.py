@@ -121,7 +121,7 @@ def _from_cache(repo: Path, md5: str) -> str | None:
 
 def _from_dvc_api(repo: Path, ref: str, path: str) -> str | None:
     try:
-        import dvc.api  # lazy: loading DVC takes seconds; only the fallback reader needs it
+        import dvc.api
 
         return str(dvc.api.read(path, repo=str(repo), rev=ref))
     except Exception as exc:  # noqa: BLE001 - any failure means "not available"

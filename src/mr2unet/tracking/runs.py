@@ -185,7 +185,7 @@ class TrainingTracker:
             return False
 
     def _log_params(self, flat: dict[str, str]) -> None:
-        from mlflow.entities import Param  # lazy: optional dependency
+        from mlflow.entities import Param
 
         items = [Param(k, v[:6000]) for k, v in sorted(flat.items())]
         for i in range(0, len(items), 100):  # MLflow accepts at most 100 params a batch
@@ -193,7 +193,7 @@ class TrainingTracker:
             locked_write(self.uri, lambda c=chunk: self.client.log_batch(self.run_id, params=c))
 
     def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric  # lazy: optional dependency
+        from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
         metrics = [Metric(k, float(v), stamp, step or 0) for k, v in values.items()]
