@@ -31,7 +31,7 @@ DEMO_JOBS ?= 2
 demo: $(STAMP)
 	$(BIN)/python -m mr2unet.cli profile demo
 	$(BIN)/python -m mr2unet.cli repro --jobs $(DEMO_JOBS) $(REPRO_ARGS)
-	@echo "Done: metrics/ (IOU/Dice), reports/report.html, MLflow store mlflow.db (make ui)."
+	@echo "Done: metrics/ (IOU/Dice), reports/report.html, registry aliases (data/promotion.json), MLflow store mlflow.db (make ui)."
 
 ## sweep: the demo over several seeds as queued DVC experiments (JOBS workers with
 ## THREADS CPU threads each), then mean ± std per category in reports/seed_spread.md.

@@ -9,7 +9,7 @@ it checks and records a stage, not while the stage's command runs, and
 1. ``dvc repro <last upstream stage>``: the data every network needs (download, prepare);
 2. for each network, ``dvc --wait-for-lock repro --single-item train@X evaluate@X``,
    ``jobs`` networks at a time, the costliest first;
-3. ``dvc repro --single-item <the remaining stages>`` (the report).
+3. ``dvc repro --single-item <the remaining stages>`` (the report, then promote).
 
 Extra arguments (``--force``...) go to every ``dvc repro``. Each stage runs the same
 command with the same parameters as under a plain ``dvc repro``, so its outputs are the
