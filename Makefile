@@ -45,7 +45,7 @@ sweep: $(STAMP)
 	$(BIN)/python -m mr2unet.cli profile $(PROFILE)
 	for seed in $(SEEDS); do \
 	  $(BIN)/dvc exp run --queue -S "train.seed=$$seed" \
-	    -S "train.cpu_threads=$(THREADS)" $(SWEEP_ARGS); \
+	    -S "run.cpu_threads=$(THREADS)" $(SWEEP_ARGS); \
 	done
 	$(BIN)/dvc exp run --run-all -j $(JOBS)
 	@# --run-all exits 0 even when an experiment failed: say so, with where to look
