@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mr2unet.config.params import check_known_keys, merge_into, read_mapping
+from mr2unet.config.params import check_known_keys, merge_into, read_mapping, validate
 from mr2unet.errors import UserError
 
 if TYPE_CHECKING:
@@ -119,8 +119,6 @@ def apply(name: str, params_path: Path = Path("params.yaml"), root: Path = Path(
     The result is validated before anything is written, so a profile that cannot run
     (a typo, an archive that is not there) leaves ``params.yaml`` as it was.
     """
-    from mr2unet.config.params import validate
-
     text = render(name, root)
     values = yaml.safe_load(text)
     where = f"profiles/{name}.yaml" if name == BASE else ", ".join(

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from mr2unet.errors import UserError
+from mr2unet.models import build_model
 from mr2unet.models.inference import DEFAULT_THRESHOLD
 
 FORMAT_VERSION = 1
@@ -101,8 +102,6 @@ def stored_threshold(payload: dict[str, Any]) -> float:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the network stored in ``path`` and load its weights (eval mode)."""
-    from mr2unet.models import build_model
-
     payload = read_checkpoint(path)
     model = build_model(payload["arch"], **payload["model_kwargs"])
     model.load_state_dict(payload["state_dict"])

@@ -29,6 +29,7 @@ from PIL import Image
 
 from mr2unet.data.prepare import pad_box, resize_image
 from mr2unet.data.transforms import to_input
+from mr2unet.models.checkpoint import resize_mode, stored_threshold
 from mr2unet.models.inference import DEFAULT_THRESHOLD, defect_mask, defect_probability
 from mr2unet.models.tiling import Tiling, tiling_of, whole_image_logits
 
@@ -49,8 +50,6 @@ class LoadedModel:
 def loaded_model(module: torch.nn.Module, payload: dict[str, Any], source: str
                  ) -> LoadedModel:
     """The :class:`LoadedModel` of a network and its model file's ``payload``."""
-    from mr2unet.models.checkpoint import resize_mode, stored_threshold
-
     return LoadedModel(module, int(payload["image_size"]), source, resize_mode(payload),
                        tiling_of(payload), stored_threshold(payload))
 
