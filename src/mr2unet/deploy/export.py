@@ -40,9 +40,15 @@ import numpy as np
 import torch
 from torch import nn
 
+import mr2unet
+from mr2unet.config.provenance import file_sha256
 from mr2unet.data.transforms import to_input
+from mr2unet.deploy.predict import URI
 from mr2unet.errors import UserError
+from mr2unet.models.checkpoint import load_model, resize_mode, stored_threshold, threshold_record
 from mr2unet.models.inference import DEFAULT_THRESHOLD, defect_mask, defect_probability
+from mr2unet.tracking.registry import download_checkpoint, find_checkpoint
+from mr2unet.tracking.runs import resolve_tracking_uri
 
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_OPSET = {"torchscript": 17, "dynamo": 18}
@@ -95,12 +101,7 @@ class Parity:
 def checkpoint_file(model_ref: str, tracking_uri: str | None = None) -> Iterator[Path]:
     """The ``.pt`` of a path, a downloaded model folder or an MLflow URI (downloaded to
     a temporary folder that lives as long as the ``with`` block)."""
-    from mr2unet.deploy.predict import URI
-    from mr2unet.tracking.registry import download_checkpoint, find_checkpoint
-
     if URI.match(model_ref) and not Path(model_ref).exists():
-        from mr2unet.tracking.runs import resolve_tracking_uri
-
         uri = tracking_uri or resolve_tracking_uri({}, Path.cwd())
         with tempfile.TemporaryDirectory(prefix="mr2unet-export-") as tmp:
             yield download_checkpoint(model_ref, Path(tmp), uri)
@@ -126,8 +127,6 @@ def contract(arch: str, image_size: int, opset: int, exporter: str, source: str 
     """The ``metadata_props`` written into the file: what a caller needs to feed it
     (``threshold``: the model's mask threshold, ``threshold_rule`` how it was chosen,
     ``resize`` how ``prepare`` made its images square: ``squash`` or ``pad``)."""
-    import mr2unet
-
     s = image_size
     meta = {
         "mr2unet.arch": arch,
@@ -238,14 +237,6 @@ def _export_dynamo(head: nn.Module, example: torch.Tensor, path: Path, opset: in
 def export_checkpoint(checkpoint: str | Path, out: str | Path, exporter: str = "torchscript",
                       opset: int | None = None, source: str = "") -> ExportResult:
     """Export the network stored in ``checkpoint`` (a ``.pt`` written by training)."""
-    from mr2unet.config.provenance import file_sha256
-    from mr2unet.models.checkpoint import (
-        load_model,
-        resize_mode,
-        stored_threshold,
-        threshold_record,
-    )
-
     model, payload = load_model(checkpoint)
     chosen = threshold_record(payload) or {}
     return export_onnx(model, payload["arch"], int(payload["image_size"]), out, exporter, opset,
@@ -310,8 +301,6 @@ def random_images(count: int, size: int, seed: int = 0) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     """``mr2unet export``: write the file, check it with ONNX Runtime, print what it is."""
-    from mr2unet.models.checkpoint import load_model
-
     if args.format != "onnx":
         raise UserError(f"--format {args.format}: only onnx is supported.")
     with checkpoint_file(args.model, args.tracking_uri) as checkpoint:

@@ -37,9 +37,13 @@ from tqdm import tqdm
 from mr2unet.data.images import IMAGE_SUFFIXES, png_bytes, read_rgb
 from mr2unet.errors import UserError
 from mr2unet.evaluation.probabilities import quantise
+from mr2unet.models.checkpoint import load_model
 from mr2unet.models.frames import FrameMaps, LoadedModel, frame_maps, loaded_model
 from mr2unet.models.inference import check_threshold
 from mr2unet.reporting.pictures import overlay
+from mr2unet.tracking.registry import download_checkpoint, find_checkpoint
+from mr2unet.tracking.runs import resolve_tracking_uri
+from mr2unet.training.options import resolve_device
 
 log = logging.getLogger(__name__)
 SUFFIXES = IMAGE_SUFFIXES
@@ -68,12 +72,7 @@ class PredictResult:
 def load_predictor(model_ref: str, device: torch.device | str = "cpu",
                    tracking_uri: str | None = None) -> LoadedModel:
     """A model from a ``.pt`` file, a downloaded model folder or an MLflow URI."""
-    from mr2unet.models.checkpoint import load_model
-    from mr2unet.tracking.registry import download_checkpoint, find_checkpoint
-
     if URI.match(model_ref) and not Path(model_ref).exists():
-        from mr2unet.tracking.runs import resolve_tracking_uri
-
         uri = tracking_uri or resolve_tracking_uri({}, Path.cwd())
         with tempfile.TemporaryDirectory(prefix="mr2unet-model-") as tmp:
             module, payload = load_model(download_checkpoint(model_ref, Path(tmp), uri), device)
@@ -177,8 +176,6 @@ def predict_images(model: LoadedModel, paths: Sequence[Path], out_dir: Path,
 
 def run(args: argparse.Namespace) -> int:
     """``mr2unet predict``: 0 when every image was written, 1 when any failed."""
-    from mr2unet.training.options import resolve_device
-
     inputs, out_dir = [Path(p) for p in args.inputs], Path(args.out)
     if not find_images(inputs, out_dir):
         raise UserError(f"no images in {args.inputs} (directories are searched for "
