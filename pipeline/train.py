@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from _common import run_model_stage
 
+from mr2unet.config.provenance import git_commit, write_run_info
 from mr2unet.config.workspace import PREPARED, ModelFiles
 from mr2unet.data.prepare import resolved_prepare
 from mr2unet.data.prepared import load_split
@@ -100,7 +101,7 @@ def start(params: dict[str, Any], arch: str, rank: int) -> Stage:
                         f"{', '.join(MODEL_NAMES)}.")
     stage = Stage(arch, TrainConfig.from_params(params, arch), Path("data/checkpoints") / arch)
     if params["tracking"]["enabled"] and rank == 0:
-        from mr2unet.tracking.runs import TrainingTracker
+        from mr2unet.tracking.runs import TrainingTracker  # imports MLflow: only when tracking
 
         stage.tracker = TrainingTracker(params, arch)
         run_id_file = stage.checkpoint_dir / "mlflow_run_id"
@@ -135,8 +136,6 @@ def main(params: dict[str, Any], arch: str) -> None:
 
 def finish(params: dict[str, Any], stage: Stage, result: TrainResult) -> None:
     """A trained network's stage outputs: model file, history, MLflow run, run info."""
-    from mr2unet.config.provenance import git_commit, write_run_info
-
     arch, cfg, tracker = stage.arch, stage.cfg, stage.tracker
     files = ModelFiles(arch)
     model_path, history_path = files.checkpoint, files.history
