@@ -154,6 +154,8 @@ class TrainingTracker:
         stage_params["train"] = {k: v for k, v in self.params["train"].items()
                                  if k not in ("model_options", "models")}
         stage_params["model_options"] = self.params["train"]["model_options"].get(self.arch) or {}
+        # how it ran (device, threads, speed levers): no DVC dependency, logged for comparison
+        stage_params["run"] = dict(self.params.get("run") or {})
         # how the mask threshold is chosen (its value: metric and tags `threshold`)
         for section, key in THRESHOLD_KEYS:
             if key in (self.params.get(section) or {}):
@@ -185,7 +187,7 @@ class TrainingTracker:
             return False
 
     def _log_params(self, flat: dict[str, str]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # lazy: optional dependency
 
         items = [Param(k, v[:6000]) for k, v in sorted(flat.items())]
         for i in range(0, len(items), 100):  # MLflow accepts at most 100 params a batch
@@ -193,7 +195,7 @@ class TrainingTracker:
             locked_write(self.uri, lambda c=chunk: self.client.log_batch(self.run_id, params=c))
 
     def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # lazy: optional dependency
 
         stamp = int(time.time() * 1000)
         metrics = [Metric(k, float(v), stamp, step or 0) for k, v in values.items()]
