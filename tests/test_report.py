@@ -215,20 +215,26 @@ def test_report_is_deterministic_but_for_its_time(reported: Path) -> None:
 def test_stage_scripts_run_from_the_project_root(tmp_path: Path) -> None:
     root = fake_project(tmp_path, {"unet": constant_model("unet", True)})
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["train"].update(models=["unet"], device="cpu")
+    raw["train"]["models"] = ["unet"]
+    raw["run"]["device"] = "cpu"
     raw["tracking"]["enabled"] = False
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    for script in (["evaluate.py", "unet"], ["report.py"]):
+    said = {}
+    for script in (["evaluate.py", "unet"], ["report.py"], ["promote.py"]):
         result = subprocess.run([sys.executable, str(REPO / "pipeline" / script[0]), *script[1:]],
                                 cwd=root, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
-    assert "mean IOU" in result.stdout and (root / "reports/report.html").is_file()
+        said[script[0]] = result.stdout
+    assert "mean IOU" in said["report.py"] and (root / "reports/report.html").is_file()
+    assert json.loads((root / "data/promotion.json").read_text())["excluded"] == {
+        "unet": "not learned"}  # "defect everywhere"
     (root / "metrics/unet.json").unlink()
-    result = subprocess.run([sys.executable, str(REPO / "pipeline/report.py")], cwd=root,
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "metrics/unet.json not found: run `dvc repro evaluate@unet`" in result.stderr
-    assert "Traceback" not in result.stderr
+    for script in ("report.py", "promote.py"):
+        result = subprocess.run([sys.executable, str(REPO / "pipeline" / script)], cwd=root,
+                                capture_output=True, text=True)
+        assert result.returncode == 2
+        assert "metrics/unet.json not found: run `dvc repro evaluate@unet`" in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 # ---------------------------------------------------------------------------- registry
