@@ -85,7 +85,7 @@ def train(cfg: TrainConfig, split: PreparedSplit, checkpoint_dir: Path | None = 
     criterion = SegmentationLoss(cfg.loss_config()).to(device)
     state = checkpoint.load_training_state(checkpoint_dir, checkpoint.fingerprint(cfg))
     net = set_up(cfg, run, state, world)
-    generators = checkpoint.restore_generators(state, cfg, device)
+    shuffle_gen, aug_gen = checkpoint.restore_generators(state, cfg, device)
     history: list[dict[str, float]] = list(state["history"]) if state else []
     start_epoch = int(state["epoch"]) if state else 0
     if state:
@@ -104,11 +104,11 @@ def train(cfg: TrainConfig, split: PreparedSplit, checkpoint_dir: Path | None = 
         for group in net.optimizer.param_groups:
             group["lr"] = cfg.lr_at(epoch)
         epoch_start = time.perf_counter()
-        order = torch.randperm(len(data), generator=generators[0])[rank::world].to(device)
+        order = torch.randperm(len(data), generator=shuffle_gen)[rank::world].to(device)
         tally = EpochTally(device)
         for step in range(steps):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x, y = data.get(idx, generators[1])
+            x, y = data.get(idx, aug_gen)
             loss = train_step(net, run, criterion, x, y, tally)
             if progress and rank == 0 and (step + 1) % options.log_every == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", step=f"{step + 1}/{steps}")
@@ -123,7 +123,7 @@ def train(cfg: TrainConfig, split: PreparedSplit, checkpoint_dir: Path | None = 
         if (checkpoint_dir is not None and rank == 0 and epoch + 1 < cfg.epochs
                 and (epoch + 1) % options.checkpoint_every == 0):
             checkpoint.save_training_state(checkpoint_dir, checkpoint.training_state(
-                cfg, epoch + 1, net.model, net.optimizer, generators, history))
+                cfg, epoch + 1, net.model, net.optimizer, (shuffle_gen, aug_gen), history))
     bar.close()
     if rank == 0 and any(r.get("collapsed") for r in history[start_epoch:]):
         log_collapse_outcome(cfg.arch, history)
