@@ -47,8 +47,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.models import build_model
-from mr2unet.training.loop import TrainConfig, train
-from mr2unet.training.speed import resolve_device
+from mr2unet.training.config import TrainConfig
+from mr2unet.training.loop import train
+from mr2unet.training.options import RunOptions, resolve_device
 
 PAPER_TRAIN_IMAGES = 1006  # 80 % of the paper's 1258 defective images
 PAPER_EPOCHS = 200
@@ -97,12 +98,12 @@ def write_pngs(split: PreparedSplit, root: Path) -> None:
 class PlainLoop:
     """A plain fp32 loop over a DataLoader of PNGs (:func:`write_pngs`), one epoch a call.
 
-    Only the model, batch size, lr and seed of ``cfg`` are used.  Each epoch runs with
-    PyTorch's default kernels, whatever the process set before (and sets that back).
+    Only the model, batch size, lr and seed of ``cfg`` are used, on ``device``.  Each epoch
+    runs with PyTorch's default kernels, whatever the process set before (and sets that back).
     """
 
-    def __init__(self, cfg: TrainConfig, root: Path, n: int) -> None:
-        self.device = resolve_device(cfg.device)
+    def __init__(self, cfg: TrainConfig, device: torch.device, root: Path, n: int) -> None:
+        self.device = device
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.arch, **cfg.model_kwargs()).to(self.device).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
@@ -130,9 +131,10 @@ class PlainLoop:
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1:]
 
 
-def plain_images_per_second(cfg: TrainConfig, root: Path, n: int, epochs: int) -> float:
+def plain_images_per_second(cfg: TrainConfig, device: torch.device, root: Path, n: int,
+                            epochs: int) -> float:
     """The plain loop's images/s: a warm-up epoch, then ``epochs`` timed ones."""
-    loop = PlainLoop(cfg, root, n)
+    loop = PlainLoop(cfg, device, root, n)
     loop.epoch()
     return n * epochs / sum(loop.epoch() for _ in range(epochs))
 
@@ -152,16 +154,17 @@ class Paired:
     ratio: float
 
 
-def paired_speeds(cfg: TrainConfig, split: PreparedSplit, root: Path, epochs: int) -> Paired:
+def paired_speeds(cfg: TrainConfig, options: RunOptions, split: PreparedSplit, root: Path,
+                  epochs: int) -> Paired:
     """Our loop and the plain loop (PNGs of ``split`` under ``root``), epoch by epoch.
 
     Each of our epochs is followed by one plain epoch (run from ``on_epoch_end``, after our
     epoch's time is taken); the first of each is warm-up, then ``epochs`` timed pairs.
     """
-    plain = PlainLoop(cfg, root, len(split))
+    plain = PlainLoop(cfg, resolve_device(options.device), root, len(split))
     plain_seconds: list[float] = []
     result = train(dataclasses.replace(cfg, epochs=epochs + 1), split, progress=False,
-                   on_epoch_end=lambda _row: plain_seconds.append(plain.epoch()))
+                   options=options, on_epoch_end=lambda _row: plain_seconds.append(plain.epoch()))
     ours_seconds = [row["seconds"] for row in result.history][1:]
     plain_seconds = plain_seconds[1:]
     n = len(split)
@@ -171,10 +174,9 @@ def paired_speeds(cfg: TrainConfig, split: PreparedSplit, root: Path, epochs: in
                                                                  strict=True)))
 
 
-def bench_config(arch: str, size: str, args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(arch=arch, batch_size=args.batch_size, lr=1e-4, base_width=WIDTHS[size],
-                       device=args.device, compile=args.compile, deterministic=False,
-                       cpu_threads=args.threads)
+def bench_options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(device=args.device, compile=args.compile, deterministic=False,
+                      cpu_threads=args.threads)
 
 
 def device_name(device: torch.device) -> str:
@@ -199,8 +201,9 @@ def measure(args: argparse.Namespace, sizes: list[str]) -> dict[str, dict[str, P
         write_pngs(split, Path(tmp))
         for size in sizes:
             for model in args.models:
-                speed = paired_speeds(bench_config(model, size, args), split, Path(tmp),
-                                      args.epochs)
+                cfg = TrainConfig(arch=model, batch_size=args.batch_size, lr=1e-4,
+                                  base_width=WIDTHS[size])
+                speed = paired_speeds(cfg, bench_options(args), split, Path(tmp), args.epochs)
                 results.setdefault(size, {})[model] = speed
                 line = (f"{model:<15} {size:<5} {speed.ours:>11.1f} {speed.plain:>15.1f} "
                         f"{speed.ratio:>5.2f}x")
