@@ -1,22 +1,16 @@
-"""The paper's protocol run as a user runs it on one GPU (the device call's step 3).
+"""The paper's protocol run as a user runs it on one GPU (the device call's step 2).
 
     PYTHONPATH=src python3 benchmarks/gpu_check.py --budget-s 400 --out "$OUT"   # on the GPU
     python benchmarks/gpu_check.py --smoke --protocol-epochs 2 --protocol-images 8  # CPU
 
-The four networks train one after another in this process with params.yaml's committed
-``train`` settings (what ``dvc repro`` trains) at full width, 128 px, on
-``--protocol-images`` generated images for ``--protocol-epochs`` epochs (1006 and 200, the
-paper's).  Each network gets an equal share of the budget left when it starts; one that
-does not finish in it is projected from its epochs done (the first is warm-up).  It
-reports wall seconds per network and in all (``full_protocol_measured`` and
-``full_protocol_wall_s`` when all finished, else ``projected_s``) and the plain loop's time
-for the same work over ours (``vs_plain``; train_throughput.PlainLoop).  ``$OUT/gpu_check.json``
-is rewritten after every network, so a call killed at its limit keeps what it measured.
-
-The earlier phases a-d (correctness, speed levers, concurrent protocol time, bottle
-accuracy; results in benchmarks/results/gpu_check-h100*.json) were measured by the
-package benchmarks/gpucheck/, removed after commit 63e852b
-(``git show 63e852b:benchmarks/gpucheck/phases.py``).
+The networks train one after another in this process with params.yaml's ``train`` and
+``run`` settings (what ``dvc repro`` runs) at full width, 128 px, on ``--protocol-images``
+generated images for ``--protocol-epochs`` epochs (the paper's 1006 and 200).  Each gets an
+equal share of the budget left when it starts; one that does not finish is projected from
+its epochs done.  ``$OUT/gpu_check.json`` (rewritten after every network): wall seconds per
+network and in all, and ``vs_plain``, the plain loop's time for the same work over ours.
+Phases a-d of the first GPU check (results/gpu_check-h100*.json) were the package
+gpucheck/, removed after commit 63e852b (``git show 63e852b:benchmarks/gpucheck/phases.py``).
 """
 
 from __future__ import annotations

@@ -4,25 +4,16 @@
     python benchmarks/train_throughput.py --models unet --sizes demo --images 64
     python benchmarks/train_throughput.py --quick          # make bench QUICK=1: the check
 
-For every model and size (``full`` = base_width 64, the papers' networks; ``demo`` =
-base_width 8) it measures training images/s of
-
-* ``ours``: :func:`mr2unet.training.loop.train` - the split as one uint8 tensor on the device,
-  on-device batching, bf16 autocast + channels_last on CUDA (and ``--compile``);
-* ``baseline``: a plain loop (:class:`PlainLoop`) - PNG files decoded by a ``DataLoader``
-  every epoch, fp32, no channels_last, no compile - on the same model, data and batch size
-  (``benchmarks/gpu_check.py`` reuses it as its ``plain`` loop),
-
-side by side in one process: one epoch of ours, then one of the plain loop, and so on
-(:func:`paired_speeds`), so that a load that comes and goes on a shared machine hits both.
-The first epoch of each is warm-up; the ratio is the median of the per-epoch ratios.
-From our full-size epoch time it projects the paper's protocol: 4 models x 200 epochs x
-1006 training images.  Needs only torch, numpy and pillow.
-
-``--quick`` measures the demo-size networks with the settings of the committed ratios
-(:data:`RESULTS`, written by ``--save``) and prints each ratio beside its committed one;
-a network more than ``tolerance`` (10 %) below its committed ratio is flagged, and the
-exit status is then 1.
+Training images/s per model and size (``full``: base_width 64; ``demo``: 8) of ``ours``
+(:func:`mr2unet.training.loop.train`: the split on the device, on-device batching, bf16 +
+channels_last on CUDA) and of a plain loop (:class:`PlainLoop`: PNGs decoded by a
+``DataLoader`` every epoch, fp32; gpu_check.py's ``plain`` too), on the same model, data and
+batch size, side by side: an epoch of each in turn (:func:`paired_speeds`), so that a load
+that comes and goes hits both.  The first epoch of each is warm-up; the ratio is the median
+of the per-epoch ratios.  The full size also projects the paper's protocol (4 models x 200
+epochs x 1006 images).  ``--quick``: the demo size with the settings of the committed
+ratios (:data:`RESULTS`, written by ``--save``), each beside its committed one; exit 1 when
+a network is more than the tolerance (10 %) below it.
 """
 
 from __future__ import annotations
