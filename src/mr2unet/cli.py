@@ -3,7 +3,7 @@
 ``mr2unet profile NAME...``   write profile NAME's values into params.yaml (``make demo``: demo)
 ``mr2unet synthetic DIR``     write synthetic MVTec-format data to DIR
 ``mr2unet inspect``           what params.yaml's data set holds: counts, sizes, mask values,
-                             defect area and width, what prepare.mode auto would choose
+                             defect area, width, contrast; what prepare.mode auto chooses
 ``mr2unet predict ...``       segment images with a trained model (``mr2unet predict --help``)
 ``mr2unet export ...``        a trained model as ONNX for C++/C# callers (``mr2unet export --help``)
 ``mr2unet repro --jobs N``   the DVC pipeline with N networks' stages at a time (``make demo``)
@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="what params.yaml's data set holds (any layout), "
                        "before anything is trained: counts, image sizes, mask values, defect "
-                       "area share and width, what prepare.mode auto would choose, warnings")
+                       "area share, width and contrast, what prepare.mode auto would choose, "
+                       "warnings")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--root", help="the data set's folder (default: data.directory, else "
                    "data/raw, else data.archive extracted to a temporary folder)")
