@@ -4,8 +4,13 @@
    may import only ``mr2unet.errors`` (and ``mr2unet`` itself, for ``__version__``).
 2. Packages are layered, lowest first, as :data:`LAYERS` lists; each imports only those
    before it, so no two packages import each other and there is no longer circle.
+3. Inside a package, the modules' module-level imports form no circle (a circle works
+   only by the order Python happens to load them, and hides which module is the base).
+4. A module of the project is imported at module level, where a reader sees it. A
+   function-local import of one is allowed only with a reason on its line,
+   ``# lazy: <why>`` (e.g. the module imports MLflow, an optional dependency, at load).
 
-Function-local imports count: a lazy import is still an arrow.
+For rules 1-2, function-local imports count: a lazy import is still an arrow.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mr2unet"
 LAYERS = ("config", "metrics", "data", "models", "training", "evaluation", "reporting",
           "tracking", "deploy")
 BASE = {"errors", "__init__"}  # top-level modules every package may use
+LAZY = "# lazy:"  # the reason a function-local import of a project module must give
 
 
 def unit_of(module: str) -> str:
@@ -117,6 +123,158 @@ def test_the_check_finds_a_broken_rule(tmp_path: Path, files: dict[str, str],
                                        expected: list[str]) -> None:
     root = _tree(tmp_path, files)
     assert violations(import_graph(root), packages_of(root)) == expected
+
+
+# ------------------------------------------------- inside a package: no circle, no hiding
+
+
+def module_name(path: Path, root: Path) -> str:
+    """``<root>/tracking/runs.py`` -> ``mr2unet.tracking.runs``; a package's ``__init__.py``
+    is the package itself."""
+    rel = path.relative_to(root.parent).with_suffix("")
+    return ".".join(p for p in rel.parts if p != "__init__")
+
+
+def imported_modules(node: ast.Import | ast.ImportFrom, module: str, is_package: bool,
+                     known: set[str]) -> list[str]:
+    """The project modules an import statement loads (``from pkg import mod`` loads
+    ``pkg.mod`` when that is a module, else ``pkg``)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name in known]
+    base = node.module or ""
+    if node.level:
+        parts = module.split(".")
+        keep = len(parts) - node.level + (1 if is_package else 0)
+        base = ".".join([*parts[:keep], *([base] if base else [])])
+    found = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+    return sorted({m for m in found if m in known})
+
+
+def _module_level(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """The imports Python runs when it loads the module: not inside a function, not under
+    ``if TYPE_CHECKING:``."""
+    found: list[ast.Import | ast.ImportFrom] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                continue
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                found.append(child)
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def package_graphs(root: Path) -> dict[str, dict[str, set[str]]]:
+    """Per package: module -> the modules of the same package it imports at module level."""
+    paths = {module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    graphs: dict[str, dict[str, set[str]]] = {}
+    for module, path in paths.items():
+        package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module
+        edges = graphs.setdefault(package, {}).setdefault(module, set())
+        for node in _module_level(ast.parse(path.read_text(), str(path))):
+            for target in imported_modules(node, module, path.name == "__init__.py",
+                                           set(paths)):
+                if target != module and (target == package
+                                         or target.rsplit(".", 1)[0] == package):
+                    edges.add(target)
+    return graphs
+
+
+def _circle_from(start: str, graph: dict[str, set[str]]) -> list[str] | None:
+    """The shortest import path from ``start`` back to itself, or None."""
+    paths = {start: [start]}
+    queue = [start]
+    while queue:
+        node = queue.pop(0)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == start:
+                return [*paths[node], start]
+            if nxt not in paths:
+                paths[nxt] = [*paths[node], nxt]
+                queue.append(nxt)
+    return None
+
+
+def package_circles(root: Path) -> list[str]:
+    """Each import circle among a package's modules, once: ``a -> b -> a``."""
+    found, seen = [], set()
+    for graph in package_graphs(root).values():
+        for module in sorted(graph):
+            circle = _circle_from(module, graph)
+            if circle and frozenset(circle) not in seen:
+                seen.add(frozenset(circle))
+                found.append(" -> ".join(m.removeprefix(f"{root.name}.") for m in circle))
+    return found
+
+
+def hidden_imports(root: Path) -> list[str]:
+    """Function-local imports of project modules without a ``# lazy: <why>`` reason."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        lines = text.splitlines()
+        module, top, seen = module_name(path, root), root.name, set()
+        for node in ast.walk(ast.parse(text, str(path))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for sub in ast.walk(node):
+                if not isinstance(sub, ast.Import | ast.ImportFrom) or sub.lineno in seen:
+                    continue
+                seen.add(sub.lineno)  # a nested function's import: named by the outer one
+                names = [a.name for a in sub.names] if isinstance(sub, ast.Import) \
+                    else [sub.module or ""]
+                ours = (isinstance(sub, ast.ImportFrom) and sub.level > 0) or any(
+                    n == top or n.startswith(top + ".") for n in names)
+                span = lines[sub.lineno - 1:(sub.end_lineno or sub.lineno)]
+                if ours and not any(LAZY in line for line in span):
+                    found.append(f"{path.relative_to(root)}:{sub.lineno}: "
+                                 f"{lines[sub.lineno - 1].strip()} (in {module}.{node.name})")
+    return sorted(found)
+
+
+def test_no_import_circle_inside_a_package() -> None:
+    assert package_circles(SRC) == []
+
+
+def test_project_modules_are_imported_where_a_reader_sees_them() -> None:
+    """Rule 4: every function-local import of a project module says why it is lazy."""
+    assert hidden_imports(SRC) == []
+
+
+CIRCLE = {"tracking/__init__.py": "", "tracking/registry.py": "from .runs import x\n",
+          "tracking/runs.py": "from mr2unet.tracking.sync import y\n",
+          "tracking/sync.py": "from mr2unet.tracking import registry\n"}
+
+
+def test_the_check_finds_a_circle_inside_a_package(tmp_path: Path) -> None:
+    """tracking's former registry -> runs -> sync -> registry, by three kinds of import."""
+    root = _tree(tmp_path, CIRCLE)
+    assert package_circles(root) == ["tracking.registry -> tracking.runs -> tracking.sync "
+                                     "-> tracking.registry"]
+    # Not at load: a function-local import breaks the circle (and rule 4 shows it).
+    root = _tree(tmp_path / "lazy", {**CIRCLE, "tracking/sync.py":
+                                     "def f():\n    from mr2unet.tracking import registry\n"})
+    assert package_circles(root) == []
+    assert hidden_imports(root) == ["tracking/sync.py:2: from mr2unet.tracking import registry "
+                                    "(in mr2unet.tracking.sync.f)"]
+
+
+def test_the_check_lists_hidden_imports_and_accepts_a_reason(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {
+        "data/__init__.py": "", "data/a.py": "import mr2unet.data.b\n",
+        "data/b.py": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                      "    from mr2unet.data import a\n"
+                      "def f():\n    import json\n"
+                      "    from mr2unet.data import a  # lazy: a loads a large table\n"
+                      "def g():\n    from . import a\n"
+                      "def h():\n    from mr2unet.data.a import (  # lazy: why\n        x)\n")})
+    assert package_circles(root) == []  # b's TYPE_CHECKING import runs only for type checkers
+    assert hidden_imports(root) == ["data/b.py:8: from . import a (in mr2unet.data.b.g)"]
 
 
 def test_the_check_passes_a_layered_tree(tmp_path: Path) -> None:

@@ -15,18 +15,27 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
+from mr2unet import repro
+from mr2unet.config import profiles
+from mr2unet.config.params import load_params
+from mr2unet.config.workspace import project_path
+from mr2unet.data.extract import extract
+from mr2unet.data.inspect import format_report, inspect
+from mr2unet.data.layouts import DataLayout, member_filter
+from mr2unet.data.synthetic import generate
+from mr2unet.deploy import export, predict
 from mr2unet.errors import UserError
+from mr2unet.tracking.sync import sync_pending
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from mr2unet.config import profiles
-
     if not args.name:
         print(f"{args.params}: profile {profiles.applied(Path(args.params))}; "
               f"available: {', '.join(profiles.available())}")
@@ -40,8 +49,6 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _synthetic(args: argparse.Namespace) -> int:
-    from mr2unet.data.synthetic import generate
-
     counts = generate(args.out, seed=args.seed, images_per_defect=args.images_per_defect)
     total = sum(counts.values())
     print(f"wrote {total} defective images in {len(counts)} categories to {args.out}")
@@ -49,16 +56,6 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    import json
-    import tempfile
-    from pathlib import Path
-
-    from mr2unet.config.params import load_params
-    from mr2unet.config.workspace import project_path
-    from mr2unet.data.extract import extract
-    from mr2unet.data.inspect import format_report, inspect
-    from mr2unet.data.layouts import DataLayout, member_filter
-
     params = load_params(args.params)
     data = params["data"]
     layout = DataLayout.from_params(data)
@@ -83,9 +80,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _spread(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from mr2unet.tracking.experiments import pairwise_path, write_spread
+    # lazy: it loads scipy.stats (0.6 s), which the other commands do not need
+    from mr2unet.tracking.experiments import pairwise_path, write_spread  # lazy: scipy
 
     found = write_spread(Path(args.repo), Path(args.out))
     if not found:
@@ -96,8 +92,6 @@ def _spread(args: argparse.Namespace) -> int:
 
 
 def _tracking_sync(args: argparse.Namespace) -> int:
-    from mr2unet.tracking.sync import sync_pending
-
     results = sync_pending(args.repo)
     for result in results:
         print(result.summary())
@@ -107,10 +101,6 @@ def _tracking_sync(args: argparse.Namespace) -> int:
 
 
 def _repro(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from mr2unet import repro
-
     return repro.run(Path(args.repo), args.jobs, ["--force"] if args.force else [])
 
 
@@ -166,8 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
                             "down (data/tracking/pending/); idempotent")
     p.add_argument("--repo", default=".")
     p.set_defaults(func=_tracking_sync)
-
-    from mr2unet.deploy import export, predict
 
     predict.add_parser(sub)
     export.add_parser(sub)
