@@ -198,8 +198,33 @@ def summarise(counts: np.ndarray, categories: np.ndarray, empty_score: float = 1
     """
     counts, categories = np.asarray(counts).reshape(-1, 3), np.asarray(categories)
     require_images(len(counts))
-    names = sorted(set(np.asarray(categories).tolist()))
     scored = np.ones(len(counts), bool) if good is None else ~np.asarray(good, bool)
+    primary, pooled = segmentation_scores(counts, categories, scored, empty_score)
+    if levels is None:
+        return primary, pooled
+    if masks is None:
+        raise ValueError("summarise: levels need the ground-truth masks")
+    ranking, extra = threshold_free(levels, masks, categories)
+    _merge_scores(primary, ranking)
+    for c, pixels in extra["per_category"].items():
+        pooled["per_category"][c].update(pixels)
+    pooled["all_images"].update(extra["all_images"])
+    pooled["single_class_categories"] = extra["single_class_categories"]
+    pooled["oracle"] = extra["oracle"]
+    good = ~image_metrics.defective(masks) if good is None else good
+    found = None if predictions is None else image_level(
+        levels, predictions, masks, categories, good, image_score, min_defect_area)
+    if found is not None:
+        _merge_scores(primary, found[0])
+        pooled["image_level"] = found[1]
+    return primary, pooled
+
+
+def segmentation_scores(counts: np.ndarray, categories: np.ndarray, scored: np.ndarray,
+                        empty_score: float = 1.0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """IOU and Dice over the ``scored`` images of each category: (primary, pooled) as
+    :func:`summarise` describes them, before the threshold-free and image-level scores."""
+    names = sorted(set(categories.tolist()))
     primary_raw = {c: mean_scores(counts[scored & (categories == c)], empty_score)
                    for c in names}
     pooled_raw = {c: pooled_scores(counts[scored & (categories == c)], empty_score)
@@ -220,26 +245,14 @@ def summarise(counts: np.ndarray, categories: np.ndarray, empty_score: float = 1
     }
     if not scored.all():
         pooled["good_images_left_out_of_iou"] = int((~scored).sum())
-    if levels is not None:
-        if masks is None:
-            raise ValueError("summarise: levels need the ground-truth masks")
-        ranking, extra = threshold_free(levels, masks, categories)
-        primary["mean"].update(ranking["mean"])
-        for c in names:
-            primary["per_category"][c].update(ranking["per_category"][c])
-            pooled["per_category"][c].update(extra["per_category"][c])
-        pooled["all_images"].update(extra["all_images"])
-        pooled["single_class_categories"] = extra["single_class_categories"]
-        pooled["oracle"] = extra["oracle"]
-        good = ~image_metrics.defective(masks) if good is None else good
-        found = None if predictions is None else image_level(
-            levels, predictions, masks, categories, good, image_score, min_defect_area)
-        if found is not None:
-            primary["mean"].update(found[0]["mean"])
-            for c in names:
-                primary["per_category"][c].update(found[0]["per_category"][c])
-            pooled["image_level"] = found[1]
     return primary, pooled
+
+
+def _merge_scores(primary: dict[str, Any], more: dict[str, Any]) -> None:
+    """Add ``more``'s ``mean`` and ``per_category`` scores to ``primary``'s, in place."""
+    primary["mean"].update(more["mean"])
+    for c, scores in primary["per_category"].items():
+        scores.update(more["per_category"][c])
 
 
 def per_image_table(split: PreparedSplit, counts: np.ndarray, empty_score: float = 1.0
@@ -280,7 +293,7 @@ def judge(primary: dict[str, Any], split: PreparedSplit, levels: np.ndarray | No
           train: PreparedSplit | None, empty_score: float, fit_for_use: dict[str, float],
           good: np.ndarray | None = None, predictions: np.ndarray | None = None,
           min_area: int = 1) -> dict[str, Any]:
-    """The pooled file's ``verdict`` block: the verdict, its reason and figures, and
+    """The evaluation record's ``verdict`` block: the verdict, its reason and figures, and
     the trivial baselines' scores (:mod:`mr2unet.evaluation.verdict`); the baselines'
     IOU, like the network's, over the images that are not ``good`` parts. With the
     test ``predictions`` the good parts flagged join the verdict (``false_alarms``)
