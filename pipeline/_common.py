@@ -15,6 +15,7 @@ from typing import Any
 
 from mr2unet.config.params import load_params
 from mr2unet.errors import UserError
+from mr2unet.models import check_model_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,12 +44,15 @@ def stop_on_sigterm() -> None:
 
 
 def run_stage(body: Callable[[dict[str, Any]], None], params_path: str = "params.yaml") -> None:
-    """Load and validate params, run ``body(params)``; a UserError exits 2 with its message."""
+    """Load and validate params (the model names against the registry too), run
+    ``body(params)``; a UserError exits 2 with its message."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop_on_sigterm()
     try:
-        body(load_params(params_path))
+        params = load_params(params_path)
+        check_model_params(params)
+        body(params)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -2,7 +2,7 @@
 
 Outputs: metrics/<model>.json (mean + per-category IOU/Dice, pixel AUROC/AP, AUPRO and,
 with good test images, image AUROC/AP, false-alarm and miss rates; DVC metrics),
-metrics/pooled/<model>.json (pooled scores, image and empty-prediction counts, oracle IOU,
+metrics/evaluation/<model>.json (pooled scores, image and empty-prediction counts, oracle IOU,
 image-level counts, the verdict and baselines, parameters and GFLOPs),
 metrics/timing/<model>.json (latency, training time: measurements, not compared between
 runs), data/eval/<model>.csv (per image),

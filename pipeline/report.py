@@ -1,6 +1,6 @@
 """Stage `report`: reports/report.{md,html}, the score tables and pairwise.json.
 
-The report only reads: metrics/, metrics/pooled/, metrics/history/, data/eval/ and
+The report only reads: metrics/, metrics/evaluation/, metrics/history/, data/eval/ and
 data/models/ (the model files' provenance). It says which network the verdicts allow to
 hold a registry alias; the `promote` stage after it sets them. docs/evaluation.md.
 """

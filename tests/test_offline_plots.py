@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mr2unet.config.params import MODEL_NAMES
+from mr2unet.models import MODEL_NAMES
 from mr2unet.reporting.offline_plots import show
 
 pytestmark = pytest.mark.slow

@@ -25,7 +25,7 @@ from pathlib import Path
 from mr2unet import repro
 from mr2unet.config import profiles
 from mr2unet.config.params import load_params
-from mr2unet.config.workspace import project_path
+from mr2unet.config.workspace import RAW, SEED_SPREAD, project_path
 from mr2unet.data.extract import extract
 from mr2unet.data.inspect import format_report, inspect
 from mr2unet.data.layouts import DataLayout, member_filter
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--root", help="the data set's folder (default: data.directory, else "
                    "data/raw, else data.archive extracted to a temporary folder)")
-    p.add_argument("--raw", default="data/raw", help=argparse.SUPPRESS)
+    p.add_argument("--raw", default=str(RAW), help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_inspect)
 
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("spread", help="aggregate DVC experiments into mean +/- std and "
                        "paired tests on seed-averaged per-image scores")
     p.add_argument("--repo", default=".")
-    p.add_argument("--out", default="reports/seed_spread.md")
+    p.add_argument("--out", default=str(SEED_SPREAD))
     p.set_defaults(func=_spread)
 
     p = sub.add_parser("tracking", help="the MLflow side of the pipeline")

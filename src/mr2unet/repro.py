@@ -41,15 +41,13 @@ from pathlib import Path
 
 from mr2unet.config.params import read_mapping
 from mr2unet.errors import UserError
+from mr2unet.models import REGISTRY
 
 log = logging.getLogger(__name__)
 
 NETWORK_STAGES = ("train", "evaluate")
 # How often a lane echoes a progress bar's redrawn line (tqdm's carriage returns).
 PROGRESS_EVERY_S = 10.0
-# Training cost per image relative to U-Net on 2 CPU cores (docs/performance.md): the
-# costliest network starts first, so that it does not run alone at the end.
-RELATIVE_COST = {"mr2unet": 4.0, "attention_unet": 1.3, "unet": 1.0, "resunet": 1.0}
 # After SIGTERM, how long the stages get to stop before SIGKILL.
 STOP_GRACE_S = 20.0
 
@@ -75,7 +73,9 @@ def plan(stages: Sequence[str]) -> Plan:
     if not networks:
         raise UserError("dvc.yaml has no train@<model> stages: nothing to run in parallel; "
                         "use `dvc repro`.")
-    networks.sort(key=lambda n: -RELATIVE_COST.get(n, 1.0))  # stable: dvc.yaml order on ties
+    # the costliest network first, so that it does not run alone at the end (the registry's
+    # relative_cost); stable: dvc.yaml order on ties
+    networks.sort(key=lambda n: -(REGISTRY[n].relative_cost if n in REGISTRY else 1.0))
     chains = tuple(tuple(f"{kind}@{n}" for kind in NETWORK_STAGES if f"{kind}@{n}" in stages)
                    for n in networks)
     in_chains = {s for chain in chains for s in chain}

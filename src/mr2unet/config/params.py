@@ -20,7 +20,6 @@ import yaml
 from mr2unet.config.workspace import project_path
 from mr2unet.errors import UserError
 
-MODEL_NAMES = ("unet", "resunet", "attention_unet", "mr2unet")
 SOURCES = ("synthetic", "url", "archive", "directory")
 # `run.adam_impl` (mr2unet.training.setup.make_optimizer)
 ADAM_IMPLS = ("auto", "foreach", "fused")
@@ -51,11 +50,11 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "tracking": ("enabled", "uri", "experiment", "registry_prefix", "champion_alias",
                  "challenger_alias"),
 }
+TOP_LEVEL = tuple(KNOWN_KEYS)
 # Keys of an older params.yaml: where each went (issue #34). The removed speed levers'
 # committed values are now what always runs; benchmarks set them on RunOptions.
 MOVED_KEYS = {f"train.{key}": f"run.{key}" for key in KNOWN_KEYS["run"]}
 REMOVED_KEYS = ("train.fused_convs", "train.narrow_norms_nchw", "train.onednn_1x1_convs")
-TOP_LEVEL = tuple(KNOWN_KEYS)
 LAYOUTS = ("mvtec", "folder", "visa", "yolo", "coco", "labelme")
 # `data.folder` (data.layout: folder; mr2unet.data.folder)
 FOLDER_KEYS = ("category", "images", "masks", "mask_suffix", "good", "split_lists")
@@ -123,8 +122,8 @@ def _unknown(keys: list[str], known: tuple[str, ...], prefix: str) -> str | None
 
 
 def check_known_keys(params: dict[str, Any], where: str = "params.yaml") -> None:
-    _check_moved_keys(params, where)
     """Raise :class:`UserError` on the first key that no stage reads (a typo)."""
+    _check_moved_keys(params, where)
     problem = _unknown(list(params), TOP_LEVEL, "")
     for section, known in KNOWN_KEYS.items():
         if problem:
@@ -142,6 +141,7 @@ def check_known_keys(params: dict[str, Any], where: str = "params.yaml") -> None
     if problem:
         raise UserError(f"{where}: {problem}")
 
+
 def _check_moved_keys(params: dict[str, Any], where: str) -> None:
     """One clear error for a key of an older layout (``train.cpu_threads``...)."""
     train = params.get("train")
@@ -154,7 +154,6 @@ def _check_moved_keys(params: dict[str, Any], where: str) -> None:
         if dotted in REMOVED_KEYS:
             raise UserError(f"{where}: `{dotted}` was removed (its committed value `auto` "
                             "or `false` is what always runs; docs/params.md): delete it.")
-
 
 
 def _get(params: dict[str, Any], dotted: str) -> Any:
@@ -236,14 +235,18 @@ def _check_run(params: dict[str, Any]) -> None:
         _positive_int(params, key)
 
 
-IMAGE_SCORES = ("max_smoothed", "top_k_mean")  # mr2unet.metrics.image.IMAGE_SCORES
-FIT_FOR_USE_KEYS = ("pixel_auroc", "iou")  # required; false_alarm_rate may be left out
-FIT_FOR_USE_OPTIONAL = ("false_alarm_rate",)
+# `evaluate.image_score`: how mr2unet.metrics.image.image_scores scores an image
+IMAGE_SCORES = ("max_smoothed", "top_k_mean")
+# `evaluate.fit_for_use`: the verdict's bars (mr2unet.evaluation.verdict) and their
+# defaults; FIT_FOR_USE_KEYS required in params.yaml, false_alarm_rate may be left out
+FIT_FOR_USE = {"pixel_auroc": 0.85, "iou": 0.25, "false_alarm_rate": 0.1}
+FIT_FOR_USE_KEYS = ("pixel_auroc", "iou")
 
 
-# evaluate.threshold: a fixed probability, or a rule applied to the validation split
-# (mr2unet.evaluation.threshold.parse_rule reads the same forms).
-THRESHOLD_RULE = re.compile(r"best_iou|auto|(?P<kind>max_false_alarm_rate|auto)="
+# evaluate.threshold: a fixed probability, or a rule applied to the validation split, by
+# name (mr2unet.evaluation.threshold.parse_rule turns these forms into a ThresholdRule).
+BEST_IOU, AUTO, MAX_FALSE_ALARM_RATE = "best_iou", "auto", "max_false_alarm_rate"
+THRESHOLD_RULE = re.compile(rf"{BEST_IOU}|{AUTO}|(?P<kind>{MAX_FALSE_ALARM_RATE}|{AUTO})="
                             r"(?P<rate>[0-9.eE+-]+)")
 
 
@@ -266,7 +269,7 @@ def _check_threshold(params: dict[str, Any]) -> None:
     _check(val > 0, "evaluate.threshold", rule, f"a fixed probability such as 0.5 while "
            f"split.val_fraction is 0: {rule} is chosen on validation images, so set "
            f"split.val_fraction (e.g. 0.2)")
-    needs_good = found is not None and found["kind"] == "max_false_alarm_rate"
+    needs_good = found is not None and found["kind"] == MAX_FALSE_ALARM_RATE
     _check(not needs_good or params["prepare"]["good_images"] != 0, "evaluate.threshold", rule,
            "best_iou, auto or a fixed probability while prepare.good_images is 0: the "
            "false-alarm "
@@ -288,8 +291,7 @@ def _check_image_level(params: dict[str, Any]) -> None:
     _check(_is_int(area) and area >= 1, "evaluate.min_defect_area", area,
            "a whole number of pixels, at least 1")
     fit = _get(params, "evaluate.fit_for_use")
-    _check(isinstance(fit, dict) and set(FIT_FOR_USE_KEYS) <= set(fit)
-           <= {*FIT_FOR_USE_KEYS, *FIT_FOR_USE_OPTIONAL}
+    _check(isinstance(fit, dict) and set(FIT_FOR_USE_KEYS) <= set(fit) <= set(FIT_FOR_USE)
            and all(_is_number(v) and 0 <= v <= 1 for v in fit.values()),
            "evaluate.fit_for_use", fit, "a mapping {pixel_auroc: 0.85, iou: 0.25, "
            "false_alarm_rate: 0.1}: the first two keys required, each value a number in "
@@ -385,9 +387,12 @@ def validate(params: dict[str, Any]) -> None:
     threshold = _get(params, "prepare.mask_threshold")
     _check(isinstance(threshold, int | float) and 0 < threshold <= 1, "prepare.mask_threshold",
            threshold, "a number in (0, 1]")
+    # which names exist is the models registry's (mr2unet.models.check_model_params, called
+    # by the stages and the command line): this package sits below it and cannot see it
     models = _get(params, "train.models")
-    _check(isinstance(models, list) and len(models) > 0 and set(models) <= set(MODEL_NAMES),
-           "train.models", models, "a non-empty list drawn from " + ", ".join(MODEL_NAMES))
+    _check(isinstance(models, list) and len(models) > 0
+           and all(isinstance(m, str) for m in models),
+           "train.models", models, "a non-empty list of model names")
     for key in ("train.epochs", "train.batch_size", "train.base_width", "evaluate.batch_size"):
         _positive_int(params, key)
     steps = _get(params, "train.steps")
@@ -408,5 +413,5 @@ def validate(params: dict[str, Any]) -> None:
     _check_image_level(params)
     _check_threshold(params)
     options = _get(params, "train.model_options")
-    _check(isinstance(options, dict) and set(options) <= set(MODEL_NAMES),
-           "train.model_options", options, "a mapping keyed by model name")
+    _check(isinstance(options, dict), "train.model_options", options,
+           "a mapping keyed by model name")

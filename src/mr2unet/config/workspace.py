@@ -65,6 +65,7 @@ REPORTS = Path("reports")  # `report`: report.md / report.html, figures, tables
 # `promote`: who may hold a registry alias, who may not and why, what it set
 PROMOTION = Path("data") / "promotion.json"
 METRICS = Path("metrics")  # `evaluate`: one JSON per model (the DVC metrics)
+SEED_SPREAD = REPORTS / "seed_spread.md"  # `mr2unet spread`: mean ± std over seeds
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """What a network costs: parameters, forward FLOPs, inference latency.
 
 Parameters and FLOPs are properties of the architecture and the input size: the same
-on every run and machine, so `evaluate` writes them to ``metrics/pooled/<model>.json``.
+on every run and machine, so `evaluate` writes them to ``metrics/evaluation/<model>.json``.
 Latencies are measurements (they vary from run to run): `evaluate` writes them to
 ``metrics/timing/<model>.json``, which no byte-identity check compares. A model trained on
 crops (``prepare.mode: tiles``) also gets the latency per **whole test image**

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mr2unet.config.params import FIT_FOR_USE
 from mr2unet.config.provenance import read_run_info
 from mr2unet.config.workspace import ModelFiles, PreparedFiles
 from mr2unet.data.prepared import PreparedSplit, load_split
@@ -53,12 +54,12 @@ class Settings:
 
     image_score: str = "max_smoothed"
     min_defect_area: int = 1
-    fit_for_use: dict[str, float] = field(default_factory=lambda: dict(verdicts.FIT_FOR_USE))
+    fit_for_use: dict[str, float] = field(default_factory=lambda: dict(FIT_FOR_USE))
 
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> Settings:
         return cls(cfg["image_score"], int(cfg["min_defect_area"]),
-                   {**verdicts.FIT_FOR_USE, **cfg["fit_for_use"]})
+                   {**FIT_FOR_USE, **cfg["fit_for_use"]})
 
 
 def good_images(split: PreparedSplit, manifest: Path | None = None) -> np.ndarray | None:
@@ -88,11 +89,11 @@ def write_outputs(files: ModelFiles, split: PreparedSplit, result: Evaluation,
                   ) -> dict[str, Any]:
     """Write the evaluation files of one model; return the primary metrics.
 
-    ``cost`` (:func:`mr2unet.evaluation.cost.model_cost`) goes into the pooled file as
+    ``cost`` (:func:`mr2unet.evaluation.cost.model_cost`) goes into the evaluation record as
     ``cost``; the ``verdict`` block (:func:`judge`) uses ``train`` for the intensity
     baseline when given; ``good`` (:func:`good_images`) says which test images are good;
     ``threshold`` (the model file's :func:`~mr2unet.models.checkpoint.threshold_record`,
-    where it has one) goes into the pooled file as ``threshold``.
+    where it has one) goes into the evaluation record as ``threshold``.
     """
     settings = settings or Settings()
     primary, pooled = summarise(result.counts, split.categories, empty_score,

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mr2unet.config.params import AUTO, BEST_IOU, MAX_FALSE_ALARM_RATE
 from mr2unet.errors import UserError
 from mr2unet.metrics.image import flagged
 from mr2unet.metrics.segmentation import confusion_counts, iou_from_counts
@@ -49,10 +50,7 @@ from mr2unet.models.inference import DEFAULT_THRESHOLD, check_threshold
 
 log = logging.getLogger(__name__)
 CANDIDATES = tuple(round(k / 100, 2) for k in range(1, 100))
-BEST_IOU = "best_iou"
-MAX_FALSE_ALARM_RATE = "max_false_alarm_rate"
-FIXED = "fixed"
-AUTO = "auto"
+FIXED = "fixed"  # a number in params.yaml; the named forms are config.params'
 AUTO_RATE = 0.05  # the false-alarm budget of a bare `auto`
 # Fewer good validation images than this give a false-alarm rate too coarse to trust:
 # 0 of 9 flagged still allows 34 % at 95 % confidence (Clopper-Pearson upper bound).

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mr2unet.config.params import FIT_FOR_USE
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.metrics.segmentation import IGNORE_LABEL, confusion_counts, mean_scores
 from mr2unet.training.collapse import ADVICE as COLLAPSE_ADVICE
@@ -60,7 +61,6 @@ LEVELS = 256  # 8-bit probabilities
 NOT_LEARNED, WEAK, LEARNED = "not learned", "weak", "learned"
 BASELINE_LABELS = {"no_defect": "no defect anywhere", "defect_everywhere": "defect everywhere",
                    "intensity": "intensity threshold"}
-FIT_FOR_USE = {"pixel_auroc": 0.85, "iou": 0.25, "false_alarm_rate": 0.1}
 ADVICE = ("try a higher prepare.image_size (or tiles of the full-resolution image), a loss "
           "for rare defects (train.loss: weighted_ce_dice, focal_dice or ce_dice), or more "
           "train.epochs; docs/evaluation.md, 'Did it learn?'")
@@ -363,7 +363,7 @@ def sentence(label: str, verdict: Mapping[str, Any]) -> str:
 # A network that collapsed to a constant answer (mr2unet.training.collapse watches for it
 # while training) is one more reason to keep it out of the ranking and the aliases. On the
 # test split: its prediction is empty on more than half of the test images that have a
-# defect. ``metrics/pooled/<model>.json`` records it (``collapsed``, ``missed_images``,
+# defect. ``metrics/evaluation/<model>.json`` records it (``collapsed``, ``missed_images``,
 # ``defective_images``); the history's last ``collapsed`` value records a training collapse.
 
 
@@ -389,7 +389,7 @@ def collapse_sentence(label: str, pooled: Mapping[str, Any],
                       history: Sequence[Mapping[str, float]] = ()) -> str | None:
     """The warning about a network that collapsed, or None when it did not.
 
-    From ``metrics/pooled/<model>.json`` (``collapsed``, ``missed_images``,
+    From ``metrics/evaluation/<model>.json`` (``collapsed``, ``missed_images``,
     ``defective_images``) and the training history's last ``collapsed`` value.
     """
     trained = bool(history) and bool(history[-1].get("collapsed", 0))

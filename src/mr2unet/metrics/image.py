@@ -22,10 +22,10 @@ import math
 
 import numpy as np
 
+from mr2unet.config.params import IMAGE_SCORES
 from mr2unet.metrics.region import label_regions
 from mr2unet.metrics.segmentation import IGNORE_LABEL
 
-IMAGE_SCORES = ("max_smoothed", "top_k_mean")
 SMOOTHING = 3  # side of the mean filter of ``max_smoothed``
 TOP_K_FRACTION = 0.01  # share of the valid pixels averaged by ``top_k_mean``
 

@@ -8,12 +8,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mr2unet.data.prepared import PreparedSplit
+from mr2unet.models import COLOURS
 from mr2unet.reporting.inputs import LABELS, ReportInputs
 from mr2unet.reporting.markup import svg_bar_chart, svg_line_chart
 from mr2unet.reporting.pictures import error_map
 
-COLOURS = {"unet": "#1f77b4", "resunet": "#ff7f0e", "attention_unet": "#2ca02c",
-           "mr2unet": "#d62728"}
 MIN_TILE = 128  # tiles are scaled up (nearest) to at least this many pixels
 
 

@@ -18,18 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from mr2unet.config.params import MODEL_NAMES
 from mr2unet.config.profiles import applied as applied_profile
 from mr2unet.config.provenance import git_commit, torch_version
 from mr2unet.config.workspace import PREPARED, ModelFiles
 from mr2unet.data.prepared import PreparedSplit, load_split
 from mr2unet.errors import UserError
 from mr2unet.evaluation.verdict import Records
+from mr2unet.models import LABELS, MODEL_NAMES
 from mr2unet.models.checkpoint import read_checkpoint
 from mr2unet.reporting import significance as report_stats
-
-LABELS = {"unet": "U-Net", "resunet": "Residual U-Net", "attention_unet": "Attention U-Net",
-          "mr2unet": "MR2U-Net"}
 
 
 def paper_table() -> dict[tuple[str, str], dict[str, float]]:

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from mr2unet.config.params import MODEL_NAMES
 from mr2unet.errors import UserError
 from mr2unet.evaluation import stats
+from mr2unet.models import MODEL_NAMES
 from mr2unet.reporting.markup import Block, Bullets, Cell, Table, Text, render_markdown_blocks
 
 TITLE = "Are the differences significant?"

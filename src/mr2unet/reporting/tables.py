@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mr2unet.config.params import MODEL_NAMES
+from mr2unet.models import MODEL_NAMES
 from mr2unet.models.inference import DEFAULT_THRESHOLD
 from mr2unet.reporting.inputs import LABELS, ReportInputs, paper_categories, paper_table
 from mr2unet.reporting.markup import Cell
@@ -216,7 +216,7 @@ def _image_latency(timing: dict[str, Any]) -> str:
 COST_NOTE = (
     "Parameters and GFLOPs (forward pass of one image at the size the network was trained "
     "at; torch.utils.flop_counter: convolutions and matrix products, a multiply-add = 2 "
-    "FLOPs) come from metrics/pooled/<model>.json and are exact. Training time (wall clock "
+    "FLOPs) come from metrics/evaluation/<model>.json and are exact. Training time (wall clock "
     "of the train stage) and latency (ms per image: median wall time of forward pass + "
     "softmax on a batch of 1 or 32 images already on the device, fp32, after warm-up runs; "
     "n = timed runs) come from metrics/timing/<model>.json: measurements, they vary "

@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from mr2unet.config.params import MODEL_NAMES, deep_merge
+from mr2unet.config.params import deep_merge
 from mr2unet.config.workspace import ModelFiles
 from mr2unet.errors import UserError
+from mr2unet.models import MODEL_NAMES
 from mr2unet.reporting import significance as report_stats
 from mr2unet.reporting.inputs import LABELS, paper_categories, paper_table
 from mr2unet.reporting.significance import PerImage
@@ -121,7 +122,7 @@ def _from_cache(repo: Path, md5: str) -> str | None:
 
 def _from_dvc_api(repo: Path, ref: str, path: str) -> str | None:
     try:
-        import dvc.api
+        import dvc.api  # lazy: loading DVC takes seconds; only the fallback reader needs it
 
         return str(dvc.api.read(path, repo=str(repo), rev=ref))
     except Exception as exc:  # noqa: BLE001 - any failure means "not available"

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mr2unet.config.params import MODEL_NAMES
 from mr2unet.errors import UserError
 from mr2unet.evaluation.verdict import rank_models
+from mr2unet.models import MODEL_NAMES
 from mr2unet.tracking.connection import client as store_client
 from mr2unet.tracking.connection import locked_write, process_tracking_uri
 
@@ -54,7 +54,7 @@ def log_evaluation(run_info: dict[str, Any], metrics: dict[str, float],
                    tags: dict[str, str] | None = None) -> None:
     """Add test metrics to the model's training run and as tags on its registered version;
     ``tags`` (e.g. the verdict) go on both as they are."""
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric  # lazy: optional dependency (module docstring)
 
     run_info = with_version(run_info)
     uri = run_info["tracking_uri"]
@@ -147,7 +147,7 @@ def drop_all_aliases(uri: str, prefix: str, aliases: tuple[str, ...]) -> None:
 def _mirror_version(client: Any, uri: str, name: str, version: str, target: str,
                     tags: dict[str, str]) -> str:
     """The version of ``target`` holding ``name``/``version``'s model, created if needed."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: optional dependency
 
     source_id = f"{name}/{version}"
     tags = {**tags, SOURCE_TAG: source_id}
@@ -193,7 +193,7 @@ def logged_model_id(version: Any) -> str | None:
 
 def _drop_aliases(client: Any, uri: str, name: str, aliases: tuple[str, ...]) -> None:
     """Remove ``aliases`` from registered model ``name`` where present (if it exists)."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: optional dependency
 
     try:
         present = client.get_registered_model(name).aliases
@@ -253,7 +253,7 @@ def find_checkpoint(path: Path) -> Path:
 def download_checkpoint(model_uri: str, dest: Path, tracking_uri: str) -> Path:
     """Download a ``models:/`` or ``runs:/`` model into ``dest``; return its ``.pt``."""
     try:
-        import mlflow
+        import mlflow  # lazy: optional; a .pt path works without it
     except ImportError:
         raise UserError(f"MLflow is not installed: pass a path to a .pt file instead of "
                         f"{model_uri!r}.") from None
