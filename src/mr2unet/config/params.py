@@ -345,7 +345,7 @@ def _check_tiles(params: dict[str, Any]) -> None:
     stride = _get(params, "prepare.tile_stride")
     _check(stride is None or (_is_int(stride) and 0 < stride <= crop), "prepare.tile_stride",
            stride, f"null (half a crop) or an integer in 1..{crop}")
-    _choice(params, "prepare.tile_predict", ("whole", "windows"))
+    _choice(params, "prepare.tile_predict", ("blocks", "whole", "windows"))
     share = _get(params, "prepare.defect_crop_fraction")
     _check(_is_number(share) and 0 <= share <= 1, "prepare.defect_crop_fraction", share,
            "a number in [0, 1]")
