@@ -2,6 +2,7 @@
 
     python benchmarks/tile_predict_speed.py                      # 480x320 and 1024x1024
     python benchmarks/tile_predict_speed.py --sizes 544x384 --threads 1 --width 8
+    python benchmarks/tile_predict_speed.py --json benchmarks/results/tile_predict_speed.json
 
 For each network (``train.base_width`` ``--width``, MR2U-Net with t = 3, weights as
 initialised: the time does not depend on them) and each image size, the median wall time of
@@ -10,27 +11,37 @@ defect probabilities for one image (batch 1) predicted
 ``windows``  by ``--tile`` px windows every ``--tile / 2`` px, mean-blended, ``--windows-per-
              call`` windows a forward pass (evaluate's batch size): the prediction before
              ``prepare.tile_predict``;
-``whole``    in one pass over the image padded to a multiple of 16 (``prepare.tile_predict:
-             whole``, the default),
+``whole``    in one NCHW pass over the image padded to a multiple of 16 (``prepare.
+             tile_predict: whole``);
+``blocks``   in channels-last blocks of at most 512 px with a 32 px margin
+             (``prepare.tile_predict: blocks``, the default; one block up to 512 px a side),
 
 through :func:`mr2unet.models.tiling.tile_logits`, the function evaluate, ``mr2unet predict``
-and the pyfunc call. Prints one row per network and size with both times and their ratio.
+and the pyfunc call. The three ways take turns within each repeat (a load that comes and
+goes on a shared machine hits them alike). Prints one row per network and size with the
+times, the ratios to the windows and the minor page faults per image (the cost of fresh
+large allocations that makes the one pass slow on big images, see tiling.py), and the
+largest logit difference between blocks and the one pass.
 Run it alone on the machine (`flock /tmp/mr2unet-cpu.lock ...` on a shared one).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
-from mr2unet.config.params import MODEL_NAMES
-from mr2unet.models import build_model
+from mr2unet.models import MODEL_NAMES, build_model
 from mr2unet.models.inference import defect_probability
-from mr2unet.models.tiling import WHOLE, WINDOWS, Tiling, tile_logits, window_starts
+from mr2unet.models.tiling import BLOCKS, WHOLE, WINDOWS, Tiling, tile_logits, window_starts
+
+WAYS = (WINDOWS, WHOLE, BLOCKS)
 
 
 def size_arg(text: str) -> tuple[int, int]:
@@ -38,16 +49,45 @@ def size_arg(text: str) -> tuple[int, int]:
     return width, height
 
 
+def cpu_name() -> str:
+    """The CPU's model name (what `lscpu | grep 'Model name'` shows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 @torch.inference_mode()
-def median_ms(model: torch.nn.Module, x: torch.Tensor, tiling: Tiling, per_call: int,
-              repeats: int) -> float:
-    defect_probability(tile_logits(model, x, tiling, per_call))  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def measure(model: torch.nn.Module, x: torch.Tensor, tilings: dict[str, Tiling], per_call: int,
+            repeats: int) -> dict[str, dict[str, float]]:
+    """Median ms and mean minor page faults per image of each way, taking turns."""
+    times: dict[str, list[float]] = {way: [] for way in tilings}
+    faults = dict.fromkeys(tilings, 0)
+    for tiling in tilings.values():  # warm-up
         defect_probability(tile_logits(model, x, tiling, per_call))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    for _ in range(repeats):
+        for way, tiling in tilings.items():
+            before, start = minor_faults(), time.perf_counter()
+            defect_probability(tile_logits(model, x, tiling, per_call))
+            times[way].append(time.perf_counter() - start)
+            faults[way] += minor_faults() - before
+    return {way: {"ms": statistics.median(times[way]) * 1e3, "faults": faults[way] / repeats}
+            for way in tilings}
+
+
+@torch.inference_mode()
+def blocks_deviation(model: torch.nn.Module, x: torch.Tensor, tilings: dict[str, Tiling]
+                     ) -> float:
+    """The largest |logit| difference between blocks and the one pass."""
+    return float((tile_logits(model, x, tilings[BLOCKS])
+                  - tile_logits(model, x, tilings[WHOLE])).abs().max())
 
 
 def main() -> None:
@@ -61,13 +101,19 @@ def main() -> None:
     ap.add_argument("--windows-per-call", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{platform.processor() or platform.machine()}, {args.threads} thread(s), torch "
-          f"{torch.__version__}; width {args.width}, {args.tile} px tiles, stride "
-          f"{args.tile // 2}; median of {args.repeats}")
-    print("| network | image | windows | ms windows | ms whole | windows / whole |")
-    print("|---|---|---:|---:|---:|---:|")
+    setup = {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
+             "width": args.width, "tile": args.tile, "stride": args.tile // 2,
+             "windows_per_call": args.windows_per_call, "repeats": args.repeats}
+    print(f"{setup['cpu']}, {args.threads} thread(s), torch {torch.__version__}; width "
+          f"{args.width}, {args.tile} px tiles, stride {args.tile // 2}; median of "
+          f"{args.repeats}, the ways taking turns")
+    print("| network | image | windows | ms windows | ms whole | ms blocks | windows / whole "
+          "| windows / blocks | page faults whole / blocks | max logit diff |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
     for arch in args.models:
         torch.manual_seed(0)
         options = {"recurrent_steps": 3} if arch == "mr2unet" else {}
@@ -76,11 +122,21 @@ def main() -> None:
             x = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
             count = (len(window_starts(height, args.tile, args.tile // 2))
                      * len(window_starts(width, args.tile, args.tile // 2)))
-            ms = {way: median_ms(model, x, Tiling(args.tile, args.tile // 2, None, way),
-                                 args.windows_per_call, args.repeats)
-                  for way in (WINDOWS, WHOLE)}
+            tilings = {way: Tiling(args.tile, args.tile // 2, None, way) for way in WAYS}
+            got = measure(model, x, tilings, args.windows_per_call, args.repeats)
+            diff = blocks_deviation(model, x, tilings)
+            ms = {way: got[way]["ms"] for way in WAYS}
+            rows.append({"network": arch, "width": width, "height": height, "windows": count,
+                         "ms": ms, "page_faults": {w: got[w]["faults"] for w in WAYS},
+                         "windows_over_whole": ms[WINDOWS] / ms[WHOLE],
+                         "windows_over_blocks": ms[WINDOWS] / ms[BLOCKS],
+                         "blocks_max_logit_diff": diff})
             print(f"| {arch} | {width}x{height} | {count} | {ms[WINDOWS]:.0f} | "
-                  f"{ms[WHOLE]:.0f} | {ms[WINDOWS] / ms[WHOLE]:.1f}x |", flush=True)
+                  f"{ms[WHOLE]:.0f} | {ms[BLOCKS]:.0f} | {ms[WINDOWS] / ms[WHOLE]:.1f}x | "
+                  f"{ms[WINDOWS] / ms[BLOCKS]:.1f}x | {got[WHOLE]['faults']:.0f} / "
+                  f"{got[BLOCKS]['faults']:.0f} | {diff:.1e} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"setup": setup, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -155,8 +155,8 @@ def test_the_train_stage_reads_the_mode_prepare_chose(tmp_path: Path) -> None:
 def test_params_accept_auto_and_the_tile_prediction_choices() -> None:
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     assert base["prepare"]["mode"] == "resize"  # the paper's protocol
-    assert base["prepare"]["tile_predict"] == "whole"
-    for key, value in (("mode", "auto"), ("tile_predict", "windows")):
+    assert base["prepare"]["tile_predict"] == "blocks"
+    for key, value in (("mode", "auto"), ("tile_predict", "windows"), ("tile_predict", "whole")):
         params = copy.deepcopy(base)
         params["prepare"][key] = value
         validate(params)
