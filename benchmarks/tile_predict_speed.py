@@ -3,6 +3,7 @@
     python benchmarks/tile_predict_speed.py                      # 480x320 and 1024x1024
     python benchmarks/tile_predict_speed.py --sizes 544x384 --threads 1 --width 8
     python benchmarks/tile_predict_speed.py --json benchmarks/results/tile_predict_speed.json
+    python benchmarks/tile_predict_speed.py --agreement MODELS_DIR deepcrack/test_img
 
 For each network (``train.base_width`` ``--width``, MR2U-Net with t = 3, weights as
 initialised: the time does not depend on them) and each image size, the median wall time of
@@ -23,6 +24,13 @@ times, the ratios to the windows and the minor page faults per image (the cost o
 large allocations that makes the one pass slow on big images, see tiling.py), and the
 largest logit difference between blocks and the one pass.
 Run it alone on the machine (`flock /tmp/mr2unet-cpu.lock ...` on a shared one).
+
+``--agreement MODELS IMAGES`` instead compares the masks of trained networks (state dicts
+``MODELS/<network>_0.pt`` of width ``--width``, e.g. the DeepCrack recipe's) by blocks and
+by the one pass: the first 16 images of ``IMAGES`` (``*.jpg`` with ``*.png`` labels in the
+sibling ``*_lab`` folder, DeepCrack's layout) as four 2 x 2 mosaics (768 x 1088 for
+DeepCrack: 2 x 3 blocks), the mask IOU between the two ways and each way's IOU against
+the labels.
 """
 
 from __future__ import annotations
@@ -35,8 +43,11 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
+from mr2unet.data.transforms import to_input
 from mr2unet.models import MODEL_NAMES, build_model
 from mr2unet.models.inference import defect_probability
 from mr2unet.models.tiling import BLOCKS, WHOLE, WINDOWS, Tiling, tile_logits, window_starts
@@ -90,6 +101,44 @@ def blocks_deviation(model: torch.nn.Module, x: torch.Tensor, tilings: dict[str,
                   - tile_logits(model, x, tilings[WHOLE])).abs().max())
 
 
+def mosaics(images: Path, count: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` images of ``images`` and their labels as 2 x 2 mosaics (RGB, bool)."""
+    files = sorted(images.glob("*.jpg"))[:count]
+    rgb = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    labels = [np.asarray(Image.open(images.parent / images.name.replace("_img", "_lab")
+                                    / f"{f.stem}.png").convert("L")) > 127 for f in files]
+
+    def tile(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.concatenate(parts[:2], 1), np.concatenate(parts[2:], 1)])
+    return [(tile(rgb[i:i + 4]), tile(labels[i:i + 4])) for i in range(0, len(files) - 3, 4)]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+@torch.inference_mode()
+def agreement(models: Path, images: Path, archs: list[str], width: int) -> None:
+    """Print, per network, the mask IOU blocks vs the one pass and both against labels."""
+    pairs = mosaics(images)
+    truth = np.stack([label for _, label in pairs])
+    print(f"{len(pairs)} mosaics of {pairs[0][0].shape[1]}x{pairs[0][0].shape[0]} from "
+          f"{images}\n| network | IOU whole | IOU blocks | blocks vs whole (mask IOU) |\n"
+          "|---|---:|---:|---:|")
+    for arch in archs:
+        model = build_model(arch, base_width=width).eval()
+        model.load_state_dict(torch.load(models / f"{arch}_0.pt", map_location="cpu"))
+        masks: dict[str, list[np.ndarray]] = {WHOLE: [], BLOCKS: []}
+        for rgb, _ in pairs:
+            x = to_input(torch.from_numpy(np.ascontiguousarray(rgb))[None])
+            for way in masks:
+                logits = tile_logits(model, x, Tiling(64, 32, None, way))
+                masks[way].append((logits[0, 1] > logits[0, 0]).numpy())
+        whole, blocks = np.stack(masks[WHOLE]), np.stack(masks[BLOCKS])
+        print(f"| {arch} | {iou(whole, truth):.4f} | {iou(blocks, truth):.4f} | "
+              f"{iou(blocks, whole):.4f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,8 +151,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--agreement", nargs=2, type=Path, metavar=("MODELS", "IMAGES"),
+                    help="compare trained networks' masks by blocks and whole instead")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.agreement:
+        agreement(*args.agreement, args.models, args.width)
+        return
     setup = {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
              "width": args.width, "tile": args.tile, "stride": args.tile // 2,
              "windows_per_call": args.windows_per_call, "repeats": args.repeats}
