@@ -45,7 +45,7 @@ __VEGA_BUNDLE__
 def offline_template() -> str:
     """An HTML template for ``dvc plots show --html-template`` with the scripts inline."""
     try:
-        import vl_convert
+        import vl_convert  # lazy: a large binary, needed by `make plots` only
     except ImportError:
         raise UserError("vl-convert-python is not installed: run `make install`") from None
     bundle = vl_convert.javascript_bundle()

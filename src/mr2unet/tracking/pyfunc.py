@@ -51,6 +51,7 @@ import binascii
 import re
 import shutil
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ParamSchema, ParamSpec
 
 import mr2unet
 from mr2unet.data.images import ImageTooLarge, png_bytes, read_rgb
@@ -211,8 +214,6 @@ def answer(maps: list[FrameMaps], output: str, encoding: str) -> np.ndarray | li
 
 
 def _requirements() -> list[str]:
-    from importlib.metadata import version
-
     names = ("torch", "numpy", "pyyaml", "pillow", "mlflow")
     return [f"{n}=={version(n).split('+')[0]}" for n in names]
 
@@ -233,9 +234,6 @@ def default_params(threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
 def signature(threshold: float = DEFAULT_THRESHOLD) -> Any:
     """The params (default threshold: the model's) and no input or output schema: the
     model takes two input forms and checks them itself (see the module docstring)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec
-
     defaults = default_params(threshold)
     return ModelSignature(params=ParamSchema([
         ParamSpec("output", "string", defaults["output"]),
