@@ -21,6 +21,8 @@ import pytest
 from conftest import free_port, start_mlflow_server, stop_process_group
 from helpers import DVC, ENV, make_project, run, set_param
 
+from mr2unet.config.workspace import ModelFiles
+
 mlflow = pytest.importorskip("mlflow")
 pytestmark = pytest.mark.slow
 
@@ -66,7 +68,8 @@ def test_evaluate_fails_fast_while_the_server_is_down_then_catches_up(tmp_path: 
     assert f"error: the MLflow tracking server {uri} does not answer" in down.stderr
     assert "Traceback" not in down.stderr
     assert elapsed < 90  # dvc and the imports; the probe itself waits at most 5 s
-    assert not (project / "metrics/unet.json").exists()
+    files = ModelFiles("unet", project)
+    assert not files.metrics.exists()
     assert (box / "record.json").is_file()  # still owed
 
     server = start_mlflow_server(backend, artifacts, port)  # back, on the same port
@@ -80,9 +83,9 @@ def test_evaluate_fails_fast_while_the_server_is_down_then_catches_up(tmp_path: 
                                        key=lambda m: m.step)] == list(range(1, EPOCHS + 1))
         [version] = client.search_model_versions(f"run_id = '{run_id}'")
         assert version.name == "mr2unet-unet"
-        verdict = json.loads((project / "metrics/pooled/unet.json").read_text())["verdict"]
+        verdict = json.loads(files.evaluation.read_text())["verdict"]
         assert training.data.tags["verdict"] == version.tags["verdict"] == verdict["verdict"]
-        iou = json.loads((project / "metrics/unet.json").read_text())["mean"]["iou"]
+        iou = json.loads(files.metrics.read_text())["mean"]["iou"]
         assert training.data.metrics["test_iou_mean"] == pytest.approx(iou)
     finally:
         stop_process_group(server)

@@ -18,6 +18,8 @@ import pytest
 import torch
 from helpers import BIN, DVC, ENV, make_project, run, set_param
 
+from mr2unet.config.workspace import ModelFiles
+
 mlflow = pytest.importorskip("mlflow")
 pytestmark = pytest.mark.slow
 
@@ -73,7 +75,7 @@ def test_ctrl_c_stops_mr2unet_repro_with_130_and_fails_the_training_run(
     time.sleep(0.5)
     assert project_processes(project) == []  # no dvc or training stage left running
     assert 2 <= checkpoint_epoch(checkpoint) < EPOCHS
-    assert not (project / "data/models/unet.pt").exists()
+    assert not ModelFiles("unet", project).checkpoint.exists()  # the stage did not end
 
     client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
     experiment = client.get_experiment_by_name("mr2unet")

@@ -19,6 +19,8 @@ from conftest import http_service
 from helpers import BIN, DVC, ENV, TINY, project_copy, run
 from PIL import Image, ImageDraw
 
+from mr2unet.config.workspace import ModelFiles, PreparedFiles
+
 mlflow = pytest.importorskip("mlflow")
 pytestmark = pytest.mark.slow
 
@@ -84,21 +86,22 @@ def test_a_tiles_repro_scores_whole_images_and_every_way_to_predict_agrees(
     raw = line_images(tmp_path / "raw")
     project = tiles_project(tmp_path / "p", raw)
     run([DVC, "repro"], project, timeout=1500)
+    files = ModelFiles("unet", project)
 
     # the model file says how predict tiles: 32 px windows every tile_stride px
-    summary = json.loads((project / "data/prepared/summary.json").read_text())
+    summary = json.loads(PreparedFiles.under(project).summary.read_text())
     assert summary["mode"] == "tiles" and summary["tile_source_size"] == SOURCE
     # evaluate scored masks of the source images' size, not of the 32 px windows
     test_sources = [line.split(",")[0] for line in
-                    (project / "data/eval/unet.csv").read_text().splitlines()[1:]]
+                    files.per_image.read_text().splitlines()[1:]]
     assert len(test_sources) == IMAGES // 4
-    predicted = np.load(project / "data/eval/unet_pred.npz")["predictions"]
+    predicted = np.load(files.predictions)["predictions"]
     assert predicted.shape == (IMAGES // 4, SOURCE, SOURCE)
     truth = np.stack([np.asarray(Image.open(raw / s.replace("/test/", "/ground_truth/")
                                             .replace(".png", "_mask.png"))) > 0
                       for s in test_sources])
     pooled_iou = (predicted.astype(bool) & truth).sum() / (predicted.astype(bool) | truth).sum()
-    mean_iou = json.loads((project / "metrics/unet.json").read_text())["mean"]["iou"]
+    mean_iou = json.loads(files.metrics.read_text())["mean"]["iou"]
     print(f"tiles repro: pooled IOU {pooled_iou:.4f} against the full-size masks, "
           f"metrics/unet.json mean IOU {mean_iou:.4f}")
     assert pooled_iou > IOU_BOUND and mean_iou > IOU_BOUND
@@ -110,7 +113,7 @@ def test_a_tiles_repro_scores_whole_images_and_every_way_to_predict_agrees(
     for source in test_sources:
         (images / Path(source).name).write_bytes((raw / source).read_bytes())
     paths = sorted(images.iterdir())
-    run([str(BIN / "mr2unet"), "predict", "--model", "data/models/unet.pt", str(images),
+    run([str(BIN / "mr2unet"), "predict", "--model", str(files.checkpoint), str(images),
          "--out", str(tmp_path / "predicted"), "--device", "cpu"], project, timeout=300)
     written = np.stack([np.asarray(Image.open(tmp_path / "predicted" / f"{p.stem}_mask.png"))
                         for p in paths]) // 255
@@ -119,7 +122,7 @@ def test_a_tiles_repro_scores_whole_images_and_every_way_to_predict_agrees(
     assert np.array_equal(written, predicted[order])  # what evaluate scored
     assert 0 < written.mean() < 0.5
 
-    run_info = json.loads((project / "data/models/unet.run.json").read_text())
+    run_info = json.loads(files.run_info.read_text())
     uri = f"sqlite:///{project}/mlflow.db"
     model_uri = f"models:/{run_info['registered_model']}/{run_info['model_version']}"
     batch = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
