@@ -11,6 +11,7 @@ import pytest
 
 from mr2unet.evaluation import stats
 from mr2unet.evaluation.stats import compare, holm, paired_differences
+from mr2unet.reporting.markup import render_html
 from mr2unet.reporting.significance import (
     ALL,
     PerImage,
@@ -19,6 +20,7 @@ from mr2unet.reporting.significance import (
     pairwise_json,
     parse_per_image,
     section,
+    section_blocks,
     sentence,
 )
 
@@ -215,7 +217,8 @@ def test_sentence_and_section() -> None:
     assert text.startswith(f"MR2U-Net vs U-Net: +0.100 IOU, 95 % CI [+{r.ci_low:.3f}, "
                            f"+{r.ci_high:.3f}], Wilcoxon p < 0.001, significant at 0.05; ")
     assert text.endswith("better on 40, worse on 0, tied on 0 of 40 images.")
-    md, page = section(comparisons, LABELS)
+    md = section(comparisons, LABELS)
+    page = render_html("r", section_blocks(comparisons, LABELS), [])
     assert "| MR2U-Net vs U-Net | IOU | 40 | +0.100 |" in md
     assert "| bottle | 20 | **+0.065 [" in md  # odd images: noise -0.05, -0.02
     assert "<li>MR2U-Net vs U-Net: +0.100 IOU" in page
