@@ -242,3 +242,52 @@ def register_version(client: Any, uri: str, arch: str, checkpoint: Path, experim
                                           run_id=run.info.run_id)
     return {"tracking": True, "tracking_uri": uri, "run_id": run.info.run_id,
             "registered_model": name, "model_version": str(version.version)}
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch a training checkpoint holds; 0 while it is not (completely) written."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # noqa: BLE001 - not written yet, or being replaced
+        return 0
+
+
+def project_processes(project: Path) -> list[str]:
+    """The command lines of the live processes whose working directory is ``project``."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cwd", "cmdline", "status"]):
+        try:
+            if proc.info["cwd"] == str(project) and proc.info["status"] != "zombie":
+                found.append(" ".join(proc.info["cmdline"] or []))
+        except psutil.Error:
+            continue
+    return found
+
+
+def line_sheet(root: Path, n: int, size: int, line_value: int | tuple[int, int, int],
+               seed: int = 0, margin: int = 20) -> Path:
+    """An MVTec tree ``sheet/test/line/*.png``: grey noise (mean 150, sd 12) and one line
+    2 px wide of ``line_value`` (a grey level, or an RGB colour on a 3-channel image) at a
+    random place and angle, its mask in ``sheet/ground_truth/line/<stem>_mask.png``."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        image = rng.normal(150, 12, (size, size)).clip(0, 255)
+        if isinstance(line_value, tuple):
+            image = np.repeat(image[..., None], 3, axis=2)
+        mask = Image.new("L", (size, size), 0)
+        x0, y0 = rng.integers(margin, size - margin, 2)
+        angle, length = rng.uniform(0, np.pi), rng.integers(size // 3, size // 2)
+        ImageDraw.Draw(mask).line(
+            [(x0, y0), (x0 + length * np.cos(angle), y0 + length * np.sin(angle))],
+            fill=255, width=2)
+        image[np.asarray(mask) > 0] = line_value
+        for sub, array, name in (("test", image, f"{i:03d}.png"),
+                                 ("ground_truth", np.asarray(mask), f"{i:03d}_mask.png")):
+            path = root / "sheet" / sub / "line" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array.astype(np.uint8)).save(path)
+    return root

@@ -15,8 +15,16 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from helpers import BIN, DVC, ENV, make_project, run, set_param
+from helpers import (
+    BIN,
+    DVC,
+    ENV,
+    checkpoint_epoch,
+    make_project,
+    project_processes,
+    run,
+    set_param,
+)
 
 from mr2unet.config.workspace import ModelFiles
 
@@ -24,27 +32,6 @@ mlflow = pytest.importorskip("mlflow")
 pytestmark = pytest.mark.slow
 
 EPOCHS = 200  # far more than the seconds the test waits: the stage is mid-run when stopped
-
-
-def checkpoint_epoch(path: Path) -> int:
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-    except Exception:  # noqa: BLE001 - not written yet, or being replaced
-        return 0
-
-
-def project_processes(project: Path) -> list[str]:
-    """The command lines of the live processes whose working directory is ``project``."""
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["cwd", "cmdline", "status"]):
-        try:
-            if proc.info["cwd"] == str(project) and proc.info["status"] != "zombie":
-                found.append(" ".join(proc.info["cmdline"] or []))
-        except psutil.Error:
-            continue
-    return found
 
 
 def test_ctrl_c_stops_mr2unet_repro_with_130_and_fails_the_training_run(

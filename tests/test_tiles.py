@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import line_sheet
 from PIL import Image
 from torch import nn
 
@@ -115,30 +116,6 @@ def test_uniform_crops_cover_the_content_evenly() -> None:
     assert counts.shape == (5,) and counts.min() > 650  # 5 positions, ~800 each
 
 
-def _line_images(root: Path, n: int, size: int = 256) -> Path:
-    """An MVTec tree: noisy texture, one dark line 2 px wide, at a random place and angle."""
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        image = rng.normal(150, 12, (size, size)).clip(0, 255)
-        mask = Image.new("L", (size, size), 0)
-        from PIL import ImageDraw
-
-        draw = ImageDraw.Draw(mask)
-        x0, y0 = rng.integers(20, size - 20, 2)
-        angle = rng.uniform(0, np.pi)
-        length = rng.integers(size // 3, size // 2)
-        x1, y1 = x0 + length * np.cos(angle), y0 + length * np.sin(angle)
-        draw.line([(x0, y0), (x1, y1)], fill=255, width=2)
-        line = np.asarray(mask) > 0
-        image[line] = 95
-        for sub, array, name in (("test", image, f"{i:03d}.png"),
-                                 ("ground_truth", np.asarray(mask), f"{i:03d}_mask.png")):
-            path = root / "sheet" / sub / "line" / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(array.astype(np.uint8)).save(path)
-    return root
-
-
 def _full_masks(raw: Path, sources: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(Image.open(raw / str(s).replace("/test/", "/ground_truth/")
                                            .replace(".png", "_mask.png"))) > 0
@@ -146,7 +123,7 @@ def _full_masks(raw: Path, sources: np.ndarray) -> np.ndarray:
 
 
 def test_tiles_prepare_keeps_native_size_and_validates(tmp_path: Path) -> None:
-    raw = _line_images(tmp_path / "raw", 5, size=96)
+    raw = line_sheet(tmp_path / "raw", 5, 96, 95)
     summary = prepare(raw, tmp_path / "out", PrepareConfig(image_size=32, mode="tiles"))
     assert (summary["tile_source_size"], summary["crop_size"]) == (96, 32)
     split = load_split(tmp_path / "out" / "test.npz")
@@ -161,7 +138,7 @@ def test_tiles_prepare_keeps_native_size_and_validates(tmp_path: Path) -> None:
 def test_a_thin_line_that_resizing_loses_is_found_by_tiles(tmp_path: Path) -> None:
     """256 px images, a line 2 px wide: at 64 px (resize) it is half a pixel of faint
     contrast; tiles train on 64 px crops of the full image and predict it by windows."""
-    raw = _line_images(tmp_path / "raw", 16)
+    raw = line_sheet(tmp_path / "raw", 16, 256, 95)
     cfg = TrainConfig(arch="unet", epochs=25, batch_size=4, lr=3e-3, base_width=4,
                       loss="focal_dice", seed=0)
     scores = {}

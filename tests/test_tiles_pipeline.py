@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import http_service
-from helpers import BIN, DVC, ENV, TINY, project_copy, run
-from PIL import Image, ImageDraw
+from helpers import BIN, DVC, ENV, TINY, line_sheet, project_copy, run
+from PIL import Image
 
 from mr2unet.config.workspace import ModelFiles, PreparedFiles
 
@@ -37,27 +37,10 @@ IOU_BOUND = IOU_MEASURED - 0.10
 
 
 def line_images(root: Path) -> Path:
-    """An MVTec tree ``sheet/test/line/*.png``: grey noise and one reddish line 2 px wide
-    at a random place and angle, its mask in ``sheet/ground_truth/line/<stem>_mask.png``.
+    """Grey noise and one reddish line 2 px wide per image (tests/helpers.line_sheet).
     Resized to 32 px the line would be half a pixel of faint colour; its grey level (152)
     is the noise's, so the verdict's grey-threshold baseline cannot find it."""
-    rng = np.random.default_rng(7)
-    for i in range(IMAGES):
-        image = np.repeat(rng.normal(150, 12, (SOURCE, SOURCE, 1)).clip(0, 255), 3, axis=2)
-        mask = Image.new("L", (SOURCE, SOURCE), 0)
-        x0, y0 = rng.integers(16, SOURCE - 16, 2)
-        angle, length = rng.uniform(0, np.pi), rng.integers(SOURCE // 3, SOURCE // 2)
-        ImageDraw.Draw(mask).line(
-            [(x0, y0), (x0 + length * np.cos(angle), y0 + length * np.sin(angle))],
-            fill=255, width=2)
-        line = np.asarray(mask) > 0
-        image[line] = LINE_RGB
-        for sub, array, name in (("test", image, f"{i:03d}.png"),
-                                 ("ground_truth", np.asarray(mask), f"{i:03d}_mask.png")):
-            path = root / "sheet" / sub / "line" / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(array.astype(np.uint8)).save(path)
-    return root
+    return line_sheet(root, IMAGES, SOURCE, LINE_RGB, seed=7, margin=16)
 
 
 def tiles_project(dest: Path, raw: Path) -> Path:

@@ -16,7 +16,17 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, start_mlflow_server, stop_process_group
-from helpers import BIN, DVC, ENV, make_project, run, set_param, stale_stages
+from helpers import (
+    BIN,
+    DVC,
+    ENV,
+    checkpoint_epoch,
+    make_project,
+    project_processes,
+    run,
+    set_param,
+    stale_stages,
+)
 
 from mr2unet.errors import UserError
 from mr2unet.tracking.probe import check_reachable
@@ -142,28 +152,6 @@ def test_a_server_killed_mid_run_costs_no_speed_and_no_metric(tmp_path: Path) ->
           f"down {statistics.median(down):.3f} s (median of {len(down)}), ratio {ratio:.2f}; "
           f"sync after restart {sync_s:.1f} s")
     assert ratio < 2.0
-
-
-def checkpoint_epoch(path: Path) -> int:
-    import torch
-
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-    except Exception:  # noqa: BLE001 - not written yet, or being replaced
-        return 0
-
-
-def project_processes(project: Path) -> list[str]:
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["cwd", "cmdline", "status"]):
-        try:
-            if proc.info["cwd"] == str(project) and proc.info["status"] != "zombie":
-                found.append(" ".join(proc.info["cmdline"] or []))
-        except psutil.Error:
-            continue
-    return found
 
 
 def test_sigterm_to_mr2unet_repro_stops_every_stage_and_the_next_run_resumes(
