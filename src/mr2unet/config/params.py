@@ -23,6 +23,8 @@ from mr2unet.errors import UserError
 SOURCES = ("synthetic", "url", "archive", "directory")
 # `run.adam_impl` (mr2unet.training.setup.make_optimizer)
 ADAM_IMPLS = ("auto", "foreach", "fused")
+# train.lr_schedule (mr2unet.training.config.epoch_lr implements each)
+LR_SCHEDULES = ("constant", "cosine")
 # `train.loss`: a pixel term, a region term, or `<pixel>_<region>` (mr2unet.training.losses).
 PIXEL_LOSSES = ("ce", "weighted_ce", "focal")
 REGION_LOSSES = ("dice", "tversky")
@@ -402,7 +404,7 @@ def validate(params: dict[str, Any]) -> None:
     decay = _get(params, "train.weight_decay")
     _check(_is_number(decay) and decay >= 0,
            "train.weight_decay", decay, "a number >= 0")
-    _choice(params, "train.lr_schedule", ("constant", "cosine"))
+    _choice(params, "train.lr_schedule", LR_SCHEDULES)
     _choice(params, "train.loss", LOSSES)
     _check_loss_knobs(params)
     _choice(params, "train.augment", ("none", "flips", "flips_rot90"))

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from mr2unet.config.params import LR_SCHEDULES
 from mr2unet.errors import UserError
 from mr2unet.training.losses import LossConfig, balanced_class_weights, split_loss_name
 
@@ -103,4 +104,5 @@ def epoch_lr(base_lr: float, epoch: int, epochs: int, schedule: str) -> float:
         return base_lr
     if schedule == "cosine":
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-    raise UserError(f"unknown train.lr_schedule {schedule!r}; expected constant or cosine")
+    raise UserError(f"unknown train.lr_schedule {schedule!r}; expected one of "
+                    f"{', '.join(LR_SCHEDULES)}")
