@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from mr2unet.config.params import load_params
@@ -20,6 +21,15 @@ from mr2unet.models import check_model_params
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def in_finalizer(frame: FrameType | None) -> bool:
+    """Whether ``frame`` (where a signal interrupted the program) runs inside a ``__del__``."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 def stop_on_sigterm() -> None:
     """SIGTERM raises SystemExit(143): ``finally`` blocks run (the run is marked FAILED,
     the checkpoint written so far stays) instead of the process vanishing mid-write.
@@ -27,7 +37,13 @@ def stop_on_sigterm() -> None:
     Also when the parent goes away (``kill <dvc pid>`` leaves its stage orphaned): a
     watcher thread sees the parent change and sends this process SIGTERM.
     """
-    def handler(signum: int, frame: object) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if in_finalizer(frame):
+            # An exception raised inside __del__ (tqdm's, a tensor's) is printed as
+            # "Exception ignored" and dropped, and training would go on: ask again shortly,
+            # once the finalizer has returned.
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)

@@ -120,7 +120,7 @@ def test_latency_per_image_counts_the_windows() -> None:
 def test_on_thin_lines_the_whole_pass_scores_as_the_windows(tmp_path: Path) -> None:
     """test_tiles' 2 px lines in 256 px images, a U-Net trained on 64 px crops: the whole
     pass finds the lines as well as the half-crop windows (IOU within 0.01 or better)."""
-    from test_tiles import _line_images
+    from helpers import line_sheet
 
     from mr2unet.data.prepare import PrepareConfig, prepare
     from mr2unet.data.prepared import load_split
@@ -128,7 +128,7 @@ def test_on_thin_lines_the_whole_pass_scores_as_the_windows(tmp_path: Path) -> N
     from mr2unet.training.loop import train
     from mr2unet.training.options import RunOptions
 
-    raw = _line_images(tmp_path / "raw", 16)
+    raw = line_sheet(tmp_path / "raw", 16, 256, 95)
     prepare(raw, tmp_path / "out", PrepareConfig(image_size=64, mode="tiles",
                                                  test_fraction=0.25))
     cfg = TrainConfig(arch="unet", epochs=25, batch_size=4, lr=3e-3, base_width=4,
