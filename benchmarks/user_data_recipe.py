@@ -46,8 +46,9 @@ from mr2unet.data.prepare import PrepareConfig, prepare
 from mr2unet.data.prepared import PreparedSplit, load_split
 from mr2unet.data.synthetic import generate
 from mr2unet.evaluation import threshold as thresholds
+from mr2unet.evaluation import validation
 from mr2unet.evaluation.evaluate import good_images
-from mr2unet.evaluation.inference import evaluate, predict_maps
+from mr2unet.evaluation.inference import evaluate
 from mr2unet.evaluation.summaries import part_decisions, summarise
 from mr2unet.models import MODEL_NAMES
 from mr2unet.models.tiling import Tiling
@@ -104,12 +105,23 @@ def scores(model: torch.nn.Module, test: PreparedSplit, good: Any, tiling: Tilin
             "misses": f"{misses['count']}/{misses['total']}"}
 
 
-def chosen_threshold(model: torch.nn.Module, data: Path, rule: str) -> float:
-    """The threshold ``rule`` chooses on the validation split."""
+def recipe_rows(model: torch.nn.Module, data: Path, rules: list[str], tiling: Tiling | None,
+                predict: str, test: PreparedSplit, good_test: Any) -> dict[str, Any]:
+    """Per ``evaluate.threshold`` rule: what the train stage decides on the validation
+    split (:func:`mr2unet.evaluation.validation.decide`: the threshold, and for a tiles
+    model with ``predict`` auto the way), and the test scores with it."""
     val = load_split(data / "val.npz")
-    _, probs = predict_maps(model, val.images, CPU, progress=False)
-    return thresholds.choose(thresholds.parse_rule(rule), probs, val.masks, val.categories,
-                             good_images(val, data / "manifest.csv"))["value"]
+    good_val = good_images(val, data / "manifest.csv")
+    rows = {}
+    for rule in rules:
+        meta = validation.decide(model, val, good_val, thresholds.parse_rule(rule), CPU,
+                                 tiling, predict)
+        chosen = Tiling.from_dict(meta.get("tiling"))
+        name = f"{rule} ({chosen.predict})" if chosen else rule
+        rows[name] = {**scores(model, test, good_test, chosen, meta["threshold"]["value"]),
+                      **({"choice": meta["tile_predict_choice"]}
+                         if "tile_predict_choice" in meta else {})}
+    return rows
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -121,7 +133,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--size", type=int, default=64, help="image size, or crop size (tiles)")
     ap.add_argument("--mode", default="resize", choices=("resize", "tiles", "auto"))
-    ap.add_argument("--tile-predict", default="whole", choices=("whole", "windows", "both"))
+    ap.add_argument("--tile-predict", default="blocks",
+                    choices=("blocks", "whole", "windows", "both", "auto"),
+                    help="how a tiles model predicts a test image (both: blocks and windows; "
+                         "auto: prepare.tile_predict auto, chosen per --thresholds rule on "
+                         "the validation split)")
+    ap.add_argument("--defect-crop-fraction", type=float, default=0.5,
+                    help="tiles: prepare.defect_crop_fraction")
+    ap.add_argument("--mr2unet-options", type=json.loads, default={"recurrent_steps": 3},
+                    help="MR2U-Net's train.model_options.mr2unet as JSON "
+                         "(default: {\"recurrent_steps\": 3})")
     ap.add_argument("--resize", default="squash", choices=("squash", "pad"))
     ap.add_argument("--good-images", default="0",
                     help="prepare.good_images: 0, a number per category, or all")
@@ -141,10 +162,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--loss", default="focal_dice", choices=LOSSES)
     ap.add_argument("--augment", default="flips_rot90")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", type=Path, help="append one JSON line per run to this file")
+    ap.add_argument("--json", type=Path, help="append one JSON line per run to this file "
+                                              "(with the loss per epoch)")
+    ap.add_argument("--save", type=Path,
+                    help="save each trained network's state dict here as <arch>_<seed>.pt")
     args = ap.parse_args(argv)
     if args.thresholds and not args.val_fraction:
         ap.error("--thresholds needs a validation split: --val-fraction 0.2")
+    if args.tile_predict == "auto" and not args.thresholds:
+        ap.error("--tile-predict auto chooses per threshold rule: --thresholds 0.5 (or a rule)")
     return args
 
 
@@ -160,11 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prepare.mode auto -> {mode}: {summary['auto']['reason']}")
     train_split, test = load_split(data / "train.npz"), load_split(data / "test.npz")
     good_test = good_images(test, data / "manifest.csv")
-    ways = ("whole", "windows") if args.tile_predict == "both" else (args.tile_predict,)
+    ways = {"both": ("blocks", "windows"), "auto": ("blocks",)}.get(args.tile_predict,
+                                                                  (args.tile_predict,))
     tilings = ({way: Tiling(args.size, args.size // 2, None, way) for way in ways}
                if mode == "tiles" else {"resize": None})
     recipe = {k: v for k, v in vars(args).items() if k not in ("models", "seeds", "json",
-                                                               "work")}
+                                                               "work", "save")}
     print(f"recipe {recipe}; {len(train_split)} train / {len(test)} test images of "
           f"{train_split.images.shape[1]} px", flush=True)
     options = RunOptions(device="cpu", cpu_threads=args.threads, checkpoint_every=10**6)
@@ -176,15 +203,17 @@ def main(argv: list[str] | None = None) -> int:
                 arch=arch, epochs=args.epochs, steps=args.steps, batch_size=args.batch,
                 lr=args.lr, lr_schedule=args.schedule, loss=args.loss, augment=args.augment,
                 seed=seed, base_width=args.width, crop_size=args.size if mode == "tiles" else None,
-                model_options={"recurrent_steps": 3} if arch == "mr2unet" else {})
+                defect_crop_fraction=args.defect_crop_fraction,
+                model_options=dict(args.mr2unet_options) if arch == "mr2unet" else {})
             t0, c0 = time.perf_counter(), time.process_time()
             result = train(cfg, train_split, progress=False, options=options)
             took, cpu = time.perf_counter() - t0, time.process_time() - c0
             rows = {way: scores(result.model, test, good_test, tiling, 0.5)
                     for way, tiling in tilings.items()}
-            for rule in args.thresholds:
-                value = chosen_threshold(result.model, data, rule)
-                rows[rule] = scores(result.model, test, good_test, None, value)
+            if args.thresholds:  # the recipe's row (the first rule's) heads the table
+                rows = {**recipe_rows(result.model, data, args.thresholds,
+                                      next(iter(tilings.values())), args.tile_predict, test,
+                                      good_test), **rows}
             first = next(iter(rows.values()))
             ious[arch].append(first["iou"])
             seconds[arch].append(took)
@@ -197,13 +226,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    {name:28s} t={row['threshold']:<6.3g} IOU {row['iou']:.4f} "
                       f"{row['ms_per_image']:7.1f} ms/image, false alarms "
                       f"{row['false_alarms']}, misses {row['misses']}", flush=True)
+            if args.save:
+                args.save.mkdir(parents=True, exist_ok=True)
+                torch.save(result.model.state_dict(), args.save / f"{arch}_{seed}.pt")
             if args.json:
                 with args.json.open("a") as fh:
                     fh.write(json.dumps({**recipe, "arch": arch, "seed": seed,
                                          "iou": first["iou"], "dice": first["dice"],
                                          "seconds": round(took, 1),
                                          "cpu_seconds": round(cpu, 1), "collapsed": collapsed,
-                                         "predict": rows}) + "\n")
+                                         "predict": rows,
+                                         "loss": [round(h["loss"], 5) for h in result.history]})
+                             + "\n")
     print("\n| model | mean test IOU ± std | train s (mean) |\n|---|---:|---:|")
     for arch in args.models:
         std = statistics.stdev(ious[arch]) if len(ious[arch]) > 1 else 0.0

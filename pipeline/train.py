@@ -25,18 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from _common import run_model_stage
 
+from mr2unet.config.params import AUTO, BLOCKS
 from mr2unet.config.provenance import git_commit, write_run_info
 from mr2unet.config.workspace import PREPARED, ModelFiles
 from mr2unet.data.prepare import resolved_prepare
 from mr2unet.data.prepared import load_split
 from mr2unet.errors import UserError
 from mr2unet.evaluation import threshold as thresholds
+from mr2unet.evaluation import validation
 from mr2unet.evaluation.evaluate import good_images
-from mr2unet.evaluation.inference import predict_maps
 from mr2unet.models import MODEL_NAMES
 from mr2unet.models.inference import DEFAULT_THRESHOLD
 from mr2unet.models.tiling import Tiling
@@ -47,37 +47,30 @@ from mr2unet.training.outputs import history_metrics, save_trained_model, write_
 from mr2unet.training.setup import init_distributed
 
 
-def tiling_meta(prepare: dict[str, Any]) -> dict[str, Any]:
-    """``{"tiling": ...}`` for the model file in tiles mode (how predict tiles), else {}."""
+def tiling_of_params(prepare: dict[str, Any]) -> Tiling | None:
+    """How a tiles model predicts (None in resize mode); ``tile_predict: auto`` starts as
+    blocks and is decided on the validation split (mr2unet.evaluation.validation)."""
     if prepare["mode"] != "tiles":
-        return {}
-    size = prepare["image_size"]
-    return {"tiling": Tiling(size, prepare["tile_stride"] or size // 2,
-                             prepare["tile_source_size"], prepare["tile_predict"]).as_dict()}
+        return None
+    size, predict = prepare["image_size"], prepare["tile_predict"]
+    return Tiling(size, prepare["tile_stride"] or size // 2, prepare["tile_source_size"],
+                  BLOCKS if predict == AUTO else predict)
 
 
-def threshold_meta(params: dict[str, Any], model: torch.nn.Module, device: str,
-                   tiling: dict[str, Any]) -> dict[str, Any]:
-    """``{"threshold": ...}`` for the model file: ``evaluate.threshold`` applied to the
-    validation split (predicted as evaluate predicts, by windows for a tiled model); {}
-    for the default (0.5 and no validation split: the model file as before)."""
+def validation_meta(params: dict[str, Any], model: torch.nn.Module, device: str
+                    ) -> dict[str, Any]:
+    """The model file's ``tiling``, ``tile_predict_choice`` and ``threshold``: decided on
+    the validation split where there is one (``evaluate.threshold``, ``prepare.tile_predict:
+    auto``); {} for a resized model with the default 0.5 and no validation split (the
+    model file as before)."""
     rule = thresholds.parse_rule(params["evaluate"]["threshold"])
+    tiling = tiling_of_params(params["prepare"])
     # an older prepared folder has no val.npz: fine for a fixed threshold
     val = load_split(PREPARED.val) if PREPARED.val.is_file() or rule.needs_validation else None
-    if val is None or len(val) == 0:
-        if rule == thresholds.ThresholdRule(thresholds.FIXED, DEFAULT_THRESHOLD):
-            return {}
-        empty = np.zeros((0, 1, 1), np.uint8)
-        return {"threshold": thresholds.choose(rule, empty.astype(np.float32), empty,
-                                               np.zeros(0, str), np.zeros(0, bool))}
-    _, probs = predict_maps(model, val.images, torch.device(device),
-                            params["train"]["batch_size"], progress=False,
-                            tiling=Tiling.from_dict(tiling.get("tiling")))
-    # IOU of an image with nothing to find and nothing found: 1 (not evaluate.empty_score,
-    # which re-scores without retraining); a false alarm as the test counts it
-    return {"threshold": thresholds.choose(rule, probs, val.masks, val.categories,
-                                           good_images(val, PREPARED.manifest), empty_score=1.0,
-                                           min_area=params["evaluate"]["min_defect_area"])}
+    good = good_images(val, PREPARED.manifest) if val is not None and len(val) else None
+    return validation.decide(model, val, good, rule, torch.device(device), tiling,
+                             params["prepare"]["tile_predict"], params["train"]["batch_size"],
+                             params["evaluate"]["min_defect_area"])
 
 
 def how_chosen(record: dict[str, Any]) -> str:
@@ -139,14 +132,13 @@ def finish(params: dict[str, Any], stage: Stage, result: TrainResult) -> None:
     arch, cfg, tracker = stage.arch, stage.cfg, stage.tracker
     files = ModelFiles(arch)
     model_path, history_path = files.checkpoint, files.history
-    tiling = tiling_meta(params["prepare"])
-    chosen = threshold_meta(params, result.model, result.device, tiling)
+    chosen = validation_meta(params, result.model, result.device)
     save_trained_model(model_path, result, cfg, image_size=params["prepare"]["image_size"],
                        meta={"git_commit": git_commit(), "device": result.device,
                              "torch_version": str(torch.__version__),
                              "resize": params["prepare"]["resize"],
-                             **tiling, **chosen})
-    threshold = chosen["threshold"]["value"] if chosen else DEFAULT_THRESHOLD
+                             **chosen})
+    threshold = chosen["threshold"]["value"] if "threshold" in chosen else DEFAULT_THRESHOLD
     write_history(history_path, result.history)
     info: dict[str, Any] = {"tracking": False}
     if tracker:
@@ -156,7 +148,9 @@ def finish(params: dict[str, Any], stage: Stage, result: TrainResult) -> None:
         tracker.set_tags({"collapsed": "true" if result.collapsed else "false",
                           "threshold": f"{threshold:g}",
                           **({"threshold_rule": how_chosen(chosen["threshold"])}
-                             if chosen else {})})
+                             if "threshold" in chosen else {}),
+                          **({"tile_predict": chosen["tiling"]["predict"]}
+                             if "tile_predict_choice" in chosen else {})})
         info = tracker.finish(model_path, history_path, PREPARED.train,
                               system={"device": result.device})
     # Wall-clock training time for the report's cost table (metrics/timing/<model>.json via
@@ -168,7 +162,10 @@ def finish(params: dict[str, Any], stage: Stage, result: TrainResult) -> None:
           f"final loss {result.history[-1]['loss']:.4f}, train IOU "
           f"{result.history[-1]['train_iou']:.4f}; mask threshold {threshold:g}"
           + (f" ({how_chosen(chosen['threshold'])} on {chosen['threshold']['val_images']} "
-             "validation images)" if chosen else "") + f" -> {model_path}"
+             "validation images)" if "threshold" in chosen else "")
+          + (f"; predicts by {chosen['tiling']['predict']} "
+             f"({chosen['tile_predict_choice']['reason']})"
+             if "tile_predict_choice" in chosen else "") + f" -> {model_path}"
           + (f" (COLLAPSED to {result.collapsed}: see the warning above)"
              if result.collapsed else ""))
     if tracker and tracker.pending:

@@ -156,7 +156,8 @@ def test_params_accept_auto_and_the_tile_prediction_choices() -> None:
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     assert base["prepare"]["mode"] == "resize"  # the paper's protocol
     assert base["prepare"]["tile_predict"] == "blocks"
-    for key, value in (("mode", "auto"), ("tile_predict", "windows"), ("tile_predict", "whole")):
+    for key, value in (("mode", "auto"), ("tile_predict", "windows"), ("tile_predict", "whole"),
+                       ("tile_predict", "auto")):
         params = copy.deepcopy(base)
         params["prepare"][key] = value
         validate(params)
@@ -166,6 +167,7 @@ def test_params_accept_auto_and_the_tile_prediction_choices() -> None:
         validate(params)
     user = yaml.safe_load((REPO / "profiles" / "user-data.yaml").read_text())
     assert user["prepare"]["mode"] == "auto"
+    assert user["prepare"]["tile_predict"] == "auto"  # chosen on the validation split
 
 
 def test_the_recipe_threshold_works_on_a_set_without_good_images() -> None:

@@ -1,5 +1,5 @@
 """The chosen mask threshold carried through the stages (issue #33, b): the train stage's
-own ``threshold_meta`` chooses a threshold that is not 0.5 on a validation split built so,
+own ``validation_meta`` chooses a threshold that is not 0.5 on a validation split built so,
 the model file is written with it as the train stage writes it, and then the evaluate stage
 (pooled record and scores), the report's threshold column, ``mr2unet predict``, the MLflow
 pyfunc and the ONNX metadata all use that same value without being told.
@@ -70,7 +70,7 @@ def test_the_threshold_train_chooses_is_used_by_every_consumer(
 
     monkeypatch.chdir(project)  # the stage's paths are relative to the project
     params = load_params(project / "params.yaml")
-    chosen = stage_module("train", monkeypatch).threshold_meta(params, model, "cpu", {})
+    chosen = stage_module("train", monkeypatch).validation_meta(params, model, "cpu")
     t = chosen["threshold"]["value"]
     assert chosen["threshold"]["rule"] == "best_iou" and 0.25 <= t < 0.5, chosen
 

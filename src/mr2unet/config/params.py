@@ -237,6 +237,12 @@ def _check_run(params: dict[str, Any]) -> None:
         _positive_int(params, key)
 
 
+# `prepare.tile_predict`: how a tiles model predicts a whole image (mr2unet.models.tiling),
+# or "auto" (AUTO below): the train stage predicts the validation split blocks and windows
+# and keeps blocks unless windows score better (mr2unet.evaluation.validation)
+BLOCKS, WHOLE, WINDOWS = "blocks", "whole", "windows"
+TILE_PREDICTS = (BLOCKS, WHOLE, WINDOWS)
+
 # `evaluate.image_score`: how mr2unet.metrics.image.image_scores scores an image
 IMAGE_SCORES = ("max_smoothed", "top_k_mean")
 # `evaluate.fit_for_use`: the verdict's bars (mr2unet.evaluation.verdict) and their
@@ -347,7 +353,7 @@ def _check_tiles(params: dict[str, Any]) -> None:
     stride = _get(params, "prepare.tile_stride")
     _check(stride is None or (_is_int(stride) and 0 < stride <= crop), "prepare.tile_stride",
            stride, f"null (half a crop) or an integer in 1..{crop}")
-    _choice(params, "prepare.tile_predict", ("blocks", "whole", "windows"))
+    _choice(params, "prepare.tile_predict", (AUTO, *TILE_PREDICTS))
     share = _get(params, "prepare.defect_crop_fraction")
     _check(_is_number(share) and 0 <= share <= 1, "prepare.defect_crop_fraction", share,
            "a number in [0, 1]")

@@ -22,10 +22,14 @@ padded by edge replication to the next multiple of
 :data:`~mr2unet.models.ushape.SIZE_MULTIPLE` (16: the networks down-sample four times),
 predicted once, and the padding cropped off. Each pixel is computed once instead of up to
 four times (half-crop windows), and no pixel sits near a window's border; the network
-sees more context than it was trained with, which a convolutional network with batch
-norm in eval mode handles (docs/performance.md measures both: the same IOU within 0.01,
-several times faster). ``predict`` is stored in the model file (``prepare.tile_predict``);
-a model file without it (written before the option) predicts by windows, as it did.
+sees more context than it was trained with, and its deep levels see interiors where
+the crops' were mostly border (a 64 px crop is 4x4 px at the bottleneck). Usually it does
+not matter (the same IOU within 0.01, several times faster: docs/performance.md), but a
+network whose deep features depend on that border can fail on whole images (MR2U-Net on
+DeepCrack, seed 0: IOU 0.47 whole against 0.70 by windows), so ``prepare.tile_predict:
+auto`` lets the train stage choose on the validation split
+(:mod:`mr2unet.evaluation.validation`). ``predict`` is stored in the model file; a model
+file without it (written before the option) predicts by windows, as it did.
 
 On a large image the one pass is slow on a CPU for a reason other than arithmetic: its
 full-resolution feature maps (8 channels x 1024² x 4 bytes = 32 MiB, the decoder's
@@ -58,14 +62,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mr2unet.config.params import BLOCKS, TILE_PREDICTS, WHOLE, WINDOWS
 from mr2unet.data.prepare import crop_padding, resize_image
 from mr2unet.data.transforms import to_input
 from mr2unet.models.ushape import SIZE_MULTIPLE
 
-WINDOWS = "windows"  # overlapping sliding windows of the crop size (mean-blended)
-WHOLE = "whole"  # the whole (padded) image in one forward pass
-BLOCKS = "blocks"  # the padded image in blocks of BLOCK_SIZE with a BLOCK_HALO margin
-PREDICT_MODES = (BLOCKS, WHOLE, WINDOWS)
+# WINDOWS: overlapping sliding windows of the crop size (mean-blended); WHOLE: the whole
+# (padded) image in one forward pass; BLOCKS: the padded image in blocks of BLOCK_SIZE
+# with a BLOCK_HALO margin
+PREDICT_MODES = TILE_PREDICTS
 BLOCK_SIZE = 512  # the largest block's core (px, a multiple of SIZE_MULTIPLE)
 BLOCK_HALO = 32  # the margin each block sees of its neighbours (px, a multiple of 16)
 

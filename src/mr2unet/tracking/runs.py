@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # The prepare keys that the train stage reads (the network's input size and resize mode).
 TRAIN_PREPARE_KEYS = ("image_size", "resize")
-# ...and the keys that choose its mask threshold (pipeline/train.py, threshold_meta)
+# ...and the keys that choose its mask threshold (pipeline/train.py, validation_meta)
 THRESHOLD_KEYS = (("evaluate", "threshold"), ("split", "val_fraction"))
 
 # At the end of training, how long the background sender may take to send what is queued.
