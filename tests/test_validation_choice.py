@@ -4,12 +4,16 @@ than 0.01 IOU higher; the threshold stored is the one chosen for the way kept.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, stage_module
 from torch import nn
 
-from mr2unet.config.params import BLOCKS, WINDOWS
+from mr2unet.config.params import BLOCKS, WINDOWS, load_params
+from mr2unet.config.workspace import PREPARED
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.evaluation.threshold import FIXED, ThresholdRule, parse_rule
 from mr2unet.evaluation.validation import WAY_TOLERANCE, choose_way, decide
@@ -87,3 +91,24 @@ def test_a_set_way_and_a_resized_model_write_what_they_wrote_before() -> None:
     assert list(meta) == ["tiling", "threshold"] and meta["tiling"] == windows.as_dict()
     assert meta["threshold"]["value"] == 0.5
     assert decide(RedIsDefect(False), None, None, parse_rule(0.5), CPU, None, BLOCKS) == {}
+
+
+def test_the_train_stage_stores_the_way_the_validation_split_chose(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pipeline/train.py's validation_meta reads prepare.tile_predict: auto and the
+    validation split from data/prepared, and returns what the model file stores."""
+    params = load_params(REPO / "params.yaml")
+    params["prepare"].update(mode="tiles", image_size=TILE, tile_predict="auto")
+    params["evaluate"]["threshold"] = "best_iou"
+    monkeypatch.chdir(tmp_path)  # the stage's paths are relative to the project
+    red_lines().save(PREPARED.val)
+    train_stage = stage_module("train", monkeypatch)
+    for fails_whole, expected in ((True, WINDOWS), (False, BLOCKS)):
+        meta = train_stage.validation_meta(params, RedIsDefect(fails_whole), "cpu")
+        assert Tiling.from_dict(meta["tiling"]) == Tiling(TILE, TILE // 2, None, expected)
+        assert meta["tile_predict_choice"]["predict"] == expected
+        assert meta["threshold"]["rule"] == "best_iou"
+    params["prepare"]["tile_predict"] = WINDOWS  # a set way is kept, nothing compared
+    meta = train_stage.validation_meta(params, RedIsDefect(False), "cpu")
+    assert Tiling.from_dict(meta["tiling"]).predict == WINDOWS
+    assert "tile_predict_choice" not in meta
