@@ -78,6 +78,23 @@ def how_chosen(record: dict[str, Any]) -> str:
     return record["rule"] + (f" -> {record['resolved']}" if "resolved" in record else "")
 
 
+def decided(chosen: dict[str, Any]) -> tuple[float, dict[str, str], str]:
+    """From :func:`validation_meta`'s record: the mask threshold, the MLflow tags that say
+    how it (and a tiles model's way of predicting) was chosen, and the log's words."""
+    threshold = chosen["threshold"]["value"] if "threshold" in chosen else DEFAULT_THRESHOLD
+    tags = {"threshold": f"{threshold:g}"}
+    note = f"mask threshold {threshold:g}"
+    if "threshold" in chosen:
+        tags["threshold_rule"] = how_chosen(chosen["threshold"])
+        note += (f" ({tags['threshold_rule']} on {chosen['threshold']['val_images']} "
+                 "validation images)")
+    if "tile_predict_choice" in chosen:
+        way = chosen["tile_predict_choice"]
+        tags["tile_predict"] = way["predict"]
+        note += f"; predicts by {way['predict']} ({way['reason']})"
+    return threshold, tags, note
+
+
 @dataclass
 class Stage:
     """One network's train@<model> stage: its config, resume folder and MLflow run."""
@@ -138,7 +155,7 @@ def finish(params: dict[str, Any], stage: Stage, result: TrainResult) -> None:
                              "torch_version": str(torch.__version__),
                              "resize": params["prepare"]["resize"],
                              **chosen})
-    threshold = chosen["threshold"]["value"] if "threshold" in chosen else DEFAULT_THRESHOLD
+    threshold, tags, note = decided(chosen)
     write_history(history_path, result.history)
     info: dict[str, Any] = {"tracking": False}
     if tracker:
@@ -146,11 +163,7 @@ def finish(params: dict[str, Any], stage: Stage, result: TrainResult) -> None:
                              "train_seconds": result.seconds, "threshold": threshold})
         # Filter with `tags.collapsed = 'true'`; the history's `collapsed` column per epoch.
         tracker.set_tags({"collapsed": "true" if result.collapsed else "false",
-                          "threshold": f"{threshold:g}",
-                          **({"threshold_rule": how_chosen(chosen["threshold"])}
-                             if "threshold" in chosen else {}),
-                          **({"tile_predict": chosen["tiling"]["predict"]}
-                             if "tile_predict_choice" in chosen else {})})
+                          **tags})
         info = tracker.finish(model_path, history_path, PREPARED.train,
                               system={"device": result.device})
     # Wall-clock training time for the report's cost table (metrics/timing/<model>.json via
@@ -160,12 +173,7 @@ def finish(params: dict[str, Any], stage: Stage, result: TrainResult) -> None:
     shutil.rmtree(stage.checkpoint_dir, ignore_errors=True)
     print(f"{arch}: {len(result.history)} epochs in {result.seconds:.1f}s on {result.device}; "
           f"final loss {result.history[-1]['loss']:.4f}, train IOU "
-          f"{result.history[-1]['train_iou']:.4f}; mask threshold {threshold:g}"
-          + (f" ({how_chosen(chosen['threshold'])} on {chosen['threshold']['val_images']} "
-             "validation images)" if "threshold" in chosen else "")
-          + (f"; predicts by {chosen['tiling']['predict']} "
-             f"({chosen['tile_predict_choice']['reason']})"
-             if "tile_predict_choice" in chosen else "") + f" -> {model_path}"
+          f"{result.history[-1]['train_iou']:.4f}; {note} -> {model_path}"
           + (f" (COLLAPSED to {result.collapsed}: see the warning above)"
              if result.collapsed else ""))
     if tracker and tracker.pending:

@@ -112,3 +112,10 @@ def test_the_train_stage_stores_the_way_the_validation_split_chose(
     meta = train_stage.validation_meta(params, RedIsDefect(False), "cpu")
     assert Tiling.from_dict(meta["tiling"]).predict == WINDOWS
     assert "tile_predict_choice" not in meta
+    # what the stage logs and tags from it (a windows tiling's record has no "predict")
+    params["prepare"]["tile_predict"] = "auto"
+    meta = train_stage.validation_meta(params, RedIsDefect(True), "cpu")
+    threshold, tags, note = train_stage.decided(meta)
+    assert tags["tile_predict"] == WINDOWS and tags["threshold"] == f"{threshold:g}"
+    assert tags["threshold_rule"] == "best_iou"
+    assert "predicts by windows (validation IOU" in note and "4 validation images" in note
