@@ -229,7 +229,7 @@ def test_tile_stride_sets_where_the_windows_of_a_whole_image_lie(
 
     prepare_params = {**load_params(REPO / "params.yaml")["prepare"], "mode": "tiles",
                       "image_size": 32, "tile_stride": stride, "tile_predict": WINDOWS}
-    record = stage_module("train", monkeypatch).tiling_meta(prepare_params)["tiling"]
+    record = stage_module("train", monkeypatch).tiling_of_params(prepare_params).as_dict()
     seen: list[tuple[int, int]] = []
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
