@@ -12,7 +12,7 @@
   logged. Why this is needed: a network trained on small crops sees, at its deepest
   levels, almost nothing but the crops' zero-padded borders; on a whole image it sees
   interiors. Most networks do not care; MR2U-Net on DeepCrack's cracks, once, did (IOU
-  0.47 whole against 0.70 by windows, docs/performance.md).
+  0.45 whole and 0.47 by blocks against 0.70 by windows, docs/performance.md).
 
 :func:`decide` returns both as the model file's meta data; it is the one function the
 train stage (``pipeline/train.py``) and ``benchmarks/user_data_recipe.py`` call.

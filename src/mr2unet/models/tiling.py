@@ -26,8 +26,8 @@ sees more context than it was trained with, and its deep levels see interiors wh
 the crops' were mostly border (a 64 px crop is 4x4 px at the bottleneck). Usually it does
 not matter (the same IOU within 0.01, several times faster: docs/performance.md), but a
 network whose deep features depend on that border can fail on whole images (MR2U-Net on
-DeepCrack, seed 0: IOU 0.47 whole against 0.70 by windows), so ``prepare.tile_predict:
-auto`` lets the train stage choose on the validation split
+DeepCrack, seed 0: IOU 0.45 whole and 0.47 by blocks against 0.70 by windows), so
+``prepare.tile_predict: auto`` lets the train stage choose on the validation split
 (:mod:`mr2unet.evaluation.validation`). ``predict`` is stored in the model file; a model
 file without it (written before the option) predicts by windows, as it did.
 
