@@ -117,6 +117,35 @@ def test_lowest_threshold_within_the_false_alarm_rate_by_hand() -> None:
     assert thresholds.lowest_within_rate(always, masks[:1], 0.0) == (0.99, 1.0, False)
 
 
+
+def test_the_sorted_curve_equals_counting_the_pixels_at_each_threshold() -> None:
+    # The searches of iou_curve and lowest_within_rate against the direct count at every
+    # candidate: probabilities on and between candidates, padding, an empty mask, three
+    # categories, components below and above min_area.
+    from mr2unet.metrics.image import flagged
+    from mr2unet.metrics.segmentation import confusion_counts, iou_from_counts
+
+    rng = np.random.default_rng(3)
+    probs = np.concatenate([rng.integers(0, 100, (5, 12, 9)) / 100,
+                            rng.random((4, 12, 9))]).astype(np.float32)
+    masks = (rng.random((9, 12, 9)) < 0.3).astype(np.uint8)
+    masks[:, :, :2] = 255
+    masks[3, :, 2:] = 0
+    categories = np.array(list("aabbbccca"))
+    curve = thresholds.iou_curve(probs, masks, categories)
+    for k, t in enumerate(thresholds.CANDIDATES):
+        iou = iou_from_counts(confusion_counts(torch.from_numpy(probs > t),
+                                               torch.from_numpy(masks)).numpy())
+        expected = np.mean([iou[categories == c].mean() for c in "abc"])
+        assert curve[k] == expected, t
+    for min_area in (1, 4):
+        for rate in (0.0, 0.3, 0.6, 1.0):
+            scan = [(t, float(flagged(probs > t, masks, min_area).mean()))
+                    for t in thresholds.CANDIDATES]
+            within = [(t, r, True) for t, r in scan if r <= rate]
+            expected = within[0] if within else (*scan[-1], False)
+            assert thresholds.lowest_within_rate(probs, masks, rate, min_area) == expected
+
 def test_rules_without_their_images_are_user_errors() -> None:
     empty = np.zeros((0, 4, 4), np.float32)
     with pytest.raises(UserError, match="split.val_fraction"):

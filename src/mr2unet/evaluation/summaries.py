@@ -113,15 +113,17 @@ def threshold_free(levels: np.ndarray, masks: np.ndarray, categories: np.ndarray
     pixels: dict[str, dict[str, int]] = {}
     for c in names:
         scores, labels = scored_pixels(levels[categories == c], masks[categories == c])
-        ranking[c] = _round(_with_aupro(pixel_auroc_ap(scores, labels),
-                                        levels[categories == c], masks[categories == c]))
-        found = oracle_threshold(scores, labels, PROB_LEVELS)
-        if found:
-            oracle[c] = _round(found)
+        everywhere = _with_aupro(pixel_auroc_ap(scores, labels), levels[categories == c],
+                                 masks[categories == c])
+        ranking[c] = _round(everywhere)
+        oracle_all = oracle_threshold(scores, labels, PROB_LEVELS)
+        if oracle_all:
+            oracle[c] = _round(oracle_all)
         pixels[c] = {"scored_pixels": int(labels.size), "defect_pixels": int(labels.sum())}
-    scores, labels = scored_pixels(levels, masks)
-    everywhere = _with_aupro(pixel_auroc_ap(scores, labels), levels, masks)
-    oracle_all = oracle_threshold(scores, labels, PROB_LEVELS)
+    if len(names) > 1:  # one category's pixels are all the images' (a user's set): kept
+        scores, labels = scored_pixels(levels, masks)
+        everywhere = _with_aupro(pixel_auroc_ap(scores, labels), levels, masks)
+        oracle_all = oracle_threshold(scores, labels, PROB_LEVELS)
     primary = {"mean": _round(_mean_of(ranking, RANKING_KEYS)), "per_category": ranking}
     pooled = {
         "all_images": _round(everywhere),
