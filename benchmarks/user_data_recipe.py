@@ -51,7 +51,7 @@ from mr2unet.evaluation.evaluate import good_images
 from mr2unet.evaluation.inference import evaluate
 from mr2unet.evaluation.summaries import part_decisions, summarise
 from mr2unet.models import MODEL_NAMES
-from mr2unet.models.tiling import Tiling
+from mr2unet.models.tiling import Tiling, default_stride
 from mr2unet.training.config import TrainConfig
 from mr2unet.training.loop import train
 from mr2unet.training.options import RunOptions
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     good_test = good_images(test, data / "manifest.csv")
     ways = {"both": ("blocks", "windows"), "auto": ("blocks",)}.get(args.tile_predict,
                                                                   (args.tile_predict,))
-    tilings = ({way: Tiling(args.size, args.size // 2, None, way) for way in ways}
+    tilings = ({way: Tiling(args.size, default_stride(args.size), None, way) for way in ways}
                if mode == "tiles" else {"resize": None})
     recipe = {k: v for k, v in vars(args).items() if k not in ("models", "seeds", "json",
                                                                "work", "save")}

@@ -39,7 +39,7 @@ from mr2unet.evaluation import validation
 from mr2unet.evaluation.evaluate import good_images
 from mr2unet.models import MODEL_NAMES
 from mr2unet.models.inference import DEFAULT_THRESHOLD
-from mr2unet.models.tiling import Tiling
+from mr2unet.models.tiling import Tiling, default_stride
 from mr2unet.training.config import TrainConfig
 from mr2unet.training.loop import TrainResult, train
 from mr2unet.training.options import RunOptions
@@ -53,7 +53,7 @@ def tiling_of_params(prepare: dict[str, Any]) -> Tiling | None:
     if prepare["mode"] != "tiles":
         return None
     size, predict = prepare["image_size"], prepare["tile_predict"]
-    return Tiling(size, prepare["tile_stride"] or size // 2, prepare["tile_source_size"],
+    return Tiling(size, prepare["tile_stride"] or default_stride(size), prepare["tile_source_size"],
                   BLOCKS if predict == AUTO else predict)
 
 

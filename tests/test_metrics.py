@@ -154,6 +154,22 @@ def test_pixel_auroc_and_ap_by_hand() -> None:
         "pixel_auroc": 1.0, "pixel_ap": 1.0}
 
 
+def test_levels_counted_per_value_score_as_every_pixel_through_scikit_learn() -> None:
+    # pixel_auroc_ap hands integer levels to scikit-learn as weighted (level, label)
+    # pairs: the values must equal scikit-learn's on the pixels themselves, to the bit.
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(5)
+    for trial in range(6):
+        labels = rng.random(20_000) < (0.02, 0.3, 0.5)[trial % 3]
+        levels = np.clip(rng.normal(100 + 60 * labels, 40), 0, 255).astype(np.uint8)
+        if trial >= 3:  # few distinct values, many ties, a narrow range
+            levels = (levels // 64 + 7).astype(np.int64)
+        found = pixel_auroc_ap(levels, labels)
+        assert found == {"pixel_auroc": roc_auc_score(labels, levels),
+                         "pixel_ap": average_precision_score(labels, levels)}
+
+
 def test_single_class_ground_truth_has_no_auroc() -> None:
     assert pixel_auroc_ap(LEVELS, np.zeros(5, bool)) is None
     assert pixel_auroc_ap(LEVELS, np.ones(5, bool)) is None

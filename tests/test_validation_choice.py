@@ -17,7 +17,7 @@ from mr2unet.config.workspace import PREPARED
 from mr2unet.data.prepared import PreparedSplit
 from mr2unet.evaluation.threshold import FIXED, ThresholdRule, parse_rule
 from mr2unet.evaluation.validation import WAY_TOLERANCE, choose_way, decide
-from mr2unet.models.tiling import Tiling
+from mr2unet.models.tiling import Tiling, default_stride
 
 CPU = torch.device("cpu")
 TILE = 32
@@ -105,7 +105,8 @@ def test_the_train_stage_stores_the_way_the_validation_split_chose(
     train_stage = stage_module("train", monkeypatch)
     for fails_whole, expected in ((True, WINDOWS), (False, BLOCKS)):
         meta = train_stage.validation_meta(params, RedIsDefect(fails_whole), "cpu")
-        assert Tiling.from_dict(meta["tiling"]) == Tiling(TILE, TILE // 2, None, expected)
+        assert Tiling.from_dict(meta["tiling"]) == Tiling(TILE, default_stride(TILE), None,
+                                                            expected)
         assert meta["tile_predict_choice"]["predict"] == expected
         assert meta["threshold"]["rule"] == "best_iou"
     params["prepare"]["tile_predict"] = WINDOWS  # a set way is kept, nothing compared

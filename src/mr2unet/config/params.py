@@ -352,7 +352,7 @@ def _check_tiles(params: dict[str, Any]) -> None:
            source, f"null (native size) or an integer >= prepare.image_size ({crop}, the crop)")
     stride = _get(params, "prepare.tile_stride")
     _check(stride is None or (_is_int(stride) and 0 < stride <= crop), "prepare.tile_stride",
-           stride, f"null (half a crop) or an integer in 1..{crop}")
+           stride, f"null (three quarters of a crop) or an integer in 1..{crop}")
     _choice(params, "prepare.tile_predict", (AUTO, *TILE_PREDICTS))
     share = _get(params, "prepare.defect_crop_fraction")
     _check(_is_number(share) and 0 <= share <= 1, "prepare.defect_crop_fraction", share,

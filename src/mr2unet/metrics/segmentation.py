@@ -106,6 +106,11 @@ def pixel_auroc_ap(scores: np.ndarray, labels: np.ndarray) -> dict[str, float] |
     scikit-learn's ``roc_auc_score`` (ties count one half) and ``average_precision_score``
     (``sum_n (R_n - R_{n-1}) P_n`` over the distinct scores, no interpolation).  ``None``
     when ``labels`` holds a single class: both are undefined then.
+
+    Integer ``scores`` (the stored 8-bit levels) go to scikit-learn as one weighted
+    sample per distinct (score, label) pair, the weight its pixel count: the same curve
+    points (their cumulative counts are exact integers either way), so the same values to
+    the bit, without sorting millions of pixels (tests/test_metrics.py).
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -113,8 +118,19 @@ def pixel_auroc_ap(scores: np.ndarray, labels: np.ndarray) -> dict[str, float] |
     scores = np.asarray(scores).ravel()
     if labels.all() or not labels.any():
         return None
-    return {"pixel_auroc": float(roc_auc_score(labels, scores)),
-            "pixel_ap": float(average_precision_score(labels, scores))}
+    weights = None
+    if np.issubdtype(scores.dtype, np.integer):
+        low = int(scores.min())
+        values = np.arange(low, int(scores.max()) + 1)
+        counts = [np.bincount(scores[side] - low, minlength=len(values)) for side in
+                  (~labels, labels)]
+        labels = np.repeat([False, True], len(values))
+        scores, weights = np.tile(values, 2), np.concatenate(counts).astype(np.float64)
+        kept = weights > 0
+        labels, scores, weights = labels[kept], scores[kept], weights[kept]
+    return {"pixel_auroc": float(roc_auc_score(labels, scores, sample_weight=weights)),
+            "pixel_ap": float(average_precision_score(labels, scores,
+                                                      sample_weight=weights))}
 
 
 def oracle_threshold(levels: np.ndarray, labels: np.ndarray, top: int = 255
