@@ -31,6 +31,14 @@ by the one pass: the first 16 images of ``IMAGES`` (``*.jpg`` with ``*.png`` lab
 sibling ``*_lab`` folder, DeepCrack's layout) as four 2 x 2 mosaics (768 x 1088 for
 DeepCrack: 2 x 3 blocks), the mask IOU between the two ways and each way's IOU against
 the labels.
+
+``--strides MODEL... --split TEST_NPZ`` instead scores trained networks' windows at
+several steps (``--steps``, default 32 48 64: half a crop, the default three quarters, no
+overlap) and by blocks: the prepared split's mean IOU at 0.5 (as evaluate scores it,
+padding left out) and the seconds to predict it, through
+:func:`mr2unet.evaluation.inference.predict_maps`. A MODEL is a pipeline model file
+(``data/models/<network>.pt``) or a state dict named ``<network>_<seed>.pt`` of width
+``--width`` (the recipe benchmark's ``--save``).
 """
 
 from __future__ import annotations
@@ -47,10 +55,22 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mr2unet.data.prepared import load_split
 from mr2unet.data.transforms import to_input
+from mr2unet.evaluation import threshold as thresholds
+from mr2unet.evaluation.inference import predict_maps
 from mr2unet.models import MODEL_NAMES, build_model
+from mr2unet.models.checkpoint import load_model
 from mr2unet.models.inference import defect_probability
-from mr2unet.models.tiling import BLOCKS, WHOLE, WINDOWS, Tiling, tile_logits, window_starts
+from mr2unet.models.tiling import (
+    BLOCKS,
+    WHOLE,
+    WINDOWS,
+    Tiling,
+    default_stride,
+    tile_logits,
+    window_starts,
+)
 
 WAYS = (WINDOWS, WHOLE, BLOCKS)
 
@@ -139,6 +159,33 @@ def agreement(models: Path, images: Path, archs: list[str], width: int) -> None:
               f"{iou(blocks, whole):.4f} |", flush=True)
 
 
+def load_network(path: Path, width: int) -> tuple[str, torch.nn.Module]:
+    """(name, network in eval mode) of a model file or a ``<network>_<seed>.pt`` state dict."""
+    if path.stem in MODEL_NAMES:
+        return path.stem, load_model(path)[0].eval()
+    arch = path.stem.rsplit("_", 1)[0]
+    model = build_model(arch, base_width=width)
+    model.load_state_dict(torch.load(path, map_location="cpu"))
+    return path.stem, model.eval()
+
+
+def strides(paths: list[Path], split: Path, steps: list[int], tile: int, width: int) -> None:
+    """Print, per network, the split's mean IOU and seconds by blocks and by windows."""
+    test = load_split(split)
+    print(f"{len(test)} images of {split}; {tile} px tiles, IOU at 0.5, seconds to predict\n"
+          "| network | way | step | mean IOU | s |\n|---|---|---:|---:|---:|")
+    for path in paths:
+        name, model = load_network(path, width)
+        for way, step in [(BLOCKS, default_stride(tile))] + [(WINDOWS, s) for s in steps]:
+            start = time.perf_counter()
+            _, maps = predict_maps(model, test.images, torch.device("cpu"), progress=False,
+                                   tiling=Tiling(tile, step, None, way), masks=test.masks)
+            seconds = time.perf_counter() - start
+            score = thresholds.mean_iou(maps, test.masks, test.categories, 0.5)
+            print(f"| {name} | {way} | {step if way == WINDOWS else ''} | {score:.4f} | "
+                  f"{seconds:.1f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,8 +200,17 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--agreement", nargs=2, type=Path, metavar=("MODELS", "IMAGES"),
                     help="compare trained networks' masks by blocks and whole instead")
+    ap.add_argument("--strides", nargs="+", type=Path, metavar="MODEL",
+                    help="score trained networks' windows at --steps on --split instead")
+    ap.add_argument("--split", type=Path, help="--strides: a prepared split (test.npz)")
+    ap.add_argument("--steps", nargs="+", type=int, default=[32, 48, 64])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.strides:
+        if not args.split:
+            ap.error("--strides needs --split (a prepared test.npz)")
+        strides(args.strides, args.split, args.steps, args.tile, args.width)
+        return
     if args.agreement:
         agreement(*args.agreement, args.models, args.width)
         return

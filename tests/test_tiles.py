@@ -242,3 +242,35 @@ def test_tile_stride_sets_where_the_windows_of_a_whole_image_lie(
     rgb = np.stack([rows, cols, np.zeros_like(rows)], axis=-1).astype(np.uint8)
     whole_image_logits(forward, rgb, Tiling.from_dict(record))
     assert seen == [(top, left) for top in starts for left in starts]
+
+
+@pytest.mark.parametrize("way", ["blocks", "windows"])
+def test_a_padded_image_is_scored_as_predict_sees_it(way: str) -> None:
+    """evaluate predicts a pad-mode square's content alone (the image `mr2unet predict`
+    gets), and gives its padding probability 0: the scored masks are a line's masks."""
+    from mr2unet.data.prepare import pad_box
+    from mr2unet.evaluation.inference import content_box, predict_maps
+    from mr2unet.models import build_model
+    from mr2unet.models.inference import defect_probability
+    from mr2unet.models.tiling import whole_image_logits
+
+    torch.manual_seed(0)
+    model = build_model("unet", base_width=2).eval()
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 72, 3), dtype=np.uint8)  # H x W
+    square = resize_image(Image.fromarray(rgb), 72, "pad")  # native size: only padded
+    left, top, width, height = pad_box(72, 40, 72)
+    mask = np.full((72, 72), IGNORE_LABEL, np.uint8)
+    mask[top:top + height, left:left + width] = 0
+    assert content_box(mask != IGNORE_LABEL) == (slice(top, top + height),
+                                                 slice(left, left + width))
+    tiling = Tiling(32, 24, None, way)
+    _, probs = predict_maps(model, square[None], torch.device("cpu"), progress=False,
+                            tiling=tiling, masks=mask[None])
+    with torch.inference_mode():
+        expected = defect_probability(whole_image_logits(model, rgb, tiling))[0].numpy()
+    assert np.array_equal(probs[0][mask != IGNORE_LABEL].reshape(height, width), expected)
+    assert (probs[0][mask == IGNORE_LABEL] == 0).all()
+    # without the masks the padding is predicted too, and the content's edges differ
+    _, padded = predict_maps(model, square[None], torch.device("cpu"), progress=False,
+                             tiling=tiling)
+    assert not np.array_equal(padded[0][top:top + height, left:left + width], expected)

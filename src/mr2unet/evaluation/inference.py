@@ -19,7 +19,7 @@ from mr2unet.data.prepared import PreparedSplit
 from mr2unet.data.transforms import to_input
 from mr2unet.errors import UserError
 from mr2unet.evaluation.probabilities import quantise
-from mr2unet.metrics.segmentation import confusion_counts
+from mr2unet.metrics.segmentation import IGNORE_LABEL, confusion_counts
 from mr2unet.models.inference import DEFAULT_THRESHOLD, defect_mask, defect_probability
 from mr2unet.models.tiling import Tiling, tile_logits, tiling_of
 
@@ -39,33 +39,56 @@ def require_images(count: int) -> None:
                         "`split.test_fraction` in params.yaml, then `dvc repro prepare`.")
 
 
+def content_box(valid: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns of the rectangle of ``valid`` (an ``(H, W)`` image's pixels that
+    are not padding): a ``prepare.resize: pad`` square's content; all of it otherwise."""
+    rows, cols = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
+    if len(rows) == 0:
+        return slice(None), slice(None)
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
 @torch.inference_mode()
 def predict_maps(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 32,
             progress: bool = True, threshold: float = DEFAULT_THRESHOLD,
-            tiling: Tiling | None = None) -> tuple[np.ndarray, np.ndarray]:
+            tiling: Tiling | None = None, masks: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
     """uint8 ``(N, H, W, 3)`` -> (uint8 masks, float32 defect probabilities), ``(N, H, W)``.
 
     The mask is 1 where the defect probability exceeds ``threshold``; at the default 0.5
     it is exactly the argmax of the two logits (:func:`mr2unet.models.inference.defect_mask`).
     With ``tiling`` (a model trained on crops) each image is predicted whole or by sliding
     windows, as the model file says (:func:`mr2unet.models.tiling.tile_logits`;
-    ``batch_size`` windows at a time).
+    ``batch_size`` windows at a time). Given the split's ``masks`` too, a tiled model
+    predicts only each image's content (:func:`content_box`: the pixels that are not
+    :data:`~mr2unet.metrics.segmentation.IGNORE_LABEL` padding), the image as
+    ``mr2unet predict`` sees it, and the padding gets probability 0: a 544x384 image on its
+    544 px square is 29 % less to compute, and the scores are those of the masks a line
+    would get.
     """
     model.eval().to(device)
-    masks, probs = [], []
+    predicted, probs = [], []
     step = 1 if tiling else batch_size
     for start in tqdm(range(0, len(images), step), desc="predict", unit="image" if tiling
                       else "batch", disable=not progress):
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + step]))
         x = to_input(batch.to(device))
-        logits = (model(x) if tiling is None else
-                  tile_logits(model, x, tiling, batch_size))
-        masks.append(defect_mask(logits, threshold).cpu())
+        if tiling is None:
+            logits = model(x)
+        elif masks is None:
+            logits = tile_logits(model, x, tiling, batch_size)
+        else:
+            rows, cols = content_box(masks[start] != IGNORE_LABEL)
+            logits = torch.zeros(1, 2, *x.shape[-2:], device=x.device)
+            logits[:, 1] = -torch.inf  # the padding: probability 0
+            logits[:, :, rows, cols] = tile_logits(
+                model, x[:, :, rows, cols].contiguous(), tiling, batch_size)
+        predicted.append(defect_mask(logits, threshold).cpu())
         probs.append(defect_probability(logits).cpu())
-    if not masks:
+    if not predicted:
         empty = np.zeros((0, *images.shape[1:3]))
         return empty.astype(np.uint8), empty.astype(np.float32)
-    return torch.cat(masks).numpy(), torch.cat(probs).numpy()
+    return torch.cat(predicted).numpy(), torch.cat(probs).numpy()
 
 
 def predict_masks(model: nn.Module, images: np.ndarray, device: torch.device,
@@ -83,7 +106,7 @@ def evaluate(model: nn.Module, split: PreparedSplit, device: torch.device,
     probabilities."""
     require_images(len(split))
     preds, probs = predict_maps(model, split.images, device, batch_size, progress,
-                                threshold=threshold, tiling=tiling)
+                                threshold=threshold, tiling=tiling, masks=split.masks)
     counts = confusion_counts(torch.from_numpy(preds), torch.from_numpy(split.masks)).numpy()
     return Evaluation(counts=counts, predictions=preds, probabilities=quantise(probs))
 

@@ -82,7 +82,7 @@ def _threshold(model: nn.Module, val: PreparedSplit, good: np.ndarray | None,
                rule: thresholds.ThresholdRule, device: torch.device, tiling: Tiling | None,
                batch_size: int, min_area: int) -> dict[str, Any]:
     _, probs = predict_maps(model, val.images, device, batch_size, progress=False,
-                            tiling=tiling)
+                            tiling=tiling, masks=val.masks)
     # IOU of an image with nothing to find and nothing found: 1 (not evaluate.empty_score,
     # which re-scores without retraining); a false alarm as the test counts it
     return thresholds.choose(rule, probs, val.masks, val.categories, good, empty_score=1.0,
