@@ -50,7 +50,7 @@ from mr2unet.evaluation import validation
 from mr2unet.evaluation.evaluate import good_images
 from mr2unet.evaluation.inference import evaluate
 from mr2unet.evaluation.summaries import part_decisions, summarise
-from mr2unet.models import MODEL_NAMES
+from mr2unet.models import MODEL_NAMES, build_model
 from mr2unet.models.tiling import Tiling, default_stride
 from mr2unet.training.config import TrainConfig
 from mr2unet.training.loop import train
@@ -166,6 +166,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                               "(with the loss per epoch)")
     ap.add_argument("--save", type=Path,
                     help="save each trained network's state dict here as <arch>_<seed>.pt")
+    ap.add_argument("--load", type=Path,
+                    help="score the networks --save wrote here (<arch>_<seed>.pt) instead of "
+                         "training them: the recipe's prediction and threshold as they are now")
     args = ap.parse_args(argv)
     if args.thresholds and not args.val_fraction:
         ap.error("--thresholds needs a validation split: --val-fraction 0.2")
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     tilings = ({way: Tiling(args.size, default_stride(args.size), None, way) for way in ways}
                if mode == "tiles" else {"resize": None})
     recipe = {k: v for k, v in vars(args).items() if k not in ("models", "seeds", "json",
-                                                               "work", "save")}
+                                                               "work", "save", "load")}
     print(f"recipe {recipe}; {len(train_split)} train / {len(test)} test images of "
           f"{train_split.images.shape[1]} px", flush=True)
     options = RunOptions(device="cpu", cpu_threads=args.threads, checkpoint_every=10**6)
@@ -206,29 +209,37 @@ def main(argv: list[str] | None = None) -> int:
                 defect_crop_fraction=args.defect_crop_fraction,
                 model_options=dict(args.mr2unet_options) if arch == "mr2unet" else {})
             t0, c0 = time.perf_counter(), time.process_time()
-            result = train(cfg, train_split, progress=False, options=options)
+            if args.load:
+                model = build_model(arch, base_width=args.width, **cfg.model_options)
+                model.load_state_dict(torch.load(args.load / f"{arch}_{seed}.pt",
+                                                 map_location="cpu"))
+                history, trained_collapsed = [], None
+            else:
+                result = train(cfg, train_split, progress=False, options=options)
+                model, history, trained_collapsed = result.model, result.history, result.collapsed
             took, cpu = time.perf_counter() - t0, time.process_time() - c0
-            rows = {way: scores(result.model, test, good_test, tiling, 0.5)
+            rows = {way: scores(model, test, good_test, tiling, 0.5)
                     for way, tiling in tilings.items()}
             if args.thresholds:  # the recipe's row (the first rule's) heads the table
-                rows = {**recipe_rows(result.model, data, args.thresholds,
+                rows = {**recipe_rows(model, data, args.thresholds,
                                       next(iter(tilings.values())), args.tile_predict, test,
                                       good_test), **rows}
             first = next(iter(rows.values()))
             ious[arch].append(first["iou"])
             seconds[arch].append(took)
-            collapsed = first["collapsed"] or bool(result.collapsed)
+            collapsed = first["collapsed"] or bool(trained_collapsed)
+            loss = (f"final loss {history[-1]['loss']:.4f}" if history
+                    else f"loaded from {args.load}")
             print(f"seed {seed} {arch:15s} IOU {first['iou']:.4f} Dice {first['dice']:.4f} "
-                  f"train {took:6.1f}s ({cpu:6.1f} CPU s) final loss "
-                  f"{result.history[-1]['loss']:.4f}{' COLLAPSED' if collapsed else ''}",
-                  flush=True)
+                  f"train {took:6.1f}s ({cpu:6.1f} CPU s) {loss}"
+                  f"{' COLLAPSED' if collapsed else ''}", flush=True)
             for name, row in rows.items():
                 print(f"    {name:28s} t={row['threshold']:<6.3g} IOU {row['iou']:.4f} "
                       f"{row['ms_per_image']:7.1f} ms/image, false alarms "
                       f"{row['false_alarms']}, misses {row['misses']}", flush=True)
             if args.save:
                 args.save.mkdir(parents=True, exist_ok=True)
-                torch.save(result.model.state_dict(), args.save / f"{arch}_{seed}.pt")
+                torch.save(model.state_dict(), args.save / f"{arch}_{seed}.pt")
             if args.json:
                 with args.json.open("a") as fh:
                     fh.write(json.dumps({**recipe, "arch": arch, "seed": seed,
@@ -236,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "seconds": round(took, 1),
                                          "cpu_seconds": round(cpu, 1), "collapsed": collapsed,
                                          "predict": rows,
-                                         "loss": [round(h["loss"], 5) for h in result.history]})
+                                         "loss": [round(h["loss"], 5) for h in history]})
                              + "\n")
     print("\n| model | mean test IOU ± std | train s (mean) |\n|---|---:|---:|")
     for arch in args.models:
