@@ -81,10 +81,10 @@ def default_stride(tile: int) -> int:
     """The windows' step when ``prepare.tile_stride`` is null: three quarters of a tile
     (48 px for 64 px tiles; windows overlap by a quarter).
 
-    Measured on DeepCrack (docs/performance.md, "Tiles: the windows' stride"): the same
-    test IOU as half-tile windows within 0.002 (MR2U-Net 0.6972 against 0.6954, U-Net
-    0.6774 against 0.6785), in 2.1-2.4 times less time; windows that do not overlap
-    (a step of one tile) lost 0.007-0.010.
+    Measured on DeepCrack (docs/performance.md, "Tiles: the windows' stride"): a test IOU
+    test IOU within 0.0015 of half-tile windows (MR2U-Net 0.6978 against 0.6964, U-Net
+    0.6760 against 0.6775), in 1.9-2.5 times less time; windows that do not overlap
+    (a step of one tile) lost 0.004-0.010.
     """
     return max(1, tile - tile // 4)
 
