@@ -82,7 +82,7 @@ def default_stride(tile: int) -> int:
     (48 px for 64 px tiles; windows overlap by a quarter).
 
     Measured on DeepCrack (docs/performance.md, "Tiles: the windows' stride"): a test IOU
-    test IOU within 0.0015 of half-tile windows (MR2U-Net 0.6978 against 0.6964, U-Net
+    within 0.0015 of half-tile windows (MR2U-Net 0.6978 against 0.6964, U-Net
     0.6760 against 0.6775), in 1.9-2.5 times less time; windows that do not overlap
     (a step of one tile) lost 0.004-0.010.
     """
