@@ -5,14 +5,15 @@
   evaluate will predict them.
 - How a tiles model predicts a whole image, with ``prepare.tile_predict: auto``: the
   validation images are predicted both by ``blocks`` (the padded image, about one pass,
-  several times faster) and by ``windows`` (half-overlapping crops, as the network was
-  trained), the threshold rule chooses a threshold for each, and **blocks are kept unless
-  windows' validation IOU is higher by more than** :data:`WAY_TOLERANCE` (0.01: the issue's
-  "as accurate"). Without defective validation images there is nothing to compare: blocks,
-  logged. Why this is needed: a network trained on small crops sees, at its deepest
-  levels, almost nothing but the crops' zero-padded borders; on a whole image it sees
-  interiors. Most networks do not care; MR2U-Net on DeepCrack's cracks, once, did (IOU
-  0.45 whole and 0.47 by blocks against 0.70 by windows, docs/performance.md).
+  several times faster) and by ``windows`` (crops overlapping by a quarter, the size the
+  network was trained on), the threshold rule chooses a threshold for each, and **blocks
+  are kept unless windows' validation IOU is higher by more than** :data:`WAY_TOLERANCE`
+  (0.01: the issue's "as accurate"). Without defective validation images there is nothing
+  to compare: blocks, logged. Why this is needed: a network trained on small crops sees,
+  at its deepest levels, almost nothing but the crops' zero-padded borders; on a whole
+  image it sees interiors. Most networks do not care; MR2U-Net on DeepCrack's cracks,
+  once, did (IOU 0.45 whole and 0.47 by blocks against 0.70 by windows,
+  docs/performance.md).
 
 :func:`decide` returns both as the model file's meta data; it is the one function the
 train stage (``pipeline/train.py``) and ``benchmarks/user_data_recipe.py`` call.
