@@ -137,6 +137,16 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
 
+def load_network(path: Path, width: int) -> tuple[str, torch.nn.Module]:
+    """(name, network in eval mode) of a model file or a ``<network>_<seed>.pt`` state dict."""
+    if path.stem in MODEL_NAMES:
+        return path.stem, load_model(path)[0].eval()
+    arch = path.stem.rsplit("_", 1)[0]
+    model = build_model(arch, base_width=width)
+    model.load_state_dict(torch.load(path, map_location="cpu"))
+    return path.stem, model.eval()
+
+
 @torch.inference_mode()
 def agreement(models: Path, images: Path, archs: list[str], width: int) -> None:
     """Print, per network, the mask IOU blocks vs the one pass and both against labels."""
@@ -146,8 +156,7 @@ def agreement(models: Path, images: Path, archs: list[str], width: int) -> None:
           f"{images}\n| network | IOU whole | IOU blocks | blocks vs whole (mask IOU) |\n"
           "|---|---:|---:|---:|")
     for arch in archs:
-        model = build_model(arch, base_width=width).eval()
-        model.load_state_dict(torch.load(models / f"{arch}_0.pt", map_location="cpu"))
+        model = load_network(models / f"{arch}_0.pt", width)[1]
         masks: dict[str, list[np.ndarray]] = {WHOLE: [], BLOCKS: []}
         for rgb, _ in pairs:
             x = to_input(torch.from_numpy(np.ascontiguousarray(rgb))[None])
@@ -157,16 +166,6 @@ def agreement(models: Path, images: Path, archs: list[str], width: int) -> None:
         whole, blocks = np.stack(masks[WHOLE]), np.stack(masks[BLOCKS])
         print(f"| {arch} | {iou(whole, truth):.4f} | {iou(blocks, truth):.4f} | "
               f"{iou(blocks, whole):.4f} |", flush=True)
-
-
-def load_network(path: Path, width: int) -> tuple[str, torch.nn.Module]:
-    """(name, network in eval mode) of a model file or a ``<network>_<seed>.pt`` state dict."""
-    if path.stem in MODEL_NAMES:
-        return path.stem, load_model(path)[0].eval()
-    arch = path.stem.rsplit("_", 1)[0]
-    model = build_model(arch, base_width=width)
-    model.load_state_dict(torch.load(path, map_location="cpu"))
-    return path.stem, model.eval()
 
 
 def strides(paths: list[Path], split: Path, steps: list[int], tile: int, width: int) -> None:

@@ -117,7 +117,6 @@ def test_lowest_threshold_within_the_false_alarm_rate_by_hand() -> None:
     assert thresholds.lowest_within_rate(always, masks[:1], 0.0) == (0.99, 1.0, False)
 
 
-
 def test_the_sorted_curve_equals_counting_the_pixels_at_each_threshold() -> None:
     # The searches of iou_curve and lowest_within_rate against the direct count at every
     # candidate: probabilities on and between candidates, padding, an empty mask, three
@@ -145,6 +144,7 @@ def test_the_sorted_curve_equals_counting_the_pixels_at_each_threshold() -> None
             within = [(t, r, True) for t, r in scan if r <= rate]
             expected = within[0] if within else (*scan[-1], False)
             assert thresholds.lowest_within_rate(probs, masks, rate, min_area) == expected
+
 
 def test_rules_without_their_images_are_user_errors() -> None:
     empty = np.zeros((0, 4, 4), np.float32)

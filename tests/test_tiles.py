@@ -249,7 +249,8 @@ def test_a_padded_image_is_scored_as_predict_sees_it(way: str) -> None:
     """evaluate predicts a pad-mode square's content alone (the image `mr2unet predict`
     gets), and gives its padding probability 0: the scored masks are a line's masks."""
     from mr2unet.data.prepare import pad_box
-    from mr2unet.evaluation.inference import content_box, predict_maps
+    from mr2unet.evaluation.inference import predict_maps
+    from mr2unet.metrics.segmentation import content_boxes
     from mr2unet.models import build_model
     from mr2unet.models.inference import defect_probability
     from mr2unet.models.tiling import whole_image_logits
@@ -261,8 +262,8 @@ def test_a_padded_image_is_scored_as_predict_sees_it(way: str) -> None:
     left, top, width, height = pad_box(72, 40, 72)
     mask = np.full((72, 72), IGNORE_LABEL, np.uint8)
     mask[top:top + height, left:left + width] = 0
-    assert content_box(mask != IGNORE_LABEL) == (slice(top, top + height),
-                                                 slice(left, left + width))
+    assert content_boxes(torch.from_numpy(mask[None])).tolist() == [
+        [top, left, top + height, left + width]]
     tiling = Tiling(32, 24, None, way)
     _, probs = predict_maps(model, square[None], torch.device("cpu"), progress=False,
                             tiling=tiling, masks=mask[None])

@@ -19,7 +19,7 @@ from mr2unet.data.prepared import PreparedSplit
 from mr2unet.data.transforms import to_input
 from mr2unet.errors import UserError
 from mr2unet.evaluation.probabilities import quantise
-from mr2unet.metrics.segmentation import IGNORE_LABEL, confusion_counts
+from mr2unet.metrics.segmentation import confusion_counts, content_boxes
 from mr2unet.models.inference import DEFAULT_THRESHOLD, defect_mask, defect_probability
 from mr2unet.models.tiling import Tiling, tile_logits, tiling_of
 
@@ -39,15 +39,6 @@ def require_images(count: int) -> None:
                         "`split.test_fraction` in params.yaml, then `dvc repro prepare`.")
 
 
-def content_box(valid: np.ndarray) -> tuple[slice, slice]:
-    """Rows and columns of the rectangle of ``valid`` (an ``(H, W)`` image's pixels that
-    are not padding): a ``prepare.resize: pad`` square's content; all of it otherwise."""
-    rows, cols = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
-    if len(rows) == 0:
-        return slice(None), slice(None)
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
-
-
 @torch.inference_mode()
 def predict_maps(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 32,
             progress: bool = True, threshold: float = DEFAULT_THRESHOLD,
@@ -60,8 +51,9 @@ def predict_maps(model: nn.Module, images: np.ndarray, device: torch.device, bat
     With ``tiling`` (a model trained on crops) each image is predicted whole or by sliding
     windows, as the model file says (:func:`mr2unet.models.tiling.tile_logits`;
     ``batch_size`` windows at a time). Given the split's ``masks`` too, a tiled model
-    predicts only each image's content (:func:`content_box`: the pixels that are not
-    :data:`~mr2unet.metrics.segmentation.IGNORE_LABEL` padding), the image as
+    predicts only each image's content
+    (:func:`~mr2unet.metrics.segmentation.content_boxes`: the rectangle that is not
+    padding), the image as
     ``mr2unet predict`` sees it, and the padding gets probability 0: a 544x384 image on its
     544 px square is 29 % less to compute, and the scores are those of the masks a line
     would get.
@@ -69,20 +61,22 @@ def predict_maps(model: nn.Module, images: np.ndarray, device: torch.device, bat
     model.eval().to(device)
     predicted, probs = [], []
     step = 1 if tiling else batch_size
+    boxes = (content_boxes(torch.from_numpy(np.asarray(masks))).tolist()
+             if tiling is not None and masks is not None else None)
     for start in tqdm(range(0, len(images), step), desc="predict", unit="image" if tiling
                       else "batch", disable=not progress):
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + step]))
         x = to_input(batch.to(device))
         if tiling is None:
             logits = model(x)
-        elif masks is None:
+        elif boxes is None:
             logits = tile_logits(model, x, tiling, batch_size)
         else:
-            rows, cols = content_box(masks[start] != IGNORE_LABEL)
+            top, left, bottom, right = boxes[start]
             logits = torch.zeros(1, 2, *x.shape[-2:], device=x.device)
             logits[:, 1] = -torch.inf  # the padding: probability 0
-            logits[:, :, rows, cols] = tile_logits(
-                model, x[:, :, rows, cols].contiguous(), tiling, batch_size)
+            logits[:, :, top:bottom, left:right] = tile_logits(
+                model, x[:, :, top:bottom, left:right].contiguous(), tiling, batch_size)
         predicted.append(defect_mask(logits, threshold).cpu())
         probs.append(defect_probability(logits).cpu())
     if not predicted:

@@ -111,16 +111,19 @@ def threshold_free(levels: np.ndarray, masks: np.ndarray, categories: np.ndarray
     ranking: dict[str, dict[str, float]] = {}
     oracle: dict[str, dict[str, float]] = {}
     pixels: dict[str, dict[str, int]] = {}
+    unrounded: dict[str, tuple[dict[str, float], dict[str, float] | None]] = {}
     for c in names:
         scores, labels = scored_pixels(levels[categories == c], masks[categories == c])
-        everywhere = _with_aupro(pixel_auroc_ap(scores, labels), levels[categories == c],
-                                 masks[categories == c])
-        ranking[c] = _round(everywhere)
-        oracle_all = oracle_threshold(scores, labels, PROB_LEVELS)
-        if oracle_all:
-            oracle[c] = _round(oracle_all)
+        unrounded[c] = (_with_aupro(pixel_auroc_ap(scores, labels), levels[categories == c],
+                                    masks[categories == c]),
+                        oracle_threshold(scores, labels, PROB_LEVELS))
+        ranking[c] = _round(unrounded[c][0])
+        if unrounded[c][1]:
+            oracle[c] = _round(unrounded[c][1])
         pixels[c] = {"scored_pixels": int(labels.size), "defect_pixels": int(labels.sum())}
-    if len(names) > 1:  # one category's pixels are all the images' (a user's set): kept
+    if len(names) == 1:  # its pixels are all the images' (a user's set): scored once
+        everywhere, oracle_all = unrounded[names[0]]
+    else:
         scores, labels = scored_pixels(levels, masks)
         everywhere = _with_aupro(pixel_auroc_ap(scores, labels), levels, masks)
         oracle_all = oracle_threshold(scores, labels, PROB_LEVELS)

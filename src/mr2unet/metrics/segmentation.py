@@ -18,6 +18,21 @@ import torch
 IGNORE_LABEL = 255
 
 
+def content_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Top, left, bottom, right (exclusive) per image, long ``(N, 4)``, of the rectangle of
+    ``masks`` ``(N, H, W)`` that is not :data:`IGNORE_LABEL`: a ``prepare.resize: pad``
+    square's content; the whole image where there is no padding (or nothing but)."""
+    valid = masks != IGNORE_LABEL
+    rows, cols = valid.any(2), valid.any(1)
+    height, width = masks.shape[1:]
+
+    def first(flags: torch.Tensor) -> torch.Tensor:  # the first True (0 when none)
+        return flags.float().argmax(-1)
+
+    return torch.stack([first(rows), first(cols), height - first(rows.flip(-1)),
+                        width - first(cols.flip(-1))], dim=1)
+
+
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image (TP, FP, FN) of binary masks ``(N, H, W)`` -> int64 ``(N, 3)``.
 

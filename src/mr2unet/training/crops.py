@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mr2unet.metrics.segmentation import IGNORE_LABEL
+from mr2unet.metrics.segmentation import content_boxes
 
 
 @dataclass(frozen=True)
@@ -33,19 +33,9 @@ class CropTable:
     counts: torch.Tensor
 
 
-def _first_true(flags: torch.Tensor) -> torch.Tensor:
-    """Index of the first True along the last axis (0 when none)."""
-    return flags.float().argmax(-1)
-
-
 def crop_table(masks: torch.Tensor) -> CropTable:
     """The :class:`CropTable` of integer masks ``(N, H, W)`` (255 = padding)."""
-    valid = masks != IGNORE_LABEL
-    rows, cols = valid.any(2), valid.any(1)
-    height, width = masks.shape[1:]
-    boxes = torch.stack([_first_true(rows), _first_true(cols),
-                         height - _first_true(rows.flip(-1)),
-                         width - _first_true(cols.flip(-1))], dim=1)
+    boxes = content_boxes(masks)
     flat = (masks == 1).flatten(1)
     counts = flat.sum(1)
     offsets = torch.cumsum(counts, 0) - counts
