@@ -55,6 +55,29 @@ def test_fused_and_foreach_adam_take_the_same_step() -> None:
               options=dataclasses.replace(CPU, adam_impl="sgd"))
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-4])
+def test_auto_adam_is_the_per_tensor_loop_to_the_bit_on_the_cpu(weight_decay: float) -> None:
+    # `auto` updates a list of tensors at a time (faster on the CPU); it must stay the
+    # update PyTorch's per-tensor loop computes, to the bit, or every CPU run would change.
+    cfg = dataclasses.replace(CFG, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(3)
+    batches = [(torch.rand(2, 3, 32, 32, generator=generator),
+                torch.randint(0, 2, (2, 32, 32), generator=generator)) for _ in range(4)]
+    models = []
+    for make in (lambda m: make_optimizer(m, cfg, "auto"),
+                 lambda m: torch.optim.Adam(m.parameters(), lr=cfg.lr,
+                                            weight_decay=cfg.weight_decay, foreach=False)):
+        torch.manual_seed(0)
+        model = build_model("mr2unet", base_width=4)
+        optimizer = make(model)
+        for x, y in batches:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        models.append(model)
+    assert states_equal(*models)
+
+
 def test_compile_modes_reach_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [compile_mode(v) for v in (False, True, "reduce-overhead")] == [
         None, "default", "reduce-overhead"]

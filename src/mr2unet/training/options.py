@@ -59,7 +59,7 @@ class RunOptions:
     # kernels split their sums, hence the last bits: pin it to compare machines.
     cpu_threads: int | None = None
     compile: bool | str = False  # torch.compile: False | True | a COMPILE_MODES name
-    adam_impl: str = "auto"  # auto (PyTorch's choice) | foreach | fused
+    adam_impl: str = "auto"  # auto (= foreach) | foreach | fused
     deterministic: bool = True  # False: the fast mode (cuDNN autotuning, no repeatability)
     checkpoint_every: int = 10
     log_every: int = 10
