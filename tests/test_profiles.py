@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 from pathlib import Path
@@ -89,6 +90,37 @@ def test_named_overlays_combine_in_order(project: Path) -> None:
     assert load_params(project / "params.yaml")["train"]["lr"] == 0.1
     with pytest.raises(UserError, match="paper is the base of every profile"):
         profiles.apply("paper+a", project / "params.yaml", project)
+
+
+def test_a_key_the_paper_lacks_is_written_beside_its_siblings(project: Path) -> None:
+    """An overlay may add a key the paper's file does not have (a network option): it goes
+    under its siblings, and the comment that introduces the next section stays above it."""
+    (project / "profiles/a.yaml").write_text(
+        "train:\n  model_options:\n    mr2unet:\n      unit_split: [1, 1, 1]\n"
+        "    unet:\n      extra: 1\n")
+    profiles.apply("a", project / "params.yaml", project)
+    text = (project / "params.yaml").read_text()
+    options = load_params(project / "params.yaml")["train"]["model_options"]
+    assert options["mr2unet"] == {"recurrent_steps": 3, "unit_split": [1, 1, 1]}
+    assert options["unet"] == {"extra": 1}
+    lines = text.splitlines()
+    at = lines.index("      unit_split: [1, 1, 1]")
+    assert lines[at - 1] == "      recurrent_steps: 3"
+    assert lines[at + 1] == "" and lines[at + 2].startswith("# How the runs execute")
+    assert lines.index("run:") > at
+    # the comments are the paper's, in the paper's order
+    paper = (REPO / "params.yaml").read_text()
+    comments = [line for line in paper.splitlines()[1:] if line.lstrip().startswith("#")]
+    assert comments == [line for line in lines[1:] if line.lstrip().startswith("#")]
+
+
+def test_a_key_added_after_a_nested_mapping_takes_its_trailing_comment() -> None:
+    rt = profiles._yaml()
+    values = rt.load("a:\n  b:\n    c: 1\n\n# about d\nd: 2\n")
+    profiles._append(values["a"], "e", 3)
+    out = io.StringIO()
+    rt.dump(values, out)
+    assert out.getvalue() == "a:\n  b:\n    c: 1\n  e: 3\n\n# about d\nd: 2\n"
 
 
 def test_a_typo_in_a_profile_is_named_and_nothing_written(project: Path) -> None:

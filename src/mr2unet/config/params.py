@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +68,19 @@ LABEL_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def merge_into(target: MutableMapping[str, Any], overlay: MutableMapping[str, Any]) -> None:
+def merge_into(target: MutableMapping[str, Any], overlay: MutableMapping[str, Any],
+               add: Callable[[MutableMapping[str, Any], str, Any], None] | None = None
+               ) -> None:
     """Set ``overlay``'s values in ``target`` in place; nested mappings merge key by key.
 
     In-place assignment keeps a round-trip (ruamel) ``target``'s comments and key order.
+    ``add(mapping, key, value)``, when given, sets the keys a mapping does not have yet.
     """
     for key, value in overlay.items():
         if isinstance(value, MutableMapping) and isinstance(target.get(key), MutableMapping):
-            merge_into(target[key], value)
+            merge_into(target[key], value, add)
+        elif add is not None and key not in target:
+            add(target, key, value)
         else:
             target[key] = value
 

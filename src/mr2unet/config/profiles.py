@@ -23,6 +23,7 @@ stages whose values changed.
 
 from __future__ import annotations
 
+import copy
 import io
 import re
 from pathlib import Path
@@ -79,6 +80,35 @@ def read_overlay(path: Path) -> dict[str, Any]:
     return values
 
 
+def _trailing(mapping: Any) -> tuple[Any, Any]:
+    """The (mapping, key) whose end-of-line comment closes ``mapping``'s text: its last
+    key's, or, when that holds a mapping, the last key's of that one, and so on."""
+    key = next(reversed(mapping))
+    value = mapping[key]
+    return _trailing(value) if isinstance(value, dict) and value else (mapping, key)
+
+
+def _append(mapping: Any, key: str, value: Any) -> None:
+    """Add ``key`` after a round-trip mapping's last key, moving the comment lines that
+    followed the mapping (ruamel keeps them on its last key: they introduce whatever comes
+    next in the file) below the new key, where they belong."""
+    if not mapping:
+        mapping[key] = value
+        return
+    holder, last = _trailing(mapping)
+    mapping[key] = value
+    entry = holder.ca.items.get(last)
+    token = entry[2] if entry and len(entry) > 2 else None
+    if token is None:
+        return
+    line_end, newline, after = token.value.partition("\n")
+    if not after.strip():
+        return
+    token.value = line_end + newline
+    mark = copy.copy(token.start_mark)
+    mapping.ca.items[key] = [None, None, type(token)(newline + after, mark, None), None]
+
+
 def render(name: str, root: Path = Path(".")) -> str:
     """The text of ``params.yaml`` for profile ``name`` (the paper's file + the overlay,
     or the overlays of ``a+b`` in that order)."""
@@ -94,7 +124,8 @@ def render(name: str, root: Path = Path(".")) -> str:
     values = rt.load(base_text)
     for path in paths:
         read_overlay(path)  # checks every key first
-        merge_into(values, rt.load(path.read_text()) or {})  # round trip: 3.0e-3 stays 3.0e-3
+        # round trip: 3.0e-3 stays 3.0e-3
+        merge_into(values, rt.load(path.read_text()) or {}, add=_append)
     out = io.StringIO()
     rt.dump(values, out)
     text = out.getvalue()
