@@ -23,7 +23,6 @@ stages whose values changed.
 
 from __future__ import annotations
 
-import copy
 import io
 import re
 from pathlib import Path
@@ -92,11 +91,11 @@ def _append(mapping: Any, key: str, value: Any) -> None:
     """Add ``key`` after a round-trip mapping's last key, moving the comment lines that
     followed the mapping (ruamel keeps them on its last key: they introduce whatever comes
     next in the file) below the new key, where they belong."""
-    if not mapping:
-        mapping[key] = value
-        return
-    holder, last = _trailing(mapping)
+    closing = _trailing(mapping) if mapping else None
     mapping[key] = value
+    if closing is None:
+        return
+    holder, last = closing
     entry = holder.ca.items.get(last)
     token = entry[2] if entry and len(entry) > 2 else None
     if token is None:
@@ -105,8 +104,8 @@ def _append(mapping: Any, key: str, value: Any) -> None:
     if not after.strip():
         return
     token.value = line_end + newline
-    mark = copy.copy(token.start_mark)
-    mapping.ca.items[key] = [None, None, type(token)(newline + after, mark, None), None]
+    mapping.ca.items[key] = [None, None, type(token)(newline + after, token.start_mark, None),
+                             None]
 
 
 def render(name: str, root: Path = Path(".")) -> str:
