@@ -226,3 +226,9 @@ def test_the_benchmark_measures_every_part(capsys: pytest.CaptureFixture,
     assert "unet            off" in out and "mr2unet         off" in out
     ratios = [float(line.rsplit("ratio", 1)[1]) for line in out.splitlines() if "ratio" in line]
     assert len(ratios) == 18 and all(r > 0 for r in ratios)
+    # Adam's two implementations (and their weights compared) and bf16 autocast
+    cpu_kernels.main(["--parts", "adam", "bf16", "--sizes", "16", "--batch", "2",
+                      "--repeats", "1", "--models", "unet", "mr2unet"])
+    out = capsys.readouterr().out
+    assert out.count("weights bit-identical") == 2 and "DIFFER" not in out
+    assert out.count(" bf16 ") == 2 + 1  # a line per network and the heading

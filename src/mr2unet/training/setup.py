@@ -75,8 +75,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, impl: str = "auto"
 
     ``auto`` and ``foreach`` update the parameters a list at a time: PyTorch's own choice
     on CUDA; on the CPU the same update to the bit as PyTorch's per-tensor loop (the same
-    operations in the same order; tests/test_speed_levers.py), in about 0.7 of its time
-    (MR2U-Net, width 8: 7.7 against 10.6 ms a step, docs/performance.md). ``fused`` (a
+    operations in the same order; tests/test_speed_levers.py), in 0.69-0.79 of its time
+    (MR2U-Net, width 8: 7.6 against 10.9 ms a step; ``benchmarks/cpu_kernels.py --parts
+    adam``, docs/performance.md). ``fused`` (a
     few fused kernels per step) computes the same update up to the rounding of the last
     bits.
     """
